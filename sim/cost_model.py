@@ -1,0 +1,111 @@
+"""Step-cost model: how long one engine step takes, as a pure function of the batch.
+
+The form is roofline features times fitted coefficients (DESIGN.md, "Step cost"): features are
+bytes and FLOPs that follow from the model, the GPU and tensor parallelism; coefficients are
+efficiencies and overheads from a :class:`~servesim.sim.profile.Profile`.  Per GPU of a TP group:
+
+* linear layers: ``max(weight_bytes / (BW * eff_bw), linear_flops * tokens / (FLOPS * eff_mm))``
+  (weight-streaming bound for small batches, compute bound for large ones: Williams et al. 2009);
+* prefill attention: FLOPs of every (query, key) pair of each chunk against its whole context,
+  over ``FLOPS * eff_attn_prefill``;
+* decode attention: KV bytes read, ``kv_bytes_per_token * context``, over ``BW * eff_attn_decode``;
+* tensor parallelism: two all-reduces per layer of ``tokens * hidden * 2`` bytes;
+* CPU side: a fixed per-step overhead plus per-sequence and per-token terms.
+
+Nothing here knows about SimPy or the scheduler; the scheduler hands over a :class:`BatchShape`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .gpus import GPUSpec
+from .models import ModelSpec
+from .profile import StepCoefficients
+
+
+@dataclass(slots=True)
+class BatchShape:
+    """What one step computes, reduced to the quantities cost depends on.
+
+    ``prefill_attn_pairs`` counts (query, key) pairs of the prefill chunks: a chunk of ``c`` tokens
+    starting after ``s`` computed tokens contributes ``c*s + c*(c+1)/2`` (causal attention).
+    ``decode_context_tokens`` sums, over decoding sequences, the tokens each one attends to.
+    """
+
+    num_prefill_tokens: int = 0
+    num_prefill_seqs: int = 0
+    prefill_attn_pairs: float = 0.0
+    num_decode_seqs: int = 0
+    decode_context_tokens: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefill_tokens + self.num_decode_seqs
+
+    @property
+    def num_seqs(self) -> int:
+        return self.num_prefill_seqs + self.num_decode_seqs
+
+    def add_prefill_chunk(self, num_computed_tokens: int, chunk_tokens: int) -> None:
+        self.num_prefill_tokens += chunk_tokens
+        self.num_prefill_seqs += 1
+        self.prefill_attn_pairs += chunk_tokens * num_computed_tokens + chunk_tokens * (chunk_tokens + 1) / 2
+
+
+def prefill_pairs(num_computed_tokens: int, chunk_tokens: int) -> float:
+    """Causal (query, key) pairs of a chunk: see :class:`BatchShape`."""
+    return chunk_tokens * num_computed_tokens + chunk_tokens * (chunk_tokens + 1) / 2
+
+
+class StepCostModel:
+    """Step time in seconds for a batch on one replica (a TP group of ``tp`` GPUs).
+
+    The model/GPU-dependent constants are computed once here, so :meth:`step_time` is a few
+    multiplications: it runs once per simulated step.
+    """
+
+    def __init__(self, model: ModelSpec, gpu: GPUSpec, coeffs: StepCoefficients, tp: int = 1,
+                 weight_dtype: str | None = None, kv_cache_dtype: str = "auto") -> None:
+        if tp < 1:
+            raise ValueError(f"tensor parallel size must be >= 1, got {tp}")
+        self.model, self.gpu, self.coeffs, self.tp = model, gpu, coeffs, tp
+        weight_dtype = weight_dtype or model.serving_dtype
+        kv_dtype = weight_dtype if kv_cache_dtype in ("auto", "", None) else kv_cache_dtype
+        if kv_dtype == "int4":
+            kv_dtype = "fp16"  # int4 weights still keep a 16-bit KV cache
+        peak_flops = gpu.flops(weight_dtype)
+        bw = gpu.hbm_bandwidth_bytes_per_s
+        c = coeffs
+        # Seconds to stream all weights once (per GPU: weights are split by TP).
+        self.weight_stream_s = model.weight_bytes(weight_dtype) / tp / (bw * c.eff_bw)
+        # Seconds per token of GEMM compute at the achieved rate.
+        self.linear_s_per_token = model.linear_flops_per_token() / tp / (peak_flops * c.eff_mm)
+        # Seconds per prefill (query, key) pair; attention runs in 16-bit (fp8 KV is dequantised).
+        self.prefill_s_per_pair = model.attention_flops_per_pair() / tp / (gpu.bf16_flops * c.eff_attn_prefill)
+        # Seconds per decode context token: its K and V read from HBM.
+        self.decode_s_per_ctx_token = model.kv_bytes_per_token(kv_dtype, tp) / (bw * c.eff_attn_decode)
+        # Two all-reduces per layer (after attention and after the MLP) of a 16-bit hidden state.
+        if tp > 1:
+            self.comm_fixed_s = 2 * model.num_layers * c.ar_latency_s
+            self.comm_s_per_token = 2 * model.num_layers * model.hidden_size * 2 / c.ar_bandwidth_bytes_per_s
+        else:
+            self.comm_fixed_s = self.comm_s_per_token = 0.0
+        self.fixed_s = c.step_overhead_s + c.layer_overhead_s * model.num_layers + self.comm_fixed_s
+        self.per_token_s = c.per_token_overhead_s + self.comm_s_per_token
+
+    def step_time(self, batch: BatchShape) -> float:
+        """Seconds one step of ``batch`` takes (0 tokens costs nothing: no step is run)."""
+        return self.step_time_of(batch.num_prefill_tokens + batch.num_decode_seqs,
+                                 batch.num_prefill_seqs + batch.num_decode_seqs,
+                                 batch.prefill_attn_pairs, batch.decode_context_tokens)
+
+    def step_time_of(self, num_tokens: int, num_seqs: int, prefill_pairs: float,
+                     decode_context_tokens: float) -> float:
+        """:meth:`step_time` on plain numbers (the engine's hot path avoids building objects)."""
+        if num_tokens <= 0:
+            return 0.0
+        linear = max(self.weight_stream_s, self.linear_s_per_token * num_tokens)
+        return (linear + self.prefill_s_per_pair * prefill_pairs
+                + self.decode_s_per_ctx_token * decode_context_tokens
+                + self.fixed_s + self.per_token_s * num_tokens
+                + self.coeffs.per_seq_overhead_s * num_seqs)

@@ -1,0 +1,224 @@
+"""GPU specifications: memory, bandwidth, peak FLOP/s, power and interconnect.
+
+Numbers are vendor datasheet values (dense, no sparsity) unless a comment says otherwise;
+``memory_bytes`` is what the driver reports as total memory (what vLLM's
+``gpu_memory_utilization`` multiplies), which is a little less than the marketing size.
+
+The catalogue :data:`GPU_CATALOG` is keyed by canonical name (``h100-sxm``, ``a100-80gb``, ...);
+:func:`get_gpu` also accepts the names other tools print, e.g. ``nvidia-smi``'s
+"NVIDIA H100 80GB HBM3" or Splitwise's "h100-80gb".
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_MIB = 1024 ** 2
+_GB = 1e9
+_TB = 1e12
+_TFLOPS = 1e12
+
+INTERCONNECTS = ("nvlink", "pcie")
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """One GPU model.  All rates are per GPU; FLOP/s are dense tensor-core peaks.
+
+    Invariants (checked at construction): every quantity is positive, ``idle_w < tdp_w``,
+    ``fp8_flops >= bf16_flops`` and ``interconnect`` is one of :data:`INTERCONNECTS`.
+    """
+
+    name: str
+    memory_bytes: float
+    hbm_bandwidth_bytes_per_s: float
+    bf16_flops: float
+    fp8_flops: float
+    tdp_w: float
+    idle_w: float
+    interconnect_bandwidth_bytes_per_s: float  # per GPU, one direction (NVLink, or PCIe if none)
+    interconnect: str = "nvlink"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        for field_name in ("memory_bytes", "hbm_bandwidth_bytes_per_s", "bf16_flops", "fp8_flops",
+                           "tdp_w", "idle_w", "interconnect_bandwidth_bytes_per_s"):
+            if getattr(self, field_name) <= 0:
+                raise ValueError(f"gpu {self.name}: {field_name} must be > 0")
+        if self.idle_w >= self.tdp_w:
+            raise ValueError(f"gpu {self.name}: idle_w ({self.idle_w}) must be < tdp_w ({self.tdp_w})")
+        if self.fp8_flops < self.bf16_flops:
+            raise ValueError(f"gpu {self.name}: fp8_flops must be >= bf16_flops")
+        if self.interconnect not in INTERCONNECTS:
+            raise ValueError(f"gpu {self.name}: interconnect {self.interconnect!r} not in {INTERCONNECTS}")
+
+    def flops(self, dtype: str) -> float:
+        """Peak dense tensor FLOP/s for a weight/activation dtype (fp8/int8 use the fp8 peak)."""
+        return self.fp8_flops if dtype.lower() in ("fp8", "int8", "fp8_e4m3", "fp8_e5m2") else self.bf16_flops
+
+
+# ----- catalogue ---------------------------------------------------------------------------
+# Datasheets: "NVIDIA H100 Tensor Core GPU" datasheet (SXM / PCIe / NVL columns), "NVIDIA H200
+# Tensor Core GPU" datasheet, "NVIDIA A100 Tensor Core GPU" datasheet, "NVIDIA DGX B200"
+# datasheet (8-GPU totals divided by 8), "NVIDIA L40S GPU" datasheet.  Datasheets quote tensor
+# FLOP/s "with sparsity"; the dense peaks below are half of those.  Interconnect figures are per
+# direction: NVLink4 900 GB/s bidirectional = 450 GB/s each way.
+
+H100_SXM = GPUSpec(
+    name="h100-sxm",
+    # nvidia-smi on "NVIDIA H100 80GB HBM3": 81559 MiB total = 85,520,809,984 bytes.  (The
+    # aiconfigurator yaml uses the nominal 80 GiB = 85,899,345,920 bytes instead.)
+    memory_bytes=81559 * _MIB,
+    hbm_bandwidth_bytes_per_s=3.35 * _TB,     # datasheet; aiconfigurator h100_sxm.yaml mem_bw
+    bf16_flops=989 * _TFLOPS,                 # datasheet 1,979 TF sparse; h100_sxm.yaml 989 TF
+    fp8_flops=1979 * _TFLOPS,                 # datasheet 3,958 TF sparse; h100_sxm.yaml 1978 TF
+    tdp_w=700,                                # datasheet max TDP; h100_sxm.yaml power: 700
+    idle_w=75,                                # Splitwise configs_power_model_constant.yaml
+    interconnect_bandwidth_bytes_per_s=450 * _GB,  # NVLink4; h100_sxm.yaml intra_node_bw
+    interconnect="nvlink",
+    source="NVIDIA H100 datasheet (SXM); aiconfigurator h100_sxm.yaml; Splitwise power constants",
+)
+
+H100_NVL = GPUSpec(
+    name="h100-nvl",
+    # 94 GB HBM3; nvidia-smi reports 95830 MiB on "NVIDIA H100 NVL".
+    memory_bytes=95830 * _MIB,
+    hbm_bandwidth_bytes_per_s=3.9 * _TB,
+    bf16_flops=835 * _TFLOPS,                 # datasheet 1,671 TF sparse
+    fp8_flops=1671 * _TFLOPS,                 # datasheet 3,341 TF sparse
+    tdp_w=400,                                # datasheet: 350-400 W configurable; upper end
+    idle_w=50,                                # estimate (no cited measurement)
+    # NVLink bridge between pairs: 600 GB/s bidirectional = 300 GB/s each way.
+    interconnect_bandwidth_bytes_per_s=300 * _GB,
+    interconnect="nvlink",
+    source="NVIDIA H100 datasheet (NVL column)",
+)
+
+H100_PCIE = GPUSpec(
+    name="h100-pcie",
+    memory_bytes=81559 * _MIB,                # 80 GB HBM2e; same driver total as the SXM part
+    hbm_bandwidth_bytes_per_s=2.0 * _TB,
+    bf16_flops=756 * _TFLOPS,                 # datasheet 1,513 TF sparse
+    fp8_flops=1513 * _TFLOPS,                 # datasheet 3,026 TF sparse
+    tdp_w=350,
+    idle_w=50,                                # estimate (no cited measurement)
+    interconnect_bandwidth_bytes_per_s=64 * _GB,   # PCIe 5.0 x16, one direction
+    interconnect="pcie",
+    source="NVIDIA H100 datasheet (PCIe column)",
+)
+
+H200 = GPUSpec(
+    name="h200",
+    # 141 GB HBM3e; nvidia-smi reports 143771 MiB on "NVIDIA H200".
+    memory_bytes=143771 * _MIB,
+    hbm_bandwidth_bytes_per_s=4.8 * _TB,
+    bf16_flops=989 * _TFLOPS,                 # same compute die as H100 SXM
+    fp8_flops=1979 * _TFLOPS,
+    tdp_w=700,
+    idle_w=75,                                # estimate: H100 SXM's Splitwise figure, same board class
+    interconnect_bandwidth_bytes_per_s=450 * _GB,  # NVLink4
+    interconnect="nvlink",
+    source="NVIDIA H200 datasheet (SXM column)",
+)
+
+A100_80GB = GPUSpec(
+    name="a100-80gb",
+    memory_bytes=81920 * _MIB,                # nvidia-smi on "NVIDIA A100-SXM4-80GB"
+    hbm_bandwidth_bytes_per_s=2.039 * _TB,
+    bf16_flops=312 * _TFLOPS,
+    # Ampere has no fp8 tensor cores.  vLLM runs fp8 checkpoints on Ampere as weight-only fp8
+    # (Marlin, W8A16) with bf16 math, so the fp8 peak is the bf16 peak.  (int8 W8A8 could reach
+    # the 624 TOPS int8 peak; this model does not distinguish.)
+    fp8_flops=312 * _TFLOPS,
+    tdp_w=400,
+    idle_w=63,                                # Splitwise configs_power_model_constant.yaml
+    interconnect_bandwidth_bytes_per_s=300 * _GB,  # NVLink3: 600 GB/s bidirectional
+    interconnect="nvlink",
+    source="NVIDIA A100 datasheet (SXM 80GB); Splitwise power constants",
+)
+
+A100_40GB = GPUSpec(
+    name="a100-40gb",
+    memory_bytes=40536 * _MIB,                # nvidia-smi on "NVIDIA A100-SXM4-40GB"
+    hbm_bandwidth_bytes_per_s=1.555 * _TB,
+    bf16_flops=312 * _TFLOPS,
+    fp8_flops=312 * _TFLOPS,                  # no fp8: see A100_80GB
+    tdp_w=400,
+    idle_w=55,                                # estimate: a little below the 80GB part's 63 W
+    interconnect_bandwidth_bytes_per_s=300 * _GB,
+    interconnect="nvlink",
+    source="NVIDIA A100 datasheet (SXM 40GB)",
+)
+
+B200 = GPUSpec(
+    name="b200",
+    # 180 GB usable HBM3e on HGX/DGX B200 (192 GB physical).  Driver total 183359 MiB is an
+    # estimate from reported nvidia-smi output, not verified on hardware here.
+    memory_bytes=183359 * _MIB,
+    hbm_bandwidth_bytes_per_s=8.0 * _TB,
+    bf16_flops=2250 * _TFLOPS,                # DGX B200: 36 PF bf16 sparse / 8 GPUs / 2
+    fp8_flops=4500 * _TFLOPS,                 # DGX B200: 72 PF fp8 sparse / 8 GPUs / 2
+    tdp_w=1000,
+    idle_w=100,                               # estimate: ~10% of TDP, as H100 SXM (75 / 700 W)
+    interconnect_bandwidth_bytes_per_s=900 * _GB,  # NVLink5: 1.8 TB/s bidirectional
+    interconnect="nvlink",
+    source="NVIDIA DGX B200 / HGX B200 datasheet",
+)
+
+L40S = GPUSpec(
+    name="l40s",
+    memory_bytes=46068 * _MIB,                # 48 GB GDDR6 (ECC on); nvidia-smi on "NVIDIA L40S"
+    hbm_bandwidth_bytes_per_s=864 * _GB,      # GDDR6, not HBM; the field name is shared
+    bf16_flops=362 * _TFLOPS,                 # datasheet 733 TF sparse
+    fp8_flops=733 * _TFLOPS,                  # datasheet 1,466 TF sparse
+    tdp_w=350,
+    idle_w=35,                                # estimate (no cited measurement)
+    interconnect_bandwidth_bytes_per_s=32 * _GB,   # PCIe 4.0 x16, one direction; no NVLink
+    interconnect="pcie",
+    source="NVIDIA L40S datasheet",
+)
+
+GPU_CATALOG: dict[str, GPUSpec] = {
+    gpu.name: gpu for gpu in (H100_SXM, H100_NVL, H100_PCIE, H200, A100_80GB, A100_40GB, B200, L40S)
+}
+
+# Other spellings, already normalised by :func:`_normalize`, mapped to canonical names.
+GPU_ALIASES: dict[str, str] = {
+    "h100": "h100-sxm", "h100-sxm5": "h100-sxm", "h100-80gb": "h100-sxm",
+    "h100-80gb-hbm3": "h100-sxm", "h100-sxm5-80gb": "h100-sxm",
+    "h100-nvl-94gb": "h100-nvl",
+    "h100-pcie-80gb": "h100-pcie",
+    "h200-sxm": "h200", "h200-141gb": "h200", "h200-sxm-141gb": "h200",
+    "a100": "a100-80gb", "a100-sxm4-80gb": "a100-80gb", "a100-sxm-80gb": "a100-80gb",
+    "a100-sxm4-40gb": "a100-40gb", "a100-sxm-40gb": "a100-40gb",
+    "b200-sxm": "b200", "b200-180gb": "b200",
+}
+
+
+def _normalize(name: str) -> str:
+    """Lower case, "nvidia" dropped, runs of spaces/underscores/dashes made one dash."""
+    key = re.sub(r"[\s_\-]+", "-", name.strip().lower())
+    key = re.sub(r"^nvidia-", "", key)
+    return key.strip("-")
+
+
+def list_gpus() -> list[str]:
+    """Canonical GPU names, sorted."""
+    return sorted(GPU_CATALOG)
+
+
+def get_gpu(name: str) -> GPUSpec:
+    """The :class:`GPUSpec` for a canonical name or alias (case-insensitive).
+
+    Raises ``ValueError`` naming the input and the valid names when nothing matches.
+    """
+    key = _normalize(name)
+    key = GPU_ALIASES.get(key, key)
+    try:
+        return GPU_CATALOG[key]
+    except KeyError:
+        raise ValueError(f"unknown GPU {name!r}; valid: {list_gpus()} "
+                         f"(aliases: {sorted(GPU_ALIASES)})") from None
+
+
+__all__ = ["GPUSpec", "GPU_CATALOG", "GPU_ALIASES", "INTERCONNECTS", "get_gpu", "list_gpus"]

@@ -1,0 +1,148 @@
+"""What a simulated run records, in the schemas a measured run uses.
+
+* per-request records (:class:`RequestRecords`): arrival, first scheduled, first token, finish,
+  input/output tokens, preemptions, cached tokens — numpy columns, so a million requests stay
+  small (token-by-token times are not kept; their distribution is, below);
+* inter-token latencies (:class:`InterTokenLatencies`): every gap between two tokens of one
+  request, kept as (value, count) pairs because a decode step gives the same gap to the whole
+  batch — exact percentiles at a fraction of the memory;
+* time series (:class:`TimeSeries`) sampled every ``interval_s`` of simulated time under vLLM's
+  Prometheus names;
+* :func:`summarize`: the keys of ``vllm bench serve --save-result`` plus servesim's own.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+
+def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The q-th percentile (0..100) of values repeated ``weights`` times, with numpy's default
+    linear interpolation between order statistics (what ``np.percentile`` gives on the expansion)."""
+    if len(values) == 0 or weights.sum() == 0:
+        return 0.0
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[order]
+    cum = np.cumsum(w)
+    n = cum[-1]
+    pos = q / 100.0 * (n - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    v_lo = v[np.searchsorted(cum, lo + 1)]
+    v_hi = v[np.searchsorted(cum, hi + 1)]
+    return float(v_lo + (v_hi - v_lo) * (pos - lo))
+
+
+class InterTokenLatencies:
+    """Gaps between consecutive tokens of the same request, as (seconds, count) pairs."""
+
+    def __init__(self) -> None:
+        self._values: list[float] = []
+        self._counts: list[int] = []
+
+    def add(self, seconds: float, count: int) -> None:
+        self._values.append(seconds)
+        self._counts.append(count)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self._values, dtype=np.float64), np.asarray(self._counts, dtype=np.int64)
+
+
+class RequestRecords:
+    """One row per request of the workload, filled as requests finish."""
+
+    COLUMNS = ("arrival_s", "first_scheduled_s", "first_token_s", "finish_s")
+    INT_COLUMNS = ("input_tokens", "output_tokens", "num_preemptions", "num_cached_tokens")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.cols = {c: np.full(n, np.nan) for c in self.COLUMNS}
+        self.cols.update({c: np.zeros(n, dtype=np.int64) for c in self.INT_COLUMNS})
+        self.status = np.zeros(n, dtype=np.int8)  # 0 not arrived/unfinished, 1 finished, 2 rejected
+
+    def record(self, request, status: int = 1) -> None:
+        i, c = request.request_id, self.cols
+        c["arrival_s"][i] = request.arrival_time
+        c["first_scheduled_s"][i] = request.first_scheduled_time if request.first_scheduled_time >= 0 else np.nan
+        c["first_token_s"][i] = request.first_token_time if request.first_token_time >= 0 else np.nan
+        c["finish_s"][i] = request.last_token_time if status == 1 else np.nan
+        c["input_tokens"][i] = request.num_prompt_tokens
+        c["output_tokens"][i] = request.num_output_tokens
+        c["num_preemptions"][i] = request.num_preemptions
+        c["num_cached_tokens"][i] = request.num_cached_tokens
+        self.status[i] = status
+
+    def to_frame(self) -> pd.DataFrame:
+        df = pd.DataFrame(self.cols)
+        df.insert(0, "request_id", np.arange(self.n))
+        df["status"] = pd.Categorical.from_codes(self.status, ["unfinished", "finished", "rejected"])
+        return df
+
+
+class TimeSeries:
+    """Engine state sampled every ``interval_s`` simulated seconds, under vLLM's metric names."""
+
+    NAMES = ("time_s", "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+             "vllm:num_preemptions_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total")
+
+    def __init__(self, interval_s: float) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"sample interval must be > 0 s (got {interval_s})")
+        self.interval_s = interval_s
+        self.next_t = 0.0
+        self.rows: list[tuple] = []
+
+    def sample_until(self, now: float, state: tuple) -> None:
+        """Record ``state`` at every sample instant up to ``now`` (it held since the last call)."""
+        while self.next_t <= now:
+            self.rows.append((self.next_t, *state))
+            self.next_t = len(self.rows) * self.interval_s
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=list(self.NAMES))
+
+
+def _stats(prefix: str, values_ms: np.ndarray, weights: np.ndarray | None = None,
+           percentiles: tuple[float, ...] = (99,)) -> dict[str, float]:
+    if weights is None:
+        weights = np.ones(len(values_ms), dtype=np.int64)
+    n = weights.sum()
+    if n == 0:
+        out = {f"mean_{prefix}_ms": 0.0, f"median_{prefix}_ms": 0.0, f"std_{prefix}_ms": 0.0}
+        out.update({f"p{q:g}_{prefix}_ms": 0.0 for q in percentiles})
+        return out
+    mean = float((values_ms * weights).sum() / n)
+    std = float(math.sqrt(max((weights * (values_ms - mean) ** 2).sum() / n, 0.0)))
+    out = {f"mean_{prefix}_ms": mean, f"median_{prefix}_ms": weighted_percentile(values_ms, weights, 50),
+           f"std_{prefix}_ms": std}
+    out.update({f"p{q:g}_{prefix}_ms": weighted_percentile(values_ms, weights, q) for q in percentiles})
+    return out
+
+
+def summarize(records: RequestRecords, itl: InterTokenLatencies, percentiles: tuple[float, ...] = (99,)) -> dict:
+    """Summary with the keys of ``vllm bench serve --save-result`` (latencies in ms)."""
+    c = records.cols
+    done = records.status == 1
+    arrival, first, finish = c["arrival_s"][done], c["first_token_s"][done], c["finish_s"][done]
+    n_in, n_out = c["input_tokens"][done], c["output_tokens"][done]
+    start = float(np.nanmin(c["arrival_s"])) if records.n and not np.all(np.isnan(c["arrival_s"])) else 0.0
+    duration = float(finish.max() - start) if done.any() else 0.0
+    completed = int(done.sum())
+    total_in, total_out = int(n_in.sum()), int(n_out.sum())
+    rate = (lambda x: x / duration if duration > 0 else 0.0)
+    summary: dict = {
+        "duration": duration, "completed": completed,
+        "failed": int((records.status == 2).sum()),
+        "total_input_tokens": total_in, "total_output_tokens": total_out,
+        "request_throughput": rate(completed), "output_throughput": rate(total_out),
+        "total_token_throughput": rate(total_in + total_out),
+    }
+    summary.update(_stats("ttft", (first - arrival) * 1e3, percentiles=percentiles))
+    multi = n_out > 1
+    tpot = (finish[multi] - first[multi]) / (n_out[multi] - 1) * 1e3
+    summary.update(_stats("tpot", tpot, percentiles=percentiles))
+    values, counts = itl.arrays()
+    summary.update(_stats("itl", values * 1e3, counts, percentiles=percentiles))
+    summary.update(_stats("e2el", (finish - arrival) * 1e3, percentiles=percentiles))
+    return summary

@@ -1,0 +1,233 @@
+"""The scheduler: which requests run in the next step, with how many tokens.
+
+Pure and synchronous: it never sees SimPy.  ``schedule(now)`` returns a :class:`SchedulerOutput`
+(the batch and what it costs to compute), the engine runs the step, then
+``update_from_output(output, now)`` applies its results (tokens produced, requests finished).
+
+:class:`Scheduler` holds the state every policy shares and the vLLM v1 policy (``vllm/v1/core/
+sched/scheduler.py``): one token budget per step shared by decodes and prefill chunks, running
+requests first in admission order, then waiting ones FCFS, chunked prefill, and recompute
+preemption of the newest running request when blocks run out.  The v0 policy is in
+:mod:`servesim.sim.scheduler_v0`.
+
+Decoding requests normally sit in a :class:`DecodeBatch` and are stepped with array operations;
+``exact=True`` keeps every request on the per-request path (the reference the fast path is tested
+against).  Invariant used by the fast path: in running order, batch members precede all other
+running requests (a request joins the batch only when every request admitted before it decodes).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .config import EngineConfig
+from .decode_batch import DecodeBatch
+from .kv_cache_manager import KVCacheManager
+from .metrics import InterTokenLatencies
+from .request import Request, RequestStatus
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """One step: the requests scheduled with their token counts, and the cost inputs."""
+
+    num_batch_decodes: int = 0
+    scheduled: list = field(default_factory=list)   # (request, num_new_tokens) on the per-request path
+    num_prefill_tokens: int = 0
+    num_prefill_seqs: int = 0
+    prefill_pairs: float = 0.0
+    num_decode_seqs: int = 0
+    decode_context_tokens: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prefill_tokens + self.num_decode_seqs
+
+    @property
+    def num_seqs(self) -> int:
+        return self.num_prefill_seqs + self.num_decode_seqs
+
+    @property
+    def is_empty(self) -> bool:
+        return self.num_decode_seqs == 0 and self.num_prefill_seqs == 0
+
+    def add(self, request: Request, num_new_tokens: int) -> None:
+        computed = request.num_computed_tokens
+        self.scheduled.append((request, num_new_tokens))
+        if num_new_tokens == 1 and computed > 0:
+            self.num_decode_seqs += 1
+            self.decode_context_tokens += computed + 1
+        else:
+            self.num_prefill_tokens += num_new_tokens
+            self.num_prefill_seqs += 1
+            self.prefill_pairs += num_new_tokens * computed + num_new_tokens * (num_new_tokens + 1) / 2
+
+
+class Scheduler:
+    """vLLM v1 scheduling policy over a paged KV cache (see the module docstring)."""
+
+    def __init__(self, cfg: EngineConfig, kv: KVCacheManager, itl: InterTokenLatencies,
+                 on_finish: Callable[[Request, float], None], exact: bool = False) -> None:
+        self.cfg = cfg
+        self.sched = cfg.scheduler
+        self.kv = kv
+        self.itl = itl
+        self.on_finish = on_finish
+        self.exact = exact
+        self.waiting: deque[Request] = deque()
+        self.running: dict[int, Request] = {}         # all running requests, in running order
+        self.scalar_running: dict[int, Request] = {}  # running requests not in the batch, same order
+        self.batch = DecodeBatch(cfg.cache.block_size)
+        self._admit_counter = 0
+        self.num_preemptions = 0
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+
+    # ----- queue state -------------------------------------------------------------------
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.running) or bool(self.waiting)
+
+    def add_request(self, request: Request) -> None:
+        self.waiting.append(request)
+
+    def _admit(self, request: Request, now: float) -> None:
+        """Move the head of ``waiting`` into running."""
+        self.waiting.popleft()
+        request.status = RequestStatus.RUNNING
+        request.admit_seq = self._admit_counter
+        self._admit_counter += 1
+        self.running[request.request_id] = request
+        self.scalar_running[request.request_id] = request
+        if request.first_scheduled_time < 0:
+            request.first_scheduled_time = now
+
+    def materialize(self) -> None:
+        """Put every batch member back on the per-request path (for a step needing per-request care)."""
+        batch = self.batch
+        for request in list(batch.members.values()):
+            batch.remove(request)
+        self.scalar_running = dict(self.running)
+
+    def preempt(self, request: Request) -> None:
+        """Recompute preemption: free the blocks, forget computed tokens, back to the front of waiting."""
+        if request.in_batch:
+            self.batch.remove(request)
+        del self.running[request.request_id]
+        self.scalar_running.pop(request.request_id, None)
+        self.kv.free(request)
+        request.num_computed_tokens = 0
+        request.status = RequestStatus.PREEMPTED
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.waiting.appendleft(request)
+
+    # ----- the v1 policy -----------------------------------------------------------------
+    def _schedule_batch(self, out: SchedulerOutput, free_margin: int) -> bool:
+        """Schedule the whole decode batch if it needs no per-request care; return success.
+
+        ``free_margin`` blocks must stay free after the batch's new blocks (v0 checks conservatively).
+        """
+        batch = self.batch
+        if not batch.size:
+            return True
+        needing = batch.needing_blocks()
+        if self.exact or len(needing) > self.kv.num_free_blocks - free_margin:
+            self.materialize()
+            return False
+        if needing:
+            self.kv.append_blocks(needing.values())
+        out.num_batch_decodes = batch.size
+        out.num_decode_seqs += batch.size
+        out.decode_context_tokens += batch.context_sum()
+        return True
+
+    def schedule(self, now: float) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.sched.max_num_batched_tokens
+        if self.batch.size > budget:
+            self.materialize()
+        self._schedule_batch(out, free_margin=0)
+        budget -= out.num_batch_decodes
+        preempted = False
+        kv = self.kv
+        for request in list(self.scalar_running.values()):
+            if budget <= 0:
+                break
+            if request.status is not RequestStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if num_new <= 0:
+                continue
+            while kv.allocate_slots(request, num_new) is None:
+                victim = self.running[next(reversed(self.running))]
+                self.preempt(victim)
+                preempted = True
+                if victim is request:
+                    break
+            if request.status is not RequestStatus.RUNNING:
+                break
+            out.add(request, num_new)
+            budget -= num_new
+        if not preempted:
+            self._schedule_waiting(out, budget, now)
+        return out
+
+    def _schedule_waiting(self, out: SchedulerOutput, budget: int, now: float) -> None:
+        kv, waiting, max_seqs = self.kv, self.waiting, self.sched.max_num_seqs
+        while waiting and budget > 0 and len(self.running) < max_seqs:
+            request = waiting[0]
+            hits, num_cached = kv.get_computed_blocks(request)
+            num_new = min(request.num_tokens - num_cached, budget)
+            if kv.allocate_slots(request, num_new, hits) is None:
+                break
+            if request.first_scheduled_time < 0:
+                request.num_cached_tokens = num_cached
+            request.num_computed_tokens = num_cached
+            self._admit(request, now)
+            out.add(request, num_new)
+            budget -= num_new
+
+    # ----- applying a step's results -----------------------------------------------------
+    def update_from_output(self, out: SchedulerOutput, now: float) -> None:
+        if out.num_batch_decodes:
+            self.generation_tokens_total += out.num_batch_decodes
+            for request in self.batch.advance(now, self.itl):
+                self.batch.remove(request)
+                self._finish(request, now)
+        for request, num_new in out.scheduled:
+            if request.status is not RequestStatus.RUNNING:
+                continue
+            request.num_computed_tokens += num_new
+            if request.num_computed_tokens >= request.num_tokens:
+                self._emit_token(request, now)
+
+    def _emit_token(self, request: Request, now: float) -> None:
+        request.num_output_tokens += 1
+        self.generation_tokens_total += 1
+        if request.first_token_time < 0:
+            request.first_token_time = now
+            self.prompt_tokens_total += request.num_prompt_tokens
+        else:
+            self.itl.add(now - request.last_token_time, 1)
+        request.last_token_time = now
+        if request.num_output_tokens >= request.max_tokens:
+            self._finish(request, now)
+        elif not self.exact:
+            del self.scalar_running[request.request_id]
+            self.batch.add(request)
+
+    def _finish(self, request: Request, now: float) -> None:
+        request.status = RequestStatus.FINISHED
+        del self.running[request.request_id]
+        self.scalar_running.pop(request.request_id, None)
+        self.kv.free(request)
+        self.on_finish(request, now)
