@@ -1,1 +1,2 @@
-"""placeholder"""
+"""Calibration: turn real measurements into profiles; the shipped default profiles live in
+``calibrate/profiles/``."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import simpy
 
 from .config import EngineConfig, EngineVersion
@@ -28,8 +29,10 @@ class LLMEngine:
                  on_progress: Callable[[int], None] | None = None) -> None:
         self.env, self.cfg, self.source, self.records = env, cfg, source, records
         self.memory = kv_capacity(cfg)
-        self.kv = KVCacheManager(self.memory.num_gpu_blocks, cfg.cache.block_size,
-                                 cfg.cache.enable_prefix_caching,
+        # Without prefix hashes in the workload no block can ever be hit: the cheaper pool behaves
+        # identically, so prefix caching is only switched on where it can matter.
+        caching = cfg.cache.enable_prefix_caching and getattr(source, "has_prefix_hashes", False)
+        self.kv = KVCacheManager(self.memory.num_gpu_blocks, cfg.cache.block_size, caching,
                                  reserve_null_block=cfg.engine is EngineVersion.V1)
         self.itl = InterTokenLatencies()
         scheduler_cls = Scheduler if cfg.engine is EngineVersion.V1 else SchedulerV0
@@ -45,6 +48,9 @@ class LLMEngine:
         self.peak_kv_usage = 0.0
         self.num_finished = 0
         self.num_rejected = 0
+        self.clock = 0.0
+        self.bulk = not exact          # advance runs of identical decode steps at once
+        self.max_bulk_steps = 4096
         self.process = env.process(self.run())
 
     def _state(self) -> tuple:
@@ -72,16 +78,20 @@ class LLMEngine:
             self.scheduler.add_request(request)
 
     def run(self):
+        """The engine process.  ``self.clock`` is the authoritative simulated time (SimPy's clock
+        follows it); keeping it separate lets a bulk advance land on exactly the time that the
+        same steps taken one by one would reach."""
         env, scheduler, cost, kv = self.env, self.scheduler, self.cost, self.kv
         while True:
-            now = env.now
+            now = self.clock
             self._take_arrivals(now)
+            if self.bulk and self._can_bulk():
+                end = self._bulk_decode(now)
+                if end is not None:
+                    yield env.timeout(max(end - env.now, 0.0))
+                    continue
             out = scheduler.schedule(now)
-            for request in getattr(scheduler, "rejected", ()):
-                self.records.record(request, status=2)
-                self.num_rejected += 1
-            if getattr(scheduler, "rejected", None):
-                scheduler.rejected.clear()
+            self._collect_rejected()
             if out.is_empty:
                 next_t = self.source.next_time()
                 if next_t is None:
@@ -90,8 +100,10 @@ class LLMEngine:
                             f"deadlock at t={now:.3f}s: {scheduler.num_waiting} waiting requests can never be "
                             f"scheduled with {kv.num_free_blocks} free blocks")
                     break
+                next_t = max(next_t, now)
                 self.series.sample_until(next_t, self._state())
-                yield env.timeout(max(next_t - now, 0.0))
+                self.clock = next_t
+                yield env.timeout(max(next_t - env.now, 0.0))
                 continue
             dt = cost.step_time_of(out.num_tokens, out.num_seqs, out.prefill_pairs, out.decode_context_tokens)
             usage = kv.usage
@@ -102,8 +114,98 @@ class LLMEngine:
             if out.num_prefill_tokens:
                 self.prefill_busy_s += dt * out.num_prefill_tokens / out.num_tokens
             self.num_steps += 1
-            yield env.timeout(dt)
-            end = env.now
+            end = self.clock = now + dt
+            yield env.timeout(max(end - env.now, 0.0))
             scheduler.update_from_output(out, end)
             if self.series.next_t <= end:
                 self.series.sample_until(end, self._state())
+
+    def _collect_rejected(self) -> None:
+        rejected = getattr(self.scheduler, "rejected", None)
+        if rejected:
+            for request in rejected:
+                self.records.record(request, status=2)
+                self.source.on_finish(request, self.clock)
+                self.num_rejected += 1
+            rejected.clear()
+
+    # ----- advancing many decode steps at once ----------------------------------------------
+    def _can_bulk(self) -> bool:
+        """Only decoders in the batch, nothing waiting: the next steps are identical decode steps
+        until something arrives, finishes or runs out of blocks."""
+        s = self.scheduler
+        return (not s.waiting and not s.scalar_running and s.batch.size > 0
+                and s.batch.size <= s.sched.max_num_batched_tokens)
+
+    def _bulk_decode(self, now: float) -> float | None:
+        """Run the decode steps up to the next event in one go; return the new time, or ``None``
+        when fewer than two steps are free of events (the per-step path then takes over).
+
+        Equivalent to taking the steps one at a time: each step's time comes from the same
+        :meth:`StepCostModel.step_time_of` call, times are summed in the same order, blocks are
+        handed out in the same order, and the same ITLs and samples are recorded.
+        """
+        s, batch, kv, cost = self.scheduler, self.scheduler.batch, self.kv, self.cost
+        size, g, bs = batch.size, batch.g, batch.block_size
+        k_max = min(batch.steps_to_next_finish() - 1, self.max_bulk_steps)  # the finishing step runs alone
+        if k_max < 2:
+            return None
+        next_arrival = self.source.next_time()
+        if next_arrival is None:
+            next_arrival = float("inf")
+        free = kv.num_free_blocks - (1 if self.cfg.engine is EngineVersion.V0 else 0)
+        buckets = batch.buckets
+        ctx = batch.context_sum()
+        ends: list[float] = []
+        needing: list = []
+        t = now
+        for j in range(k_max):
+            bucket = buckets[-(g + j) % bs]
+            if len(needing) + len(bucket) > free:
+                break
+            t = t + cost.step_time_of(size, size, 0.0, ctx)
+            ctx += size
+            needing.extend(bucket.values())
+            ends.append(t)
+            if t >= next_arrival:
+                break
+        k = len(ends)
+        if k < 2:
+            return None
+        # Apply: blocks (in step order), counters, records.
+        free_before = kv.num_free_blocks
+        if needing:
+            kv.append_blocks(needing)
+        itl = self.itl
+        fresh = batch.fresh
+        if size > len(fresh):
+            itl.add(ends[0] - batch.last_step_end, size - len(fresh))
+        for request in fresh:
+            itl.add(ends[0] - request.last_token_time, 1)
+        for j in range(1, k):
+            itl.add(ends[j] - ends[j - 1], size)
+        batch.fresh = []
+        batch.g = g + k
+        end = ends[-1]
+        batch.last_step_end = end
+        gen0 = s.generation_tokens_total
+        s.generation_tokens_total = gen0 + size * k
+        usage = kv.usage
+        if usage > self.peak_kv_usage:
+            self.peak_kv_usage = usage
+        total = end - now
+        self.running_integral += size * total
+        self.busy_s += total
+        self.num_steps += k
+        series = self.series
+        if series.next_t <= end:
+            num_blocks, used, j = kv.block_pool.num_blocks, 0, 0
+            while series.next_t <= end:
+                while ends[j] < series.next_t:
+                    j += 1
+                used = sum(len(buckets[-(g + i) % bs]) for i in range(j + 1))
+                series.sample_until(series.next_t, (s.num_running, 0, 1.0 - (free_before - used) / num_blocks,
+                                                    s.num_preemptions, s.prompt_tokens_total,
+                                                    gen0 + size * (j + 1)))
+        self.clock = end
+        return end

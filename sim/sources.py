@@ -31,6 +31,7 @@ class OpenLoopSource:
         self.input_tokens = np.asarray(workload.input_tokens, dtype=np.int64)
         self.output_tokens = np.asarray(workload.output_tokens, dtype=np.int64)
         self.prefix = workload.prefix_hashes if enable_caching else None
+        self.has_prefix_hashes = self.prefix is not None
         self.hash_block_tokens = getattr(workload, "prefix_block_tokens", 512)
         self.block_size = block_size
         self.i = 0

@@ -1,0 +1,188 @@
+"""The ``servesim`` command line: ``simulate``, and listings of models, GPUs and profiles.
+
+Errors in the input (unknown model, impossible configuration, malformed trace) print one line
+naming the problem and exit with status 2; nothing half-written is left behind.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .sim.config import make_engine_config
+from .sim.gpus import get_gpu, list_gpus
+from .sim.model_catalog import get_model, list_models
+from .sim.profile import load_profile, shipped_profiles
+from .sim.runner import SimOptions, simulate, write_results
+from .sim.workload import WorkloadSpec, build_workload
+
+
+def _bool_flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
+    p.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction,
+                   default=None, help=help)
+
+
+def _add_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="simulate one replica serving a workload",
+                       description="Simulate one vLLM-style replica. Prints a summary with the keys of "
+                                   "`vllm bench serve --save-result`.")
+    g = p.add_argument_group("deployment")
+    g.add_argument("--model", default="llama-3.1-8b", help="catalogue name or path to a config.json "
+                   "(default llama-3.1-8b; `servesim models` lists them)")
+    g.add_argument("--gpu", default="h100-sxm", help="GPU (default h100-sxm; `servesim gpus` lists them)")
+    g.add_argument("--tp", "--tensor-parallel-size", dest="tp", type=int, default=1)
+    g.add_argument("--engine", default="vllm-v1", choices=["vllm-v1", "vllm-v0"])
+    g.add_argument("--profile", help="profile JSON (default: the shipped one for --gpu and --engine)")
+    g.add_argument("--dtype", help="weight dtype: bf16, fp16, fp8, int4 (default: the checkpoint's)")
+    k = p.add_argument_group("engine knobs (vLLM names; defaults as vLLM sets them for the engine)")
+    k.add_argument("--max-num-seqs", type=int)
+    k.add_argument("--max-num-batched-tokens", type=int)
+    k.add_argument("--block-size", type=int, default=16)
+    k.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    k.add_argument("--max-model-len", type=int)
+    _bool_flag(k, "enable-chunked-prefill", "chunked prefill (always on in vllm-v1)")
+    _bool_flag(k, "enable-prefix-caching", "prefix caching (default on in vllm-v1, off in vllm-v0)")
+    k.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8, fp16, bf16")
+    k.add_argument("--num-gpu-blocks", type=int, help="use this KV capacity instead of the memory model")
+    w = p.add_argument_group("workload (one of)")
+    arrivals = w.add_mutually_exclusive_group()
+    arrivals.add_argument("--burst", type=int, metavar="N", help="N requests at t=0 (request rate inf)")
+    arrivals.add_argument("--rate", type=float, help="Poisson (or gamma) arrivals at R requests/s")
+    arrivals.add_argument("--concurrency", type=int, metavar="N", help="closed loop with N users")
+    arrivals.add_argument("--trace", help="replay a trace: Azure CSV, Mooncake JSONL or arrival_s,input_tokens,output_tokens CSV")
+    arrivals.add_argument("--bench-json", help="lengths of a `vllm bench serve --save-result` JSON "
+                          "(arrivals from --request-rate in the file unless --bench-rate)")
+    w.add_argument("--bench-rate", type=float, help="arrival rate for --bench-json (inf: burst)")
+    w.add_argument("--burstiness", type=float, default=1.0, help="gamma shape for --rate (1 = Poisson)")
+    w.add_argument("--think-time", type=float, default=0.0, help="mean think time (s) for --concurrency")
+    w.add_argument("--num-requests", type=int, help="requests to simulate (default 1000; traces: all rows)")
+    w.add_argument("--dataset", choices=["fixed", "random", "sharegpt"], default=None,
+                   help="lengths: fixed --input-len/--output-len (default), vLLM-style random around them, "
+                        "or sampled from the ShareGPT length table in ../shared/data")
+    w.add_argument("--input-len", type=int, default=1024)
+    w.add_argument("--output-len", type=int, default=128)
+    w.add_argument("--range-ratio", type=float, default=0.0)
+    w.add_argument("--time-scale", type=float, help="multiply a trace's inter-arrival gaps")
+    r = p.add_argument_group("run")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", help="write summary.json, config.json, requests.parquet, timeseries.csv here")
+    r.add_argument("--json", action="store_true", help="print the summary JSON alone on stdout")
+    r.add_argument("--sample-interval", type=float, default=0.2, help="time-series interval (simulated s)")
+    r.add_argument("--exact", action="store_true", help="per-request reference path every step (slow)")
+    p.set_defaults(func=cmd_simulate)
+
+
+def workload_spec(args) -> WorkloadSpec:
+    lengths = dict(input_len=args.input_len, output_len=args.output_len, dataset=args.dataset,
+                   range_ratio=args.range_ratio)
+    n = args.num_requests
+    if args.burst is not None:
+        return WorkloadSpec(kind="burst", num_requests=args.burst, **lengths)
+    if args.concurrency is not None:
+        return WorkloadSpec(kind="closed", num_requests=n or 1000, num_users=args.concurrency,
+                            think_time_s=args.think_time, **lengths)
+    if args.trace:
+        return WorkloadSpec(kind="trace", trace_path=args.trace, num_requests=n, time_scale=args.time_scale)
+    if args.bench_json:
+        return WorkloadSpec(kind="bench_json", trace_path=args.bench_json, num_requests=n, rate=args.bench_rate,
+                            burstiness=args.burstiness if args.bench_rate else None)
+    rate = args.rate if args.rate is not None else 10.0
+    kind = "poisson" if args.burstiness == 1.0 else "gamma"
+    return WorkloadSpec(kind=kind, num_requests=n or 1000, rate=rate, burstiness=args.burstiness, **lengths)
+
+
+def engine_config(args):
+    model = get_model(args.model)
+    gpu = get_gpu(args.gpu)
+    profile = load_profile(args.profile) if args.profile else None
+    return make_engine_config(
+        model, gpu, args.engine, tp=args.tp, weight_dtype=args.dtype, profile=profile,
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        max_model_len=args.max_model_len, enable_chunked_prefill=args.enable_chunked_prefill,
+        enable_prefix_caching=args.enable_prefix_caching, block_size=args.block_size,
+        gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_dtype=args.kv_cache_dtype,
+        num_gpu_blocks=args.num_gpu_blocks)
+
+
+SUMMARY_ROWS = (
+    ("completed", "requests completed", "{:d}"), ("failed", "requests rejected", "{:d}"),
+    ("duration", "duration (s)", "{:.2f}"), ("request_throughput", "request throughput (req/s)", "{:.2f}"),
+    ("output_throughput", "output throughput (tok/s)", "{:.1f}"),
+    ("total_token_throughput", "total token throughput (tok/s)", "{:.1f}"),
+    ("mean_ttft_ms", "TTFT mean (ms)", "{:.1f}"), ("median_ttft_ms", "TTFT median (ms)", "{:.1f}"),
+    ("p99_ttft_ms", "TTFT p99 (ms)", "{:.1f}"), ("mean_tpot_ms", "TPOT mean (ms)", "{:.2f}"),
+    ("p99_tpot_ms", "TPOT p99 (ms)", "{:.2f}"), ("mean_itl_ms", "ITL mean (ms)", "{:.2f}"),
+    ("p99_itl_ms", "ITL p99 (ms)", "{:.2f}"), ("mean_e2el_ms", "E2E latency mean (ms)", "{:.1f}"),
+    ("kv_capacity_tokens", "KV capacity (tokens)", "{:d}"), ("num_gpu_blocks", "GPU blocks", "{:d}"),
+    ("peak_kv_usage", "peak KV usage", "{:.1%}"), ("num_preemptions", "preemptions", "{:d}"),
+    ("mean_num_running", "mean running requests", "{:.1f}"),
+    ("mean_gpu_power_w", "mean GPU power (W, Splitwise-constant model)", "{:.0f}"),
+)
+
+
+def print_summary(summary: dict, cfg, wall_s: float, file=sys.stdout) -> None:
+    print(f"servesim: {cfg.model.name} on {cfg.parallel.tensor_parallel_size}x {cfg.gpu.name}, "
+          f"{cfg.engine.value} (profile {cfg.profile.name})", file=file)
+    for key, label, fmt in SUMMARY_ROWS:
+        print(f"  {label:<46} {fmt.format(summary[key])}", file=file)
+    print(f"  simulated in {wall_s:.2f} s wall ({summary['completed'] / max(wall_s, 1e-9):,.0f} req/s)", file=file)
+
+
+def cmd_simulate(args) -> int:
+    cfg = engine_config(args)
+    spec = workload_spec(args)
+    workload = build_workload(spec, seed=args.seed)
+    progress = not args.json and sys.stderr.isatty()
+    result = simulate(cfg, workload, SimOptions(sample_interval_s=args.sample_interval, exact=args.exact,
+                                                progress=progress, seed=args.seed))
+    if args.out:
+        write_results(result, args.out, {"workload": {k: (v.value if hasattr(v, "value") else v)
+                                                      for k, v in vars(spec).items()}, "seed": args.seed})
+    if args.json:
+        print(json.dumps(result.summary, indent=2))
+    else:
+        print_summary(result.summary, cfg, result.wall_s)
+        if args.out:
+            print(f"  results written to {Path(args.out).resolve()}")
+    return 0
+
+
+def cmd_list(args) -> int:
+    if args.what == "models":
+        for name in list_models():
+            print(get_model(name).describe())
+    elif args.what == "gpus":
+        for name in list_gpus():
+            g = get_gpu(name)
+            print(f"{name:<12} {g.memory_bytes / 2**30:6.1f} GiB  {g.hbm_bandwidth_bytes_per_s / 1e12:4.2f} TB/s  "
+                  f"{g.bf16_flops / 1e12:6.0f} TFLOP/s bf16  {g.tdp_w:5.0f} W")
+    else:
+        for name, path in sorted(shipped_profiles().items()):
+            prof = load_profile(path)
+            print(f"{name:<24} engine {prof.engine} {prof.engine_version:<8} gpu {prof.gpu}  ({path})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="servesim", description="Capacity-planning simulator for LLM serving")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"servesim {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_simulate(sub)
+    for what in ("models", "gpus", "profiles"):
+        sp = sub.add_parser(what, help=f"list the built-in {what}")
+        sp.set_defaults(func=cmd_list, what=what)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"servesim: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head`
+        sys.stderr.close()
+        return 0

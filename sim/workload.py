@@ -1,0 +1,463 @@
+"""Workloads: where simulated requests come from, as numpy arrays.
+
+A :class:`Workload` is an open-loop request stream (arrival time, prompt length, output length,
+optional prefix-block ids) held as three parallel numpy arrays, so a million requests cost ~24 MB
+rather than a million Python objects.  A :class:`ClosedLoop` is the closed-loop alternative: a
+fixed number of users, each issuing its next request a think time after its previous one finished.
+
+Building blocks, each a pure function of its arguments and one ``numpy.random.Generator``:
+
+* lengths: :func:`fixed_lengths`, :func:`random_lengths` (vLLM's ``random`` dataset),
+  :func:`sample_lengths` (a parametric :class:`LengthDist`), and
+  :func:`~servesim.sim.traces.sharegpt_lengths` (re-exported here);
+* arrivals: :func:`burst_arrivals`, :func:`poisson_arrivals`, :func:`gamma_arrivals`
+  (the arrival processes of ``vllm bench serve``).
+
+:func:`build_workload` turns a :class:`WorkloadSpec` and a seed into a workload.  Randomness comes
+from :func:`spawn_streams`: ``SeedSequence(seed).spawn(3)`` gives one independent generator per
+source (arrivals, lengths, think time), so changing the arrival rate never changes the sampled
+lengths, and changing the length dataset never changes the arrival times.
+File loaders live in :mod:`servesim.sim.traces`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import Enum
+from typing import NamedTuple
+
+import numpy as np
+
+# ----------------------------------------------------------------------------------- containers
+
+
+def _enum(cls: type[Enum], value: object, field: str) -> Enum:
+    """``value`` as a member of ``cls``; a ``ValueError`` names ``field`` and the valid values."""
+    try:
+        return cls(value)
+    except ValueError:
+        raise ValueError(f"{field} must be one of {[m.value for m in cls]}, got {value!r}") from None
+
+
+def _as_length_array(field: str, values: object) -> np.ndarray:
+    """``values`` as a read-only 1-D int64 copy; raises ``ValueError`` unless all are ints >= 1."""
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        raise ValueError(f"{field} must be a 1-D array, got shape {arr.shape}")
+    if arr.dtype.kind == "f":
+        if arr.size and not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
+            raise ValueError(f"{field} must hold whole numbers of tokens, got non-integral floats")
+    elif arr.dtype.kind not in "iu" and arr.size:
+        raise ValueError(f"{field} must be integer token counts, got dtype {arr.dtype}")
+    out = arr.astype(np.int64, copy=True)
+    if out.size and out.min() < 1:
+        i = int(np.argmin(out))
+        raise ValueError(f"{field} must be >= 1 token, got {out[i]} at index {i}")
+    out.setflags(write=False)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Workload:
+    """An open-loop request stream; request ``i`` arrives at ``arrival_s[i]``.
+
+    Invariants (checked at construction, arrays copied and made read-only):
+    ``arrival_s`` is float64, finite, >= 0 and sorted non-decreasing; ``input_tokens`` and
+    ``output_tokens`` are int64 >= 1; all three have the same length ``n``.  ``prefix_hashes``,
+    when given, has ``n`` entries: the ids of the request's ``prefix_block_tokens``-token prompt
+    blocks (Mooncake ``hash_ids``); equal leading ids mean a shared prompt prefix.
+    ``num_clamped_outputs`` counts requests whose recorded output length was 0 and was raised to
+    1 by the loader (a request that generates nothing still runs one decode step).
+    """
+
+    arrival_s: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    name: str = "workload"
+    prefix_hashes: list[tuple[int, ...]] | None = None
+    prefix_block_tokens: int = 512
+    num_clamped_outputs: int = 0
+
+    def __post_init__(self) -> None:
+        arrivals = np.array(self.arrival_s, dtype=np.float64)
+        if arrivals.ndim != 1:
+            raise ValueError(f"arrival_s must be a 1-D array, got shape {arrivals.shape}")
+        if arrivals.size:
+            finite = np.isfinite(arrivals)
+            if not finite.all():
+                raise ValueError(f"arrival_s must be finite; index {int(np.argmin(finite))} is not")
+            if arrivals[0] < 0:
+                raise ValueError(f"arrival_s must start at >= 0 s, got {arrivals[0]}")
+            back = np.flatnonzero(np.diff(arrivals) < 0)
+            if back.size:
+                i = int(back[0]) + 1
+                raise ValueError(f"arrival_s must be sorted non-decreasing; index {i} ({arrivals[i]}) "
+                                 f"is before index {i - 1} ({arrivals[i - 1]})")
+        arrivals.setflags(write=False)
+        object.__setattr__(self, "arrival_s", arrivals)
+        inputs = _as_length_array("input_tokens", self.input_tokens)
+        outputs = _as_length_array("output_tokens", self.output_tokens)
+        object.__setattr__(self, "input_tokens", inputs)
+        object.__setattr__(self, "output_tokens", outputs)
+        n = arrivals.size
+        if inputs.size != n or outputs.size != n:
+            raise ValueError(f"arrival_s, input_tokens, output_tokens must have equal lengths, got "
+                             f"{n}, {inputs.size}, {outputs.size}")
+        if self.prefix_hashes is not None and len(self.prefix_hashes) != n:
+            raise ValueError(f"prefix_hashes must have one entry per request ({n}), "
+                             f"got {len(self.prefix_hashes)}")
+        if self.prefix_block_tokens < 1:
+            raise ValueError(f"prefix_block_tokens must be >= 1, got {self.prefix_block_tokens}")
+        if not 0 <= self.num_clamped_outputs <= n:
+            raise ValueError(f"num_clamped_outputs must be in [0, {n}], got {self.num_clamped_outputs}")
+
+    def __len__(self) -> int:
+        return int(self.arrival_s.size)
+
+    @property
+    def duration_s(self) -> float:
+        """Time from the first to the last arrival (0 for fewer than two requests)."""
+        return float(self.arrival_s[-1] - self.arrival_s[0]) if len(self) > 1 else 0.0
+
+    @property
+    def mean_rate(self) -> float:
+        """Mean arrival rate in requests/s, ``(n - 1) / duration_s``; ``inf`` for a burst."""
+        return (len(self) - 1) / self.duration_s if self.duration_s > 0 else math.inf
+
+
+# -------------------------------------------------------------------------------- random streams
+
+
+class Streams(NamedTuple):
+    """One independent generator per source of randomness, from ``SeedSequence(seed).spawn(3)``."""
+
+    arrivals: np.random.Generator
+    lengths: np.random.Generator
+    think_time: np.random.Generator
+
+
+def spawn_streams(seed: int) -> Streams:
+    """The three streams of ``seed``; the same seed always yields the same three sequences."""
+    children = np.random.SeedSequence(seed).spawn(len(Streams._fields))
+    return Streams(*(np.random.default_rng(c) for c in children))
+
+
+# ----------------------------------------------------------------------------------- closed loop
+
+
+class ThinkTimeDist(str, Enum):
+    """How a closed-loop user's think time is drawn around its mean ``think_time_s``."""
+
+    EXPONENTIAL = "exponential"
+    FIXED = "fixed"
+
+
+@dataclass(frozen=True, eq=False)
+class ClosedLoop:
+    """Closed-loop load: ``num_users`` users, each with at most one request outstanding.
+
+    Contract with the engine: requests are issued in index order; request ``i`` has
+    ``input_tokens[i]`` / ``output_tokens[i]``.  Requests ``0 .. min(num_users, n) - 1`` are
+    issued at t = 0, one per user.  Every later request ``i`` is issued by the user whose request
+    finished, at (that finish time + ``think_times(n)[i]``); entries ``i < num_users`` of
+    :meth:`think_times` are drawn but unused, so the think time of request ``i`` does not depend
+    on ``num_users``.  Ties in finish time are the engine's to break deterministically.
+    """
+
+    num_users: int
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    think_time_s: float = 0.0
+    think_time_dist: ThinkTimeDist = ThinkTimeDist.EXPONENTIAL
+    seed: int = 0
+    name: str = "closed_loop"
+
+    def __post_init__(self) -> None:
+        if self.num_users < 1:
+            raise ValueError(f"num_users must be >= 1, got {self.num_users}")
+        if not (self.think_time_s >= 0 and math.isfinite(self.think_time_s)):
+            raise ValueError(f"think_time_s must be a finite mean >= 0 s, got {self.think_time_s}")
+        dist = _enum(ThinkTimeDist, self.think_time_dist, "think_time_dist")
+        object.__setattr__(self, "think_time_dist", dist)
+        inputs = _as_length_array("input_tokens", self.input_tokens)
+        outputs = _as_length_array("output_tokens", self.output_tokens)
+        if inputs.size != outputs.size:
+            raise ValueError(f"input_tokens and output_tokens must have equal lengths, got "
+                             f"{inputs.size}, {outputs.size}")
+        object.__setattr__(self, "input_tokens", inputs)
+        object.__setattr__(self, "output_tokens", outputs)
+
+    def __len__(self) -> int:
+        return int(self.input_tokens.size)
+
+    def think_times(self, n: int | None = None) -> np.ndarray:
+        """The first ``n`` (default: one per request) think times in seconds, float64.
+
+        Drawn from the think-time stream of ``spawn_streams(seed)``; a prefix of a longer draw
+        equals the shorter draw, and the result never depends on the lengths or ``num_users``.
+        """
+        n = len(self) if n is None else n
+        if self.think_time_s == 0 or self.think_time_dist is ThinkTimeDist.FIXED:
+            return np.full(n, float(self.think_time_s))
+        return spawn_streams(self.seed).think_time.exponential(self.think_time_s, size=n)
+
+
+# --------------------------------------------------------------------------------------- lengths
+
+
+def fixed_lengths(n: int, input_len: int, output_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` requests of exactly ``input_len`` prompt and ``output_len`` output tokens."""
+    if input_len < 1 or output_len < 1:
+        raise ValueError(f"input_len and output_len must be >= 1, got {input_len}, {output_len}")
+    return np.full(n, input_len, dtype=np.int64), np.full(n, output_len, dtype=np.int64)
+
+
+def random_lengths(n: int, input_len: int, output_len: int, range_ratio: float,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """vLLM's ``random`` dataset: lengths uniform on the integers ``[len*(1-r), len*(1+r)]``.
+
+    ``range_ratio`` 0 gives fixed lengths (still consuming the stream, so draws stay aligned).
+    Inputs are drawn before outputs; the lower bound is raised to 1 token.
+    """
+    if not 0 <= range_ratio < 1:
+        raise ValueError(f"range_ratio must be in [0, 1), got {range_ratio}")
+    out = []
+    for length in (input_len, output_len):
+        if length < 1:
+            raise ValueError(f"lengths must be >= 1 token, got {length}")
+        lo = max(1, int(length * (1 - range_ratio)))
+        hi = max(lo, int(length * (1 + range_ratio)))
+        out.append(rng.integers(lo, hi, size=n, endpoint=True, dtype=np.int64))
+    return out[0], out[1]
+
+
+class DistKind(str, Enum):
+    """The parametric length distributions :class:`LengthDist` knows."""
+
+    FIXED = "fixed"              # fixed:k
+    UNIFORM = "uniform"          # uniform:lo:hi, integers, both inclusive
+    NORMAL = "normal"            # normal:mean:std
+    LOGNORMAL = "lognormal"      # lognormal:mean:sigma (mean in tokens, sigma of log-length)
+    EXPONENTIAL = "exponential"  # exponential:mean
+
+
+_NUM_PARAMS = {DistKind.FIXED: 1, DistKind.UNIFORM: 2, DistKind.NORMAL: 2,
+               DistKind.LOGNORMAL: 2, DistKind.EXPONENTIAL: 1}
+
+
+@dataclass(frozen=True)
+class LengthDist:
+    """A token-length distribution; samples are rounded to integers and clipped to >= 1.
+
+    ``lognormal`` takes the arithmetic mean of the lengths in tokens and ``sigma``, the standard
+    deviation of log-length (so ``lognormal:1000:0.5`` has mean ~1000 tokens): the underlying
+    normal has mean ``ln(mean) - sigma**2 / 2``.  Parse the text form with :meth:`parse`.
+    """
+
+    kind: DistKind
+    params: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", _enum(DistKind, self.kind, "length distribution kind"))
+        name, params = self.kind.value, self.params
+        if len(params) != _NUM_PARAMS[self.kind]:
+            raise ValueError(f"{name} takes {_NUM_PARAMS[self.kind]} parameter(s), got {params}")
+        if not all(math.isfinite(p) and p >= 0 for p in params):
+            raise ValueError(f"{name} parameters must be finite and >= 0, got {params}")
+        if self.kind is DistKind.UNIFORM and self.params[0] > self.params[1]:
+            raise ValueError(f"uniform needs lo <= hi, got {self.params}")
+
+    @classmethod
+    def parse(cls, text: str) -> LengthDist:
+        """``"kind:p1[:p2]"``, e.g. ``"uniform:100:2000"``; a bare integer means ``fixed``."""
+        parts = text.strip().split(":")
+        if len(parts) == 1:
+            parts = ["fixed", parts[0]]
+        try:
+            kind = DistKind(parts[0].lower())
+            params = tuple(float(p) for p in parts[1:])
+        except ValueError:
+            raise ValueError(f"bad length distribution {text!r}; expected one of fixed:k, "
+                             "uniform:lo:hi, normal:mean:std, lognormal:mean:sigma, "
+                             "exponential:mean") from None
+        return cls(kind, params)
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` int64 lengths >= 1."""
+        p = self.params
+        if self.kind is DistKind.FIXED:
+            raw = np.full(n, p[0])
+        elif self.kind is DistKind.UNIFORM:
+            raw = rng.integers(round(p[0]), round(p[1]), size=n, endpoint=True).astype(np.float64)
+        elif self.kind is DistKind.NORMAL:
+            raw = rng.normal(p[0], p[1], size=n)
+        elif self.kind is DistKind.LOGNORMAL:
+            if p[0] <= 0:
+                raise ValueError(f"lognormal mean must be > 0, got {p[0]}")
+            raw = rng.lognormal(math.log(p[0]) - p[1] ** 2 / 2, p[1], size=n)
+        else:
+            raw = rng.exponential(p[0], size=n)
+        return np.maximum(np.rint(raw), 1).astype(np.int64)
+
+
+def sample_lengths(n: int, dist: str | LengthDist, rng: np.random.Generator) -> np.ndarray:
+    """``n`` token lengths from ``dist`` (a :class:`LengthDist` or its text form)."""
+    return (LengthDist.parse(dist) if isinstance(dist, str) else dist).sample(n, rng)
+
+
+# -------------------------------------------------------------------------------------- arrivals
+
+
+def burst_arrivals(n: int) -> np.ndarray:
+    """All ``n`` requests at t = 0, like ``vllm bench serve --request-rate inf``."""
+    return np.zeros(n, dtype=np.float64)
+
+
+def gamma_arrivals(n: int, rate: float, burstiness: float, rng: np.random.Generator) -> np.ndarray:
+    """Arrivals with gamma gaps, as ``vllm bench serve --request-rate R --burstiness B``.
+
+    Gaps have shape ``burstiness`` and scale ``1 / (rate * burstiness)``: mean ``1 / rate`` s and
+    coefficient of variation ``1 / sqrt(burstiness)``; 1 is Poisson, < 1 burstier, ``inf`` evenly
+    spaced.  Request 0 is sent at t = 0 and request k after k gaps (vLLM's ``get_request`` yields
+    a request, then sleeps one gap).  ``rate = inf`` is a burst; ``n - 1`` gaps are drawn.
+    """
+    if not rate > 0:
+        raise ValueError(f"rate must be > 0 requests/s (inf for a burst), got {rate}")
+    if not burstiness > 0:
+        raise ValueError(f"burstiness must be > 0 (1 = Poisson, inf = even gaps), got {burstiness}")
+    if math.isinf(rate) or n == 0:
+        return burst_arrivals(n)
+    if math.isinf(burstiness):
+        gaps = np.full(n - 1, 1.0 / rate)
+    else:
+        gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n - 1)
+    return np.concatenate(([0.0], np.cumsum(gaps)))
+
+
+def poisson_arrivals(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Poisson arrivals at ``rate`` requests/s; identical to ``gamma_arrivals(n, rate, 1, rng)``."""
+    return gamma_arrivals(n, rate, 1.0, rng)
+
+
+# ---------------------------------------------------------------------------------------- specs
+
+
+class WorkloadKind(str, Enum):
+    """Where a :class:`WorkloadSpec` gets its arrivals from."""
+
+    BURST = "burst"
+    POISSON = "poisson"
+    GAMMA = "gamma"
+    CLOSED = "closed"
+    TRACE = "trace"
+    BENCH_JSON = "bench_json"
+
+
+class Dataset(str, Enum):
+    """Where a synthetic :class:`WorkloadSpec` gets its lengths from."""
+
+    FIXED = "fixed"        # exactly input_len / output_len
+    RANDOM = "random"      # vLLM's random dataset around input_len / output_len (range_ratio)
+    SHAREGPT = "sharegpt"  # ShareGPT pairs, optionally filtered by max_input/max_output_tokens
+    DIST = "dist"          # input_dist / output_dist, LengthDist text forms
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    """Everything :func:`build_workload` needs besides the seed.
+
+    Synthetic kinds (burst, poisson, gamma, closed) need ``num_requests`` and take lengths from
+    ``dataset`` (None = fixed).  poisson needs ``rate``; gamma needs ``rate`` and takes
+    ``burstiness`` (None = 1); burst and closed ignore both.  ``trace`` loads ``trace_path``
+    (format detected unless ``trace_kind``), keeping its first ``num_requests`` rows and
+    rescaling by ``time_scale`` or to ``rate`` when given.  ``bench_json`` replays the lengths of
+    a ``vllm bench serve`` result with arrivals at ``rate`` / ``burstiness`` (None = the values
+    recorded in the file).  ``closed`` builds a :class:`ClosedLoop` for ``num_users`` users.
+    """
+
+    kind: WorkloadKind
+    num_requests: int | None = None
+    rate: float | None = None
+    burstiness: float | None = None
+    input_len: int = 1024
+    output_len: int = 128
+    dataset: Dataset | None = None
+    range_ratio: float = 0.0
+    input_dist: str | None = None
+    output_dist: str | None = None
+    max_input_tokens: int | None = None
+    max_output_tokens: int | None = None
+    trace_path: str | None = None
+    trace_kind: str | None = None
+    time_scale: float | None = None
+    num_users: int | None = None
+    think_time_s: float = 0.0
+    think_time_dist: ThinkTimeDist = ThinkTimeDist.EXPONENTIAL
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", _enum(WorkloadKind, self.kind, "kind"))
+        object.__setattr__(self, "dataset", _enum(Dataset, self.dataset or Dataset.FIXED, "dataset"))
+        k = self.kind
+        if k in (WorkloadKind.TRACE, WorkloadKind.BENCH_JSON):
+            if not self.trace_path:
+                raise ValueError(f"kind={k.value} needs trace_path")
+        elif self.num_requests is None or self.num_requests < 0:
+            raise ValueError(f"kind={k.value} needs num_requests >= 0, got {self.num_requests}")
+        if k in (WorkloadKind.POISSON, WorkloadKind.GAMMA) and self.rate is None:
+            raise ValueError(f"kind={k.value} needs rate (requests/s; inf for a burst)")
+        if k is WorkloadKind.CLOSED and not self.num_users:
+            raise ValueError("kind=closed needs num_users >= 1")
+        if self.dataset is Dataset.DIST and not (self.input_dist and self.output_dist):
+            raise ValueError("dataset=dist needs input_dist and output_dist, e.g. 'lognormal:900:0.5'")
+
+
+def _lengths(spec: WorkloadSpec, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """The synthetic (input, output) lengths of ``spec``, all drawn from ``rng``."""
+    if spec.dataset is Dataset.RANDOM:
+        return random_lengths(n, spec.input_len, spec.output_len, spec.range_ratio, rng)
+    if spec.dataset is Dataset.SHAREGPT:
+        from .traces import sharegpt_lengths  # traces imports this module
+        return sharegpt_lengths(n, rng, max_input=spec.max_input_tokens,
+                                max_output=spec.max_output_tokens)
+    if spec.dataset is Dataset.DIST:
+        return sample_lengths(n, spec.input_dist, rng), sample_lengths(n, spec.output_dist, rng)
+    return fixed_lengths(n, spec.input_len, spec.output_len)
+
+
+def build_workload(spec: WorkloadSpec, seed: int = 0) -> Workload | ClosedLoop:
+    """The workload ``spec`` describes; the same (spec, seed) always gives the same arrays.
+
+    Arrivals come only from stream ``arrivals`` and lengths only from stream ``lengths`` of
+    :func:`spawn_streams`, so e.g. two specs differing only in ``rate`` share their lengths.
+    """
+    from . import traces  # traces imports this module
+
+    streams = spawn_streams(seed)
+    name = spec.name or spec.kind.value
+    if spec.kind is WorkloadKind.TRACE:
+        return traces.load_trace(spec.trace_path, kind=spec.trace_kind, limit=spec.num_requests,
+                                 time_scale=spec.time_scale, rate=spec.rate, name=spec.name)
+    if spec.kind is WorkloadKind.BENCH_JSON:
+        return traces.load_bench_json(spec.trace_path, rate=spec.rate, burstiness=spec.burstiness,
+                                      seed=seed, limit=spec.num_requests, name=spec.name)
+    n = int(spec.num_requests)
+    inputs, outputs = _lengths(spec, n, streams.lengths)
+    if spec.kind is WorkloadKind.CLOSED:
+        return ClosedLoop(spec.num_users, inputs, outputs, spec.think_time_s, spec.think_time_dist,
+                          seed, name)
+    if spec.kind is WorkloadKind.BURST:
+        arrivals = burst_arrivals(n)
+    else:
+        gamma = spec.kind is WorkloadKind.GAMMA and spec.burstiness is not None
+        burstiness = spec.burstiness if gamma else 1.0
+        arrivals = gamma_arrivals(n, spec.rate, burstiness, streams.arrivals)
+    return Workload(arrivals, inputs, outputs, name)
+
+
+def __getattr__(name: str) -> object:
+    """Re-export ``sharegpt_lengths`` (it lives in :mod:`.traces`, which imports this module)."""
+    if name == "sharegpt_lengths":
+        from .traces import sharegpt_lengths
+        return sharegpt_lengths
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
