@@ -6,6 +6,7 @@ efficiencies and overheads from a :class:`~servesim.sim.profile.Profile`.  Per G
 
 * linear layers: ``max(weight_bytes / (BW * eff_bw), linear_flops * tokens / (FLOPS * eff_mm))``
   (weight-streaming bound for small batches, compute bound for large ones: Williams et al. 2009);
+  the LM head's FLOPs count once per sequence, not per prefill token;
 * prefill attention: FLOPs of every (query, key) pair of each chunk against its whole context,
   over ``FLOPS * eff_attn_prefill``;
 * decode attention: KV bytes read, ``kv_bytes_per_token * context``, over ``BW * eff_attn_decode``;
@@ -80,8 +81,11 @@ class StepCostModel:
         c = coeffs
         # Seconds to stream all weights once (per GPU: weights are split by TP).
         self.weight_stream_s = model.weight_bytes(weight_dtype) / tp / (bw * c.eff_bw)
-        # Seconds per token of GEMM compute at the achieved rate.
-        self.linear_s_per_token = model.linear_flops_per_token() / tp / (peak_flops * c.eff_mm)
+        # Seconds per token of GEMM compute at the achieved rate.  The LM head runs only for the
+        # position sampled in each sequence (vLLM prunes the other prefill positions first).
+        lm_head_flops = 2.0 * model.vocab_size * model.hidden_size
+        self.linear_s_per_token = (model.linear_flops_per_token() - lm_head_flops) / tp / (peak_flops * c.eff_mm)
+        self.lm_head_s_per_seq = lm_head_flops / tp / (peak_flops * c.eff_mm)
         # Seconds per prefill (query, key) pair; attention runs in 16-bit (fp8 KV is dequantised).
         self.prefill_s_per_pair = model.attention_flops_per_pair() / tp / (gpu.bf16_flops * c.eff_attn_prefill)
         # Seconds per decode context token: its K and V read from HBM.
@@ -106,7 +110,7 @@ class StepCostModel:
         """:meth:`step_time` on plain numbers (the engine's hot path avoids building objects)."""
         if num_tokens <= 0:
             return 0.0
-        linear = max(self.weight_stream_s, self.linear_s_per_token * num_tokens)
+        linear = max(self.weight_stream_s, self.linear_s_per_token * num_tokens + self.lm_head_s_per_seq * num_seqs)
         return (linear + self.prefill_s_per_pair * prefill_pairs
                 + self.decode_s_per_ctx_token * decode_context_tokens
                 + self.fixed_s + self.per_token_s * num_tokens
@@ -118,7 +122,7 @@ class StepCostModel:
         The arithmetic is the same expression in the same order, so each element equals what
         :meth:`step_time_of` returns for it bit for bit (the fast path relies on this).
         """
-        linear = max(self.weight_stream_s, self.linear_s_per_token * num_seqs)
+        linear = max(self.weight_stream_s, self.linear_s_per_token * num_seqs + self.lm_head_s_per_seq * num_seqs)
         return (linear + self.prefill_s_per_pair * 0.0
                 + self.decode_s_per_ctx_token * decode_context_tokens
                 + self.fixed_s + self.per_token_s * num_seqs

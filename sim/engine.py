@@ -134,8 +134,9 @@ class LLMEngine:
         """Only decoders in the batch, nothing waiting: the next steps are identical decode steps
         until something arrives, finishes or runs out of blocks."""
         s = self.scheduler
-        return (not s.waiting and not s.scalar_running and s.batch.size > 0
-                and s.batch.size <= s.sched.max_num_batched_tokens)
+        size = len(s.batch.members)
+        return (not s.waiting and not s.scalar_running and size > 0
+                and size <= s.sched.max_num_batched_tokens)
 
     def _bulk_decode(self, now: float) -> float | None:
         """Run the decode steps up to the next event in one go; return the new time, or ``None``
@@ -146,7 +147,7 @@ class LLMEngine:
         handed out in the same order, and the same ITLs and samples are recorded.
         """
         s, batch, kv, cost = self.scheduler, self.scheduler.batch, self.kv, self.cost
-        size, g, bs = batch.size, batch.g, batch.block_size
+        size, g, bs = len(batch.members), batch.g, batch.block_size
         k_max = min(batch.steps_to_next_finish() - 1, self.max_bulk_steps)  # the finishing step runs alone
         if k_max < 2:
             return None
@@ -182,8 +183,10 @@ class LLMEngine:
             itl.add(ends[0] - batch.last_step_end, size - len(fresh))
         for request in fresh:
             itl.add(ends[0] - request.last_token_time, 1)
+        values, counts = itl._values, itl._counts
         for j in range(1, k):
-            itl.add(ends[j] - ends[j - 1], size)
+            values.append(ends[j] - ends[j - 1])
+            counts.append(size)
         batch.fresh = []
         batch.g = g + k
         end = ends[-1]

@@ -72,7 +72,7 @@ class KVCacheManager:
         rid = request.request_id
         req_blocks = self.req_to_blocks.get(rid)
         if req_blocks is None:
-            req_blocks = self.req_to_blocks[rid] = []
+            req_blocks = self.req_to_blocks[rid] = request.blocks = []
         computed = new_computed_blocks or []
         num_computed = request.num_computed_tokens + len(computed) * self.block_size
         num_required = cdiv(num_computed + num_new_tokens, self.block_size)
@@ -97,14 +97,12 @@ class KVCacheManager:
 
         The caller has checked that enough blocks are free for every request it appends to.
         """
-        self.req_to_blocks[request.request_id].append(self.block_pool.get_new_blocks(1)[0])
+        request.blocks.append(self.block_pool.get_new_blocks(1)[0])
 
     def append_blocks(self, requests) -> None:
         """:meth:`append_block` for several requests (a sized iterable), in order, one pool call."""
-        blocks = self.block_pool.get_new_blocks(len(requests))
-        req_to_blocks = self.req_to_blocks
-        for request, block in zip(requests, blocks):
-            req_to_blocks[request.request_id].append(block)
+        for request, block in zip(requests, self.block_pool.get_new_blocks(len(requests))):
+            request.blocks.append(block)
 
     def _cache_full_prompt_blocks(self, request: Request, req_blocks: list[int], num_tokens: int) -> None:
         full = min(num_tokens // self.block_size, len(request.block_hashes))
@@ -115,5 +113,6 @@ class KVCacheManager:
     def free(self, request: Request) -> None:
         """Return the request's blocks, tail first (so tails are evicted first from the cache)."""
         blocks = self.req_to_blocks.pop(request.request_id, None)
+        request.blocks = None
         if blocks:
             self.block_pool.free_blocks(reversed(blocks))

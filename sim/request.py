@@ -28,7 +28,7 @@ class Request:
     __slots__ = ("request_id", "arrival_time", "num_prompt_tokens", "max_tokens", "num_output_tokens",
                  "num_computed_tokens", "status", "in_batch", "off_c", "off_o", "admit_seq", "block_hashes",
                  "num_cached_tokens", "num_preemptions", "first_scheduled_time", "first_token_time",
-                 "last_token_time", "user")
+                 "last_token_time", "user", "blocks")
 
     def __init__(self, request_id: int, arrival_time: float, num_prompt_tokens: int, max_tokens: int,
                  block_hashes: tuple | None = None, user: int = -1) -> None:
@@ -53,6 +53,7 @@ class Request:
         self.first_token_time = -1.0
         self.last_token_time = -1.0
         self.user = user             # closed-loop user that sent it (-1: open loop)
+        self.blocks: list[int] | None = None  # its KV blocks (the list KVCacheManager.req_to_blocks holds)
 
     @property
     def num_tokens(self) -> int:

@@ -137,7 +137,8 @@ class Scheduler:
         ``free_margin`` blocks must stay free after the batch's new blocks (v0 checks conservatively).
         """
         batch = self.batch
-        if not batch.size:
+        size = len(batch.members)
+        if not size:
             return True
         needing = batch.needing_blocks()
         if self.exact or len(needing) > self.kv.num_free_blocks - free_margin:
@@ -145,15 +146,15 @@ class Scheduler:
             return False
         if needing:
             self.kv.append_blocks(needing.values())
-        out.num_batch_decodes = batch.size
-        out.num_decode_seqs += batch.size
+        out.num_batch_decodes = size
+        out.num_decode_seqs += size
         out.decode_context_tokens += batch.context_sum()
         return True
 
     def schedule(self, now: float) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.sched.max_num_batched_tokens
-        if self.batch.size > budget:
+        if len(self.batch.members) > budget:
             self.materialize()
         self._schedule_batch(out, free_margin=0)
         budget -= out.num_batch_decodes
