@@ -19,8 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from .gpus import GPUSpec
 from .models import ModelSpec
 from .profile import StepCoefficients
@@ -114,16 +112,4 @@ class StepCostModel:
         return (linear + self.prefill_s_per_pair * prefill_pairs
                 + self.decode_s_per_ctx_token * decode_context_tokens
                 + self.fixed_s + self.per_token_s * num_tokens
-                + self.coeffs.per_seq_overhead_s * num_seqs)
-
-    def decode_step_times(self, num_seqs: int, decode_context_tokens: np.ndarray) -> np.ndarray:
-        """:meth:`step_time_of` for decode-only steps of ``num_seqs`` sequences, one per context sum.
-
-        The arithmetic is the same expression in the same order, so each element equals what
-        :meth:`step_time_of` returns for it bit for bit (the fast path relies on this).
-        """
-        linear = max(self.weight_stream_s, self.linear_s_per_token * num_seqs + self.lm_head_s_per_seq * num_seqs)
-        return (linear + self.prefill_s_per_pair * 0.0
-                + self.decode_s_per_ctx_token * decode_context_tokens
-                + self.fixed_s + self.per_token_s * num_seqs
                 + self.coeffs.per_seq_overhead_s * num_seqs)
