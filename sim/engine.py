@@ -99,9 +99,10 @@ class LLMEngine:
                         raise RuntimeError(
                             f"deadlock at t={now:.3f}s: {scheduler.num_waiting} waiting requests can never be "
                             f"scheduled with {kv.num_free_blocks} free blocks")
+                    self.series.close(now, self._state())
                     break
                 next_t = max(next_t, now)
-                self.series.sample_until(next_t, self._state())
+                self.series.sample_before(next_t, self._state())
                 self.clock = next_t
                 yield env.timeout(max(next_t - env.now, 0.0))
                 continue
@@ -115,10 +116,10 @@ class LLMEngine:
                 self.prefill_busy_s += dt * out.num_prefill_tokens / out.num_tokens
             self.num_steps += 1
             end = self.clock = now + dt
+            if self.series.next_t < end:
+                self.series.sample_before(end, self._state())
             yield env.timeout(max(end - env.now, 0.0))
             scheduler.update_from_output(out, end)
-            if self.series.next_t <= end:
-                self.series.sample_until(end, self._state())
 
     def _collect_rejected(self) -> None:
         rejected = getattr(self.scheduler, "rejected", None)
@@ -201,14 +202,15 @@ class LLMEngine:
         self.busy_s += total
         self.num_steps += k
         series = self.series
-        if series.next_t <= end:
-            num_blocks, used, j = kv.block_pool.num_blocks, 0, 0
-            while series.next_t <= end:
-                while ends[j] < series.next_t:
+        if series.next_t < end:
+            # As on the per-step path, a sample during a step sees the state after that step was
+            # scheduled: j completed steps and the blocks of j + 1 allocations.
+            num_blocks, j = kv.block_pool.num_blocks, 0
+            while series.next_t < end:
+                while ends[j] <= series.next_t:
                     j += 1
                 used = sum(len(buckets[-(g + i) % bs]) for i in range(j + 1))
-                series.sample_until(series.next_t, (s.num_running, 0, 1.0 - (free_before - used) / num_blocks,
-                                                    s.num_preemptions, s.prompt_tokens_total,
-                                                    gen0 + size * (j + 1)))
+                series.sample_next((s.num_running, 0, 1.0 - (free_before - used) / num_blocks,
+                                    s.num_preemptions, s.prompt_tokens_total, gen0 + size * j))
         self.clock = end
         return end

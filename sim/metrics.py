@@ -95,10 +95,24 @@ class TimeSeries:
         self.next_t = 0.0
         self.rows: list[tuple] = []
 
-    def sample_until(self, now: float, state: tuple) -> None:
-        """Record ``state`` at every sample instant up to ``now`` (it held since the last call)."""
-        while self.next_t <= now:
+    def sample_before(self, t: float, state: tuple) -> None:
+        """Record ``state`` at every sample instant before ``t`` not yet sampled: the engine calls
+        this just before the state changes at ``t`` (a step's end), so each sample sees the state
+        left by the last step that ended at or before it, as a Prometheus scrape would."""
+        while self.next_t < t:
             self.rows.append((self.next_t, *state))
+            self.next_t = len(self.rows) * self.interval_s
+
+    def sample_next(self, state: tuple) -> None:
+        """Record ``state`` at the next sample instant."""
+        self.rows.append((self.next_t, *state))
+        self.next_t = len(self.rows) * self.interval_s
+
+    def close(self, t: float, state: tuple) -> None:
+        """Samples up to and including ``t``, the end of the run."""
+        self.sample_before(t, state)
+        if self.next_t == t:
+            self.rows.append((t, *state))
             self.next_t = len(self.rows) * self.interval_s
 
     def to_frame(self) -> pd.DataFrame:
