@@ -45,6 +45,9 @@ def _add_simulate(sub) -> None:
     _bool_flag(k, "enable-prefix-caching", "prefix caching (default on in vllm-v1, off in vllm-v0)")
     k.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8, fp16, bf16")
     k.add_argument("--num-gpu-blocks", type=int, help="use this KV capacity instead of the memory model")
+    k.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap"],
+                   help="vllm-v0 only: swap preempted requests' KV to CPU instead of recomputing")
+    k.add_argument("--swap-space", type=float, default=4.0, help="CPU swap space per GPU, GiB (vllm-v0)")
     w = p.add_argument_group("workload (one of)")
     arrivals = w.add_mutually_exclusive_group()
     arrivals.add_argument("--burst", type=int, metavar="N", help="N requests at t=0 (request rate inf)")
@@ -102,7 +105,7 @@ def engine_config(args):
         max_model_len=args.max_model_len, enable_chunked_prefill=args.enable_chunked_prefill,
         enable_prefix_caching=args.enable_prefix_caching, block_size=args.block_size,
         gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_dtype=args.kv_cache_dtype,
-        num_gpu_blocks=args.num_gpu_blocks)
+        num_gpu_blocks=args.num_gpu_blocks, preemption_mode=args.preemption_mode, swap_space_gib=args.swap_space)
 
 
 SUMMARY_ROWS = (

@@ -125,7 +125,8 @@ def make_engine_config(model: ModelSpec, gpu: GPUSpec, engine: str = "vllm-v1", 
                        max_model_len: int | None = None, enable_chunked_prefill: bool | None = None,
                        enable_prefix_caching: bool | None = None, block_size: int = 16,
                        gpu_memory_utilization: float = 0.9, kv_cache_dtype: str = "auto",
-                       num_gpu_blocks: int | None = None, preemption_mode: str = "recompute") -> EngineConfig:
+                       num_gpu_blocks: int | None = None, preemption_mode: str = "recompute",
+                       swap_space_gib: float = 4.0) -> EngineConfig:
     """Resolve vLLM's defaults for ``engine`` on ``gpu`` and build the :class:`EngineConfig`."""
     try:
         version = EngineVersion(engine)
@@ -162,7 +163,7 @@ def make_engine_config(model: ModelSpec, gpu: GPUSpec, engine: str = "vllm-v1", 
         engine=version, model=model, gpu=gpu, profile=profile,
         cache=CacheConfig(block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
                           kv_cache_dtype=kv_cache_dtype, enable_prefix_caching=prefix,
-                          num_gpu_blocks_override=num_gpu_blocks),
+                          num_gpu_blocks_override=num_gpu_blocks, swap_space_bytes=swap_space_gib * 2**30),
         scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                                   max_model_len=max_model_len, enable_chunked_prefill=chunked,
                                   preemption_mode=mode),

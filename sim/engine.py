@@ -107,12 +107,14 @@ class LLMEngine:
                 yield env.timeout(max(next_t - env.now, 0.0))
                 continue
             dt = cost.step_time_of(out.num_tokens, out.num_seqs, out.prefill_pairs, out.decode_context_tokens)
+            if out.swap_bytes:
+                dt += out.swap_bytes / self.cfg.profile.step.swap_bandwidth_bytes_per_s
             usage = kv.usage
             if usage > self.peak_kv_usage:
                 self.peak_kv_usage = usage
             self.running_integral += scheduler.num_running * dt
             self.busy_s += dt
-            if out.num_prefill_tokens:
+            if out.num_prefill_tokens and out.num_tokens:
                 self.prefill_busy_s += dt * out.num_prefill_tokens / out.num_tokens
             self.num_steps += 1
             end = self.clock = now + dt
@@ -136,7 +138,7 @@ class LLMEngine:
         until something arrives, finishes or runs out of blocks."""
         s = self.scheduler
         size = len(s.batch.members)
-        return (not s.waiting and not s.scalar_running and size > 0
+        return (not s.waiting and not s.scalar_running and size > 0 and not getattr(s, "swapped", None)
                 and size <= s.sched.max_num_batched_tokens)
 
     def _bulk_decode(self, now: float) -> float | None:

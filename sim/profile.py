@@ -31,6 +31,9 @@ class StepCoefficients:
     step_overhead_s: float = 2e-3     # per step on the CPU: scheduling, input prep, sampling
     per_seq_overhead_s: float = 0.0   # per sequence in the step: detokenise, stream, bookkeeping
     per_token_overhead_s: float = 0.0  # per scheduled token: input prep and sampling that scale with tokens
+    # KV blocks copied to/from CPU on swap preemption (vLLM v0): block-by-block cudaMemcpyAsync over
+    # PCIe 5 x16 (64 GB/s nominal); prior of 25 GB/s effective, not yet measured.
+    swap_bandwidth_bytes_per_s: float = 25e9
 
     def __post_init__(self) -> None:
         for name in ("eff_bw", "eff_mm", "eff_attn_prefill", "eff_attn_decode"):

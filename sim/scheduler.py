@@ -39,6 +39,7 @@ class SchedulerOutput:
     prefill_pairs: float = 0.0
     num_decode_seqs: int = 0
     decode_context_tokens: int = 0
+    swap_bytes: float = 0.0                          # KV copied between GPU and CPU (v0 swap preemption)
 
     @property
     def num_tokens(self) -> int:
@@ -50,7 +51,7 @@ class SchedulerOutput:
 
     @property
     def is_empty(self) -> bool:
-        return self.num_decode_seqs == 0 and self.num_prefill_seqs == 0
+        return self.num_decode_seqs == 0 and self.num_prefill_seqs == 0 and self.swap_bytes == 0
 
     def add(self, request: Request, num_new_tokens: int) -> None:
         computed = request.num_computed_tokens

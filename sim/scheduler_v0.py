@@ -13,12 +13,19 @@ Differences from v1 that change results:
 
 With ``enable_chunked_prefill`` the step holds running requests first (decodes and prefill chunks,
 arrival order), then new prefill chunks, under one token budget, as in 0.5.x
-``_schedule_chunked_prefill``.  Swap preemption is not simulated yet (recompute only).
+``_schedule_chunked_prefill``.
+
+With ``preemption_mode=swap`` a victim's blocks are copied to CPU swap space instead of being
+dropped; it waits in ``swapped`` and is swapped back in (FCFS, watermark permitting) in a step with
+no preemption, resuming its decode without recompute.  While anything is swapped out, no new
+prefill is admitted (as in 0.5.x ``_schedule_default``).  The copies cost PCIe time in the step
+that makes them (``SchedulerOutput.swap_bytes``).  Running out of swap space is an error, as in vLLM.
 """
 from __future__ import annotations
 
 from collections import deque
 
+from .config import PreemptionMode
 from .kv_cache_manager import cdiv
 from .request import Request, RequestStatus
 from .scheduler import Scheduler, SchedulerOutput
@@ -31,22 +38,87 @@ class SchedulerV0(Scheduler):
         super().__init__(*args, **kwargs)
         self.watermark_blocks = int(self.sched.watermark * self.kv.num_gpu_blocks)
         self.rejected: list[Request] = []
+        self.swap = self.sched.preemption_mode is PreemptionMode.SWAP
+        cfg = self.cfg
+        self.block_bytes = (cfg.model.kv_bytes_per_token(cfg.kv_dtype, cfg.parallel.tensor_parallel_size)
+                            * cfg.cache.block_size)
+        self.num_cpu_blocks = int(cfg.cache.swap_space_bytes // self.block_bytes)
+        self.swapped: deque[Request] = deque()
+        self.swapped_blocks: dict[int, int] = {}
+        self.num_swaps_out = 0
+        self._swap_bytes = 0.0
+
+    def has_unfinished(self) -> bool:
+        return super().has_unfinished() or bool(self.swapped)
+
+    @property
+    def num_swapped(self) -> int:
+        return len(self.swapped)
+
+    def preempt(self, request: Request) -> None:
+        if not self.swap:
+            super().preempt(request)
+            return
+        if request.in_batch:
+            self.batch.remove(request)
+        n_blocks = self.kv.num_blocks_of(request)
+        if sum(self.swapped_blocks.values()) + n_blocks > self.num_cpu_blocks:
+            raise ValueError(f"request {request.request_id} cannot be swapped out: {n_blocks} blocks "
+                               f"exceed the {self.num_cpu_blocks}-block CPU swap space "
+                               "(vLLM aborts here too; raise swap_space or use recompute)")
+        del self.running[request.request_id]
+        self.scalar_running.pop(request.request_id, None)
+        self.kv.free(request)
+        self.swapped_blocks[request.request_id] = n_blocks
+        self._swap_bytes += n_blocks * self.block_bytes
+        request.status = RequestStatus.PREEMPTED
+        request.num_preemptions += 1
+        self.num_preemptions += 1
+        self.num_swaps_out += 1
+        self.swapped.append(request)
+
+    def _schedule_swapped(self, out: SchedulerOutput, budget: int, now: float) -> None:
+        """Swap requests back in, FCFS, while blocks above the watermark and budget allow."""
+        kv = self.kv
+        while self.swapped and budget > 0 and len(self.running) < self.sched.max_num_seqs:
+            request = self.swapped[0]
+            n_blocks = self.swapped_blocks[request.request_id]
+            if kv.num_free_blocks - n_blocks - 1 < self.watermark_blocks:
+                break
+            self.swapped.popleft()
+            del self.swapped_blocks[request.request_id]
+            kv.allocate_slots(request, 1)  # holds no blocks now: gets cdiv(computed + 1) = its blocks + next slot
+            self._swap_bytes += n_blocks * self.block_bytes
+            request.status = RequestStatus.RUNNING
+            self.running[request.request_id] = request
+            self.scalar_running[request.request_id] = request
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            out.add(request, num_new)
+            budget -= num_new
 
     def schedule(self, now: float) -> SchedulerOutput:
         out = SchedulerOutput()
+        self._swap_bytes = 0.0
         if self.sched.enable_chunked_prefill:
             budget = self.sched.max_num_batched_tokens
-            if self.batch.size > budget:
+            if len(self.batch.members) > budget:
                 self.materialize()
             self._schedule_batch(out, free_margin=1)
             budget = self._schedule_running(out, budget - out.num_batch_decodes)
+            if budget is not None and self.swapped:
+                self._schedule_swapped(out, budget, now)
+                budget = self.sched.max_num_batched_tokens - out.num_tokens
             if budget is not None:
                 self._schedule_prefills(out, budget, now, chunked=True)
-            return out
-        self._schedule_prefills(out, self.sched.max_num_batched_tokens, now, chunked=False)
-        if out.is_empty:
-            self._schedule_batch(out, free_margin=1)
-            self._schedule_running(out, self.sched.max_num_batched_tokens)
+        else:
+            if not self.swapped:
+                self._schedule_prefills(out, self.sched.max_num_batched_tokens, now, chunked=False)
+            if out.is_empty:
+                self._schedule_batch(out, free_margin=1)
+                budget = self._schedule_running(out, self.sched.max_num_batched_tokens)
+                if budget is not None and self.swapped:
+                    self._schedule_swapped(out, budget - out.num_batch_decodes, now)
+        out.swap_bytes = self._swap_bytes
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int | None:
