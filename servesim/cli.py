@@ -167,7 +167,15 @@ def cmd_list(args) -> int:
     return 0
 
 
+# Each package that has commands of its own exposes ``register(subparsers)`` in its ``cli`` module
+# (``servesim.calibrate.cli``: calibrate, validate; ``servesim.measure.cli``: measure, serve;
+# ``servesim.scenarios.cli``: sweep, regions, plan).  A command's handler is ``args.func(args)``
+# returning the exit status.
+COMMAND_MODULES = ("servesim.calibrate.cli", "servesim.measure.cli", "servesim.scenarios.cli")
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
     parser = argparse.ArgumentParser(prog="servesim", description="Capacity-planning simulator for LLM serving")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"servesim {__version__}")
@@ -176,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     for what in ("models", "gpus", "profiles"):
         sp = sub.add_parser(what, help=f"list the built-in {what}")
         sp.set_defaults(func=cmd_list, what=what)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        module.register(sub)
     return parser
 
 
