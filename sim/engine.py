@@ -26,7 +26,8 @@ class LLMEngine:
 
     def __init__(self, env: simpy.Environment, cfg: EngineConfig, source, records: RequestRecords,
                  sample_interval_s: float = 0.2, exact: bool = False,
-                 on_progress: Callable[[int], None] | None = None) -> None:
+                 on_progress: Callable[[int], None] | None = None,
+                 on_token: Callable[[Request, float], None] | None = None) -> None:
         self.env, self.cfg, self.source, self.records = env, cfg, source, records
         self.memory = kv_capacity(cfg)
         # Without prefix hashes in the workload no block can ever be hit: the cheaper pool behaves
@@ -36,7 +37,10 @@ class LLMEngine:
                                  reserve_null_block=cfg.engine is EngineVersion.V1)
         self.itl = InterTokenLatencies()
         scheduler_cls = Scheduler if cfg.engine is EngineVersion.V1 else SchedulerV0
+        if on_token is not None:
+            exact = True  # tokens of batch members are not produced one by one on the fast path
         self.scheduler = scheduler_cls(cfg, self.kv, self.itl, self._on_finish, exact=exact)
+        self.scheduler.on_token = on_token
         self.cost = StepCostModel(cfg.model, cfg.gpu, cfg.profile.step, cfg.parallel.tensor_parallel_size,
                                   cfg.weight_dtype, cfg.kv_dtype)
         self.series = TimeSeries(sample_interval_s)
@@ -49,7 +53,7 @@ class LLMEngine:
         self.num_finished = 0
         self.num_rejected = 0
         self.clock = 0.0
-        self.bulk = not exact          # advance runs of identical decode steps at once
+        self.bulk = not exact and not getattr(source, "live", False)  # advance runs of decode steps at once
         self.max_bulk_steps = 4096
         self.process = env.process(self.run())
 
@@ -94,6 +98,12 @@ class LLMEngine:
             self._collect_rejected()
             if out.is_empty:
                 next_t = self.source.next_time()
+                if next_t is None and getattr(self.source, "live", False):
+                    # A live source (``servesim serve``) may still receive requests: sleep until it does.
+                    self.series.sample_before(env.now, self._state())
+                    yield self.source.wait(env)
+                    self.clock = max(self.clock, env.now)
+                    continue
                 if next_t is None:
                     if scheduler.has_unfinished():
                         raise RuntimeError(

@@ -81,6 +81,7 @@ class Scheduler:
         self.scalar_running: dict[int, Request] = {}  # running requests not in the batch, same order
         self.batch = DecodeBatch(cfg.cache.block_size)
         self._admit_counter = 0
+        self.on_token: Callable[[Request, float], None] | None = None  # per-token hook (exact mode only)
         self.num_preemptions = 0
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -221,6 +222,8 @@ class Scheduler:
         else:
             self.itl.add(now - request.last_token_time, 1)
         request.last_token_time = now
+        if self.on_token is not None:
+            self.on_token(request, now)
         if request.num_output_tokens >= request.max_tokens:
             self._finish(request, now)
         elif not self.exact:
