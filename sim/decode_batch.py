@@ -39,6 +39,7 @@ class DecodeBatch:
         self.members: dict[int, Request] = {}
         self.buckets: list[dict[int, Request]] = [{} for _ in range(block_size)]
         self.sum_off_c = 0
+        self._joins = 0
         self._finish_heap: list[tuple[int, int, int]] = []
         self.fresh: list[Request] = []  # joined since the last batch step (their own last-token time)
         self.last_step_end = 0.0        # end time of the last step that decoded this batch
@@ -56,7 +57,9 @@ class DecodeBatch:
         self.members[rid] = request
         self.buckets[request.off_c % self.block_size][rid] = request
         self.sum_off_c += request.off_c
-        heapq.heappush(self._finish_heap, (request.max_tokens - request.off_o, request.admit_seq, rid))
+        self._joins += 1
+        request.join_seq = self._joins
+        heapq.heappush(self._finish_heap, (request.max_tokens - request.off_o, self._joins, rid))
         self.fresh.append(request)
 
     def sync(self, request: Request) -> None:
@@ -102,10 +105,9 @@ class DecodeBatch:
         g, heap, members = self.g, self._finish_heap, self.members
         done = []
         while heap and heap[0][0] <= g:
-            _, _, rid = heapq.heappop(heap)
+            _, join_seq, rid = heapq.heappop(heap)
             request = members.get(rid)
-            if (request is not None and request.max_tokens - request.off_o == g
-                    and (not done or done[-1] is not request)):  # re-joined members may have two entries
+            if request is not None and request.join_seq == join_seq:
                 done.append(request)
         return done
 
@@ -113,9 +115,9 @@ class DecodeBatch:
         """Batch steps until the first member finishes (drops stale heap entries on the way)."""
         heap, members = self._finish_heap, self.members
         while heap:
-            fin, _, rid = heap[0]
+            fin, join_seq, rid = heap[0]
             request = members.get(rid)
-            if request is not None and request.max_tokens - request.off_o == fin:
+            if request is not None and request.join_seq == join_seq:
                 return fin - self.g
             heapq.heappop(heap)
         return 1 << 62

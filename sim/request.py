@@ -26,7 +26,7 @@ class Request:
     """
 
     __slots__ = ("request_id", "arrival_time", "num_prompt_tokens", "max_tokens", "num_output_tokens",
-                 "num_computed_tokens", "status", "in_batch", "off_c", "off_o", "admit_seq", "block_hashes",
+                 "num_computed_tokens", "status", "in_batch", "off_c", "off_o", "join_seq", "admit_seq", "block_hashes",
                  "num_cached_tokens", "num_preemptions", "first_scheduled_time", "first_token_time",
                  "last_token_time", "user", "blocks")
 
@@ -45,6 +45,7 @@ class Request:
         self.in_batch = False        # decoding inside the DecodeBatch (counters relative to its step)
         self.off_c = 0               # while in_batch: num_computed_tokens - batch step counter
         self.off_o = 0               # while in_batch: num_output_tokens - batch step counter
+        self.join_seq = 0            # which stay in the batch its finish-heap entry belongs to
         self.admit_seq = -1          # order of (re)admission into running: the newest is preempted first
         self.block_hashes = block_hashes  # per full prompt block, for prefix caching (None: unique)
         self.num_cached_tokens = 0   # prompt tokens served from the prefix cache at first admission
