@@ -82,6 +82,7 @@ def simulate(cfg: EngineConfig, workload, options: SimOptions = SimOptions()) ->
         "mean_num_running": engine.running_integral / duration if duration > 0 else 0.0,
         "num_steps": engine.num_steps,
         "busy_fraction": engine.busy_s / duration if duration > 0 else 0.0,
+        "prefill_fraction": engine.prefill_busy_s / duration if duration > 0 else 0.0,
         "gpu_energy_j": energy,
         "mean_gpu_power_w": energy / duration / tp if duration > 0 else 0.0,
         "energy_per_output_token_j": energy / summary["total_output_tokens"] if summary["total_output_tokens"] else 0.0,

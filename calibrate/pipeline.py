@@ -1,0 +1,202 @@
+"""``servesim calibrate``: from measurement inputs of any supported kind to one profile.
+
+Inputs are recognised by their contents:
+
+* a folder of aiconfigurator kernel tables (``*gemm_perf.parquet`` ...): kernel-level efficiencies
+  (:mod:`servesim.calibrate.kernel_tables`);
+* a folder of Vidur operator profiles (``.../mlp.csv``): GEMM efficiencies, used when no kernel
+  tables are given and reported beside them as a cross-check otherwise (:mod:`servesim.calibrate.vidur`);
+* the ML.ENERGY chat summary CSV: end-to-end rows (:mod:`servesim.calibrate.mlenergy`);
+* ``vllm bench serve --save-result`` JSON files: end-to-end targets;
+* a ``servesim measure`` probe run directory (``run.json``): probe fits
+  (:mod:`servesim.calibrate.probe_fit`).
+
+Order of work: start from the base profile (the shipped one for the GPU and engine, or
+``--base``); kernel tables replace the kernel-level efficiencies; probe runs replace what they
+measure; end-to-end targets then fit the remaining (CPU-side) terms by simulation in the loop, and
+the ML.ENERGY power figures fit the power coefficients.  Every coefficient keeps the source it came
+from, every input row its provenance, and the fit report its residuals.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ..sim.profile import Profile, default_profile, load_profile
+from . import e2e_fit
+from .mlenergy import MLEnergyRow, load_mlenergy
+
+
+def classify(path: Path) -> str:
+    """The kind of a calibration input; ``ValueError`` naming the path if unknown."""
+    if path.is_dir():
+        if any(path.glob("*gemm_perf.parquet")):
+            return "kernel_tables"
+        if (path / "run.json").exists():
+            return "probe_run"
+        if next(path.rglob("mlp.csv"), None) is not None:
+            return "vidur"
+        raise ValueError(f"{path}: a folder, but neither kernel tables (*gemm_perf.parquet) nor a probe run (run.json)")
+    if not path.exists():
+        raise ValueError(f"calibration input {path} not found")
+    if path.suffix == ".csv":
+        header = path.open(encoding="utf-8").readline()
+        if "Token tput" in header and "Avg TPOT" in header:
+            return "mlenergy"
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: invalid JSON ({exc})") from None
+        if isinstance(data, dict) and "input_lens" in data:
+            return "bench_json"
+    raise ValueError(f"{path}: not a recognised calibration input (kernel-table folder, ML.ENERGY CSV, "
+                     "vllm bench --save-result JSON, or servesim measure run directory)")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _profile_dict(profile: Profile) -> dict:
+    """Profile -> JSON schema dict, keeping per-coefficient sources and stderr from ``profile``."""
+    raw = json.loads(Path(profile.source_path).read_text()) if profile.source_path else {}
+
+    def section(name: str, values: dict) -> dict:
+        old = raw.get(name, {})
+        out = {}
+        for k, v in values.items():
+            entry = dict(old.get(k, {})) if isinstance(old.get(k), dict) else {}
+            entry["value"] = v
+            entry.setdefault("stderr", profile.uncertainty.get(k))
+            entry.setdefault("source", "default")
+            out[k] = entry
+        return out
+
+    return {"name": profile.name, "engine": profile.engine, "engine_version": profile.engine_version,
+            "gpu": profile.gpu, "coefficients": section("coefficients", asdict(profile.step)),
+            "memory": section("memory", asdict(profile.memory)), "power": section("power", asdict(profile.power)),
+            "provenance": list(profile.provenance), "fit_report": dict(raw.get("fit_report", {})),
+            "notes": profile.notes}
+
+
+def fit_power(rows: list[MLEnergyRow], sims: list[dict], idle_w: float, tdp_w: float) -> dict:
+    """Prefill and decode watts per GPU so that ``idle*(1-busy) + prefill*f_p + decode*f_d``
+    matches each row's measured average power (non-negative least squares, clipped to TDP)."""
+    from scipy.optimize import lsq_linear
+    a, b = [], []
+    for row, sim in zip(rows, sims):
+        if not np.isfinite(row.power_w_per_gpu):
+            continue
+        f_p, busy = sim["prefill_fraction"], sim["busy_fraction"]
+        a.append([f_p, busy - f_p])
+        b.append(row.power_w_per_gpu - idle_w * (1 - busy))
+    a, b = np.asarray(a), np.asarray(b)
+    res = lsq_linear(a, b, bounds=([idle_w, idle_w], [tdp_w, tdp_w]))
+    pred = a @ res.x + (np.asarray([r.power_w_per_gpu for r in rows if np.isfinite(r.power_w_per_gpu)]) - b)
+    meas = np.asarray([r.power_w_per_gpu for r in rows if np.isfinite(r.power_w_per_gpu)])
+    dof = max(len(b) - 2, 1)
+    s2 = float(((a @ res.x - b) ** 2).sum()) / dof
+    try:
+        cov = np.linalg.inv(a.T @ a) * s2
+        se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    except np.linalg.LinAlgError:
+        se = np.array([np.nan, np.nan])
+    rel = np.abs(pred - meas) / meas
+    return {"prefill_w": (float(res.x[0]), float(se[0])), "decode_w": (float(res.x[1]), float(se[1])),
+            "median_rel_error": float(np.median(rel)), "p90_rel_error": float(np.percentile(rel, 90)),
+            "rows": int(len(b))}
+
+
+def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base: str | Path | None = None,
+              params: tuple[str, ...] | None = None, workers: int | None = None, max_nfev: int = 30,
+              log=print) -> tuple[dict, list[dict]]:
+    """The fitted profile dict and the per-target residual table."""
+    profile = load_profile(base) if base else default_profile(gpu, engine)
+    data = _profile_dict(profile)
+    provenance = data["provenance"]
+    targets: list = []
+    mlenergy_rows: list[MLEnergyRow] = []
+    for raw in inputs:
+        path = Path(raw)
+        kind = classify(path)
+        log(f"input {path}: {kind}")
+        if kind == "kernel_tables":
+            from .kernel_tables import build_profile
+            kt = build_profile(path, engine)
+            for section in ("coefficients", "memory", "power"):
+                for k, v in kt[section].items():
+                    if not str(v.get("source", "")).startswith("prior") or k not in data[section]:
+                        data[section][k] = v
+            provenance.extend(kt["provenance"])
+            data["fit_report"].update({f"kernel:{k}": v for k, v in kt["fit_report"].items()})
+        elif kind == "vidur":
+            from .vidur import fit_vidur_gemm
+            vf, ew = fit_vidur_gemm(path)
+            data["fit_report"]["vidur_gemm"] = vf.report() | {"elementwise": {k: v for k, v in ew.items()
+                                                                              if k != "profiles"}}
+            if not any(classify(Path(p)) == "kernel_tables" for p in inputs):
+                for k in ("eff_bw", "eff_mm"):
+                    data["coefficients"][k] = {"value": vf.values[k], "stderr": vf.stderr[k],
+                                               "source": f"Vidur operator profiles {path}"}
+            provenance.append({"file": str(path), "kind": "vidur operator profiles", "profiles": ew["profiles"],
+                               "source": "microsoft/vidur data/profiling/compute/h100 (MIT)"})
+        elif kind == "probe_run":
+            from .probe_fit import fit_probe_run
+            pf = fit_probe_run(path, model=None, gpu=gpu, engine=engine)
+            for section in ("coefficients", "memory"):
+                data[section].update(pf.get(section, {}))
+            provenance.extend(pf.get("provenance", [{"file": str(path), "kind": "probe_run"}]))
+            data["fit_report"][f"probe:{path.name}"] = pf.get("fit_report", {})
+        elif kind == "mlenergy":
+            rows, skipped = load_mlenergy(path)
+            mlenergy_rows.extend(rows)
+            targets.extend(rows)
+            provenance.append({"file": str(path), "sha256": _sha256(path), "kind": "end-to-end",
+                               "rows": len(rows), "skipped": skipped,
+                               "source": "ML.ENERGY leaderboard v2 chat, vLLM 0.5.4, NVIDIA H100 80GB HBM3",
+                               "assumptions": "see servesim.calibrate.mlenergy docstring"})
+        elif kind == "bench_json":
+            raise ValueError(f"{path}: fitting vllm bench results needs the server settings; use "
+                             "`servesim validate` to compare, or the Python API e2e_fit.BenchTarget")
+    fitted = Profile.from_dict(data)
+    table: list[dict] = []
+    if targets:
+        params = params or e2e_fit.DEFAULT_PARAMS
+        log(f"end-to-end fit of {', '.join(params)} on {len(targets)} targets (simulation in the loop)")
+        with e2e_fit.RowSimulator(workers) as sim:
+            result = e2e_fit.fit(targets, fitted, params, simulator=sim, engine=engine, max_nfev=max_nfev)
+        for p in params:
+            data["coefficients"][p] = {"value": result.values[p], "stderr": result.stderr[p],
+                                       "source": f"end-to-end fit on {len(targets)} runs (simulation in the loop)"}
+        i = 0
+        for target, sim in zip(targets, result.sims):
+            row = {"target": target.key}
+            for name, measured in target.fit_metrics().items():
+                row[f"{name}_measured"] = measured
+                row[f"{name}_simulated"] = sim[name]
+                row[f"{name}_rel_error"] = float(np.expm1(result.residuals[i]))
+                i += 1
+            table.append(row)
+        errs = {m: float(np.median([abs(r[f"{m}_rel_error"]) for r in table if f"{m}_rel_error" in r]))
+                for m in ("output_throughput", "tpot_s") if any(f"{m}_rel_error" in r for r in table)}
+        data["fit_report"]["end_to_end"] = {"params": list(params), "nfev": result.nfev, "message": result.message,
+                                            "median_abs_rel_error": errs, "targets": len(targets)}
+        if mlenergy_rows:
+            ml_sims = [s for t, s in zip(targets, result.sims) if isinstance(t, MLEnergyRow)]
+            from ..sim.gpus import get_gpu
+            idle = data["power"]["idle_w"]["value"]
+            pw = fit_power(mlenergy_rows, ml_sims, idle, get_gpu(gpu).tdp_w)
+            for k in ("prefill_w", "decode_w"):
+                data["power"][k] = {"value": pw[k][0], "stderr": pw[k][1],
+                                    "source": f"fit to ML.ENERGY average GPU power ({pw['rows']} runs); "
+                                              "Splitwise constants (700/380 W) as the check"}
+            data["fit_report"]["power"] = {k: pw[k] for k in ("median_rel_error", "p90_rel_error", "rows")}
+    data["calibrated_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    data["generated_by"] = "servesim calibrate " + " ".join(str(p) for p in inputs) + f" --engine {engine} --gpu {gpu}"
+    return data, table
