@@ -71,9 +71,13 @@ class LLMEngine:
 
     def _take_arrivals(self, now: float) -> None:
         max_len = self.cfg.scheduler.max_model_len
+        usable_tokens = self.kv.block_pool.num_blocks * self.kv.block_size - (
+            self.kv.block_size if self.kv.null_block is not None else 0)
         for request in self.source.pop_until(now):
-            if request.num_prompt_tokens + request.max_tokens > max_len:
-                # vLLM's API server answers 400: prompt plus max_tokens exceed max_model_len.
+            total = request.num_prompt_tokens + request.max_tokens
+            if total > max_len or total > usable_tokens:
+                # vLLM's API server answers 400: prompt plus max_tokens exceed max_model_len (or,
+                # at the edge where max_model_len equals the cache, the blocks left beside v1's null block).
                 request.status = RequestStatus.FINISHED
                 self.records.record(request, status=2)
                 self.source.on_finish(request, now)

@@ -85,14 +85,15 @@ class SchedulerV0(Scheduler):
             n_blocks = self.swapped_blocks[request.request_id]
             if kv.num_free_blocks - n_blocks - 1 < self.watermark_blocks:
                 break
+            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            if kv.allocate_slots(request, num_new) is None:  # its swapped blocks plus this step's tokens
+                break
             self.swapped.popleft()
             del self.swapped_blocks[request.request_id]
-            kv.allocate_slots(request, 1)  # holds no blocks now: gets cdiv(computed + 1) = its blocks + next slot
             self._swap_bytes += n_blocks * self.block_bytes
             request.status = RequestStatus.RUNNING
             self.running[request.request_id] = request
             self.scalar_running[request.request_id] = request
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
             out.add(request, num_new)
             budget -= num_new
 
@@ -101,7 +102,9 @@ class SchedulerV0(Scheduler):
         self._swap_bytes = 0.0
         if self.sched.enable_chunked_prefill:
             budget = self.sched.max_num_batched_tokens
-            if len(self.batch.members) > budget:
+            if len(self.batch.members) > budget or self.scalar_running:
+                # v0 serves running requests in arrival order under one budget: with prefill chunks
+                # in flight the batch cannot simply go first, so take the exact path this step.
                 self.materialize()
             self._schedule_batch(out, free_margin=1)
             budget = self._schedule_running(out, budget - out.num_batch_decodes)
@@ -146,7 +149,9 @@ class SchedulerV0(Scheduler):
                     break
             if not scheduled:
                 break
-            kv.allocate_slots(request, num_new)
+            if kv.allocate_slots(request, num_new) is None:
+                raise RuntimeError(f"request {request.request_id} passed can_append_slots but got no blocks "
+                                   f"for {num_new} tokens: a scheduler bug")
             out.add(request, num_new)
             budget -= num_new
         return None if preempted else budget

@@ -62,10 +62,12 @@ class OpenLoopSource:
 
 
 class ClosedLoopSource:
-    """``num_users`` users; each sends its next request ``think_time`` after the previous finished.
+    """``num_users`` users; each sends its next request a think time after the previous finished.
 
-    Users start at t=0.  Request ``k`` takes the ``k``-th lengths of the workload, in the order
-    requests are issued (ties broken by user id), so the run is deterministic.
+    Follows :class:`~servesim.sim.workload.ClosedLoop`'s contract: requests ``0..num_users-1`` go
+    out at t=0, one per user; each finish hands the next unassigned index ``k`` to that user, who
+    sends request ``k`` (lengths ``k``) at finish time + ``think_times()[k]``.  Finishes are
+    processed in the engine's deterministic order, so the run is reproducible.
     """
 
     def __init__(self, closed_loop, block_size: int, enable_caching: bool) -> None:
@@ -74,26 +76,24 @@ class ClosedLoopSource:
         self.n = len(self.input_tokens)
         self.think = np.asarray(closed_loop.think_times(self.n), dtype=np.float64)
         users = min(closed_loop.num_users, self.n)
-        self.heap: list[tuple[float, int]] = [(0.0, u) for u in range(users)]
-        self.issued = 0
+        self.heap: list[tuple[float, int, int]] = [(0.0, u, u) for u in range(users)]  # (time, index, user)
+        self.next_index = users
 
     def __len__(self) -> int:
         return self.n
 
     def next_time(self) -> float | None:
-        if self.issued >= self.n or not self.heap:
-            return None
-        return self.heap[0][0]
+        return self.heap[0][0] if self.heap else None
 
     def pop_until(self, now: float) -> list[Request]:
         out = []
-        while self.heap and self.heap[0][0] <= now and self.issued < self.n:
-            t, user = heapq.heappop(self.heap)
-            k = self.issued
+        while self.heap and self.heap[0][0] <= now:
+            t, k, user = heapq.heappop(self.heap)
             out.append(Request(k, t, int(self.input_tokens[k]), int(self.output_tokens[k]), user=user))
-            self.issued += 1
         return out
 
     def on_finish(self, request: Request, now: float) -> None:
-        if request.user >= 0:
-            heapq.heappush(self.heap, (now + float(self.think[request.request_id]), request.user))
+        if request.user >= 0 and self.next_index < self.n:
+            k = self.next_index
+            self.next_index += 1
+            heapq.heappush(self.heap, (now + float(self.think[k]), k, request.user))

@@ -156,12 +156,13 @@ class ThinkTimeDist(str, Enum):
 class ClosedLoop:
     """Closed-loop load: ``num_users`` users, each with at most one request outstanding.
 
-    Contract with the engine: requests are issued in index order; request ``i`` has
-    ``input_tokens[i]`` / ``output_tokens[i]``.  Requests ``0 .. min(num_users, n) - 1`` are
-    issued at t = 0, one per user.  Every later request ``i`` is issued by the user whose request
-    finished, at (that finish time + ``think_times(n)[i]``); entries ``i < num_users`` of
-    :meth:`think_times` are drawn but unused, so the think time of request ``i`` does not depend
-    on ``num_users``.  Ties in finish time are the engine's to break deterministically.
+    Contract with the engine: request ``i`` has ``input_tokens[i]`` / ``output_tokens[i]``.
+    Requests ``0 .. min(num_users, n) - 1`` are issued at t = 0, one per user.  Indices from
+    ``num_users`` on are handed out in the order requests finish: the user whose request finished
+    sends the next index ``i`` at (that finish time + ``think_times(n)[i]``); entries
+    ``i < num_users`` of :meth:`think_times` are drawn but unused, so the think time of request
+    ``i`` does not depend on ``num_users``.  Ties in finish time are the engine's to break
+    deterministically.
     """
 
     num_users: int

@@ -1,0 +1,265 @@
+"""Exact unit tests of the paged KV cache: :class:`BlockPool` and :class:`KVCacheManager`.
+
+No SimPy, no scheduler: block ids, free-queue order, hashes and reference counts are asserted
+exactly, as vLLM's ``tests/v1/core/test_prefix_caching.py`` does.
+"""
+from __future__ import annotations
+
+import pytest
+
+from servesim.sim.block_pool import BlockPool
+from servesim.sim.kv_cache_manager import KVCacheManager, cdiv
+from servesim.sim.request import Request
+
+
+def free_queue(pool: BlockPool) -> list[int]:
+    """The free queue, front (next handed out) first."""
+    if pool.enable_caching:
+        return list(pool.free_queue)
+    return pool._free[pool._head:]
+
+
+def req(request_id: int, prompt: int, max_tokens: int = 8, hashes: tuple | None = None) -> Request:
+    return Request(request_id, 0.0, prompt, max_tokens, hashes)
+
+
+# ----- BlockPool without caching ------------------------------------------------------------
+
+def test_fifo_block_ids():
+    pool = BlockPool(10)
+    assert pool.get_new_blocks(3) == [0, 1, 2]
+    assert pool.get_new_blocks(2) == [3, 4]
+    assert pool.num_free_blocks == 5
+    pool.free_blocks([4, 1])  # freed blocks go to the back, in the order given
+    assert free_queue(pool) == [5, 6, 7, 8, 9, 4, 1]
+    assert pool.get_new_blocks(7) == [5, 6, 7, 8, 9, 4, 1]
+    assert pool.num_free_blocks == 0
+    assert pool.usage() == 1.0
+
+
+def test_usage_and_limits():
+    pool = BlockPool(4)
+    assert pool.usage() == 0.0
+    pool.get_new_blocks(1)
+    assert pool.usage() == 0.25
+    with pytest.raises(RuntimeError, match="asked for 4 blocks with 3 free"):
+        pool.get_new_blocks(4)
+    assert pool.num_free_blocks == 3  # a refused request takes nothing
+    assert pool.get_new_blocks(0) == []
+    with pytest.raises(ValueError, match="at least one block"):
+        BlockPool(0)
+
+
+def test_fifo_survives_head_compaction():
+    """The head index is compacted past 4096 blocks; the queue order must not change."""
+    pool = BlockPool(10_000)
+    taken = [pool.get_new_blocks(1)[0] for _ in range(6000)]
+    assert taken == list(range(6000))
+    pool.free_blocks([5, 3, 1])
+    assert pool.num_free_blocks == 4003
+    assert pool.get_new_blocks(4000) == list(range(6000, 10_000))
+    assert pool.get_new_blocks(3) == [5, 3, 1]
+
+
+def test_no_cache_lookups_without_caching():
+    pool = BlockPool(4)
+    assert pool.get_cached_block("h") is None
+
+
+# ----- BlockPool with prefix caching --------------------------------------------------------
+
+def test_cached_blocks_hit_and_refcount():
+    pool = BlockPool(6, enable_caching=True)
+    assert pool.get_new_blocks(3) == [0, 1, 2]
+    assert pool.ref_cnt[:3] == [1, 1, 1]
+    pool.cache_block(0, "h0")
+    pool.cache_block(1, "h1")
+    pool.cache_block(2, "h0")   # first writer wins: h0 stays on block 0
+    pool.cache_block(0, "hx")   # a block carries one hash
+    assert pool.get_cached_block("h0") == 0
+    assert pool.get_cached_block("h1") == 1
+    assert pool.get_cached_block("hx") is None
+    assert pool.block_hash[:3] == ["h0", "h1", None]
+
+    pool.free_blocks([2, 1, 0])  # tail first, as KVCacheManager.free passes them
+    assert free_queue(pool) == [3, 4, 5, 2, 1, 0]
+    assert pool.get_cached_block("h1") == 1  # still hittable while free
+
+    pool.touch([1])  # a hit on a free cached block takes it out of the free queue
+    assert pool.ref_cnt[1] == 1
+    assert free_queue(pool) == [3, 4, 5, 2, 0]
+    pool.touch([1])
+    assert pool.ref_cnt[1] == 2
+    pool.free_blocks([1])
+    assert pool.ref_cnt[1] == 1 and 1 not in pool.free_queue
+    pool.free_blocks([1])
+    assert pool.ref_cnt[1] == 0 and free_queue(pool)[-1] == 1
+
+
+def test_eviction_takes_least_recently_freed_cached_block():
+    pool = BlockPool(4, enable_caching=True)
+    blocks = pool.get_new_blocks(4)
+    for b, h in zip(blocks, "abcd"):
+        pool.cache_block(b, h)
+    pool.free_blocks([2])  # c freed first ...
+    pool.free_blocks([0])  # ... then a, then d
+    pool.free_blocks([3])
+    assert free_queue(pool) == [2, 0, 3]
+    assert pool.get_new_blocks(1) == [2]  # the least recently freed goes first
+    assert pool.get_cached_block("c") is None  # its hash is evicted
+    assert pool.block_hash[2] is None and pool.ref_cnt[2] == 1
+    assert pool.get_cached_block("a") == 0 and pool.get_cached_block("d") == 3
+    assert pool.get_cached_block("b") == 1  # in use, never evicted
+    assert pool.get_new_blocks(1) == [0]
+    assert pool.get_cached_block("a") is None
+    pool.cache_block(0, "c")  # the freed hash can be written again
+    assert pool.get_cached_block("c") == 0
+
+
+def test_caching_pool_usage_counts_cached_free_blocks_as_free():
+    pool = BlockPool(4, enable_caching=True)
+    b = pool.get_new_blocks(2)
+    pool.cache_block(b[0], "x")
+    pool.free_blocks(reversed(b))
+    assert pool.num_free_blocks == 4 and pool.usage() == 0.0
+
+
+# ----- KVCacheManager ------------------------------------------------------------------------
+
+def test_cdiv():
+    assert [cdiv(a, 16) for a in (0, 1, 15, 16, 17, 32, 33)] == [0, 1, 1, 1, 2, 2, 3]
+
+
+def test_allocate_slots_exact_block_ids():
+    kv = KVCacheManager(10, 16)
+    r = req(0, prompt=20)
+    assert kv.allocate_slots(r, 20) == [0, 1]
+    r.num_computed_tokens = 20
+    assert kv.allocate_slots(r, 12) == []    # 32 tokens still fit in 2 blocks
+    assert kv.allocate_slots(r, 13) == [2]   # 33 need a third
+    assert kv.req_to_blocks[0] == [0, 1, 2]
+    other = req(1, prompt=5)
+    assert kv.allocate_slots(other, 5) == [3]
+    assert kv.num_blocks_of(r) == 3 and kv.num_blocks_of(other) == 1
+    assert kv.num_free_blocks == 6
+
+
+def test_allocate_slots_none_leaves_state_unchanged():
+    kv = KVCacheManager(4, 16)
+    a, b = req(0, prompt=48), req(1, prompt=17)
+    assert kv.allocate_slots(a, 48) == [0, 1, 2]
+    queue_before = free_queue(kv.block_pool)
+    assert kv.allocate_slots(b, 17) is None  # needs 2, 1 free
+    assert kv.num_free_blocks == 1
+    assert free_queue(kv.block_pool) == queue_before
+    assert kv.num_blocks_of(b) == 0
+    assert kv.req_to_blocks[0] == [0, 1, 2]
+    assert kv.allocate_slots(b, 16) == [3]   # what fits still gets the next block in order
+    # a request that already holds blocks asks for more than is free: nothing changes either
+    a.num_computed_tokens = 48
+    assert kv.allocate_slots(a, 1) is None
+    assert kv.req_to_blocks[0] == [0, 1, 2] and kv.num_free_blocks == 0
+
+
+def test_free_returns_blocks_tail_first():
+    kv = KVCacheManager(8, 16)
+    a = req(0, prompt=40)
+    kv.allocate_slots(a, 40)
+    kv.free(a)
+    assert free_queue(kv.block_pool) == [3, 4, 5, 6, 7, 2, 1, 0]
+    assert kv.num_blocks_of(a) == 0
+    kv.free(a)  # freeing twice is a no-op
+    assert kv.num_free_blocks == 8
+
+
+def test_null_block_is_reserved_for_v1():
+    kv = KVCacheManager(4, 16, reserve_null_block=True)
+    assert kv.null_block == 0
+    assert kv.num_free_blocks == 3
+    a = req(0, prompt=48)
+    assert kv.allocate_slots(a, 48) == [1, 2, 3]
+    kv.free(a)
+    assert kv.allocate_slots(req(1, prompt=48), 48) == [3, 2, 1]  # block 0 never handed out
+    assert KVCacheManager(4, 16).null_block is None
+
+
+def test_append_blocks_in_order():
+    kv = KVCacheManager(8, 4)
+    a, b = req(0, prompt=4), req(1, prompt=4)
+    kv.allocate_slots(a, 4)
+    kv.allocate_slots(b, 4)
+    kv.append_blocks([b, a])
+    kv.append_block(a)
+    assert kv.req_to_blocks == {0: [0, 3, 4], 1: [1, 2]}
+
+
+# ----- prefix caching through the manager ----------------------------------------------------
+
+HASHES = ("a", "b", "c")
+
+
+def test_full_prompt_blocks_are_cached_as_scheduled():
+    kv = KVCacheManager(8, 16, enable_caching=True)
+    r = req(0, prompt=48, hashes=HASHES)
+    assert kv.allocate_slots(r, 20) == [0, 1]
+    assert kv.block_pool.cached == {"a": 0}  # only full blocks of scheduled tokens
+    r.num_computed_tokens = 20
+    assert kv.allocate_slots(r, 28) == [2]
+    assert kv.block_pool.cached == {"a": 0, "b": 1, "c": 2}
+
+
+def test_get_computed_blocks_never_hits_the_last_prompt_token():
+    kv = KVCacheManager(8, 16, enable_caching=True)
+    first = req(0, prompt=48, hashes=HASHES)
+    kv.allocate_slots(first, 48)
+    kv.free(first)
+    same = req(1, prompt=48, hashes=HASHES)
+    assert kv.get_computed_blocks(same) == ([0, 1], 32)  # 3 full blocks, the last is recomputed
+    longer = req(2, prompt=49, hashes=HASHES)
+    assert kv.get_computed_blocks(longer) == ([0, 1, 2], 48)
+    diverging = req(3, prompt=49, hashes=("a", "z", "c"))
+    assert kv.get_computed_blocks(diverging) == ([0], 16)  # hits stop at the first miss
+    assert kv.get_computed_blocks(req(4, prompt=49)) == ([], 0)
+    plain = KVCacheManager(8, 16)
+    assert plain.get_computed_blocks(req(5, prompt=49, hashes=HASHES)) == ([], 0)
+
+
+def test_allocate_with_hits_touches_them_and_takes_new_blocks_after():
+    kv = KVCacheManager(6, 16, enable_caching=True)
+    first = req(0, prompt=48, hashes=HASHES)
+    kv.allocate_slots(first, 48)               # blocks 0, 1, 2
+    kv.free(first)                              # free queue: 3 4 5 2 1 0
+    second = req(1, prompt=49, hashes=HASHES)
+    hits, num_cached = kv.get_computed_blocks(second)
+    assert (hits, num_cached) == ([0, 1, 2], 48)
+    assert kv.allocate_slots(second, 1, hits) == [3]
+    assert kv.req_to_blocks[1] == [0, 1, 2, 3]
+    assert [kv.block_pool.ref_cnt[b] for b in range(6)] == [1, 1, 1, 1, 0, 0]
+    assert free_queue(kv.block_pool) == [4, 5]
+    # a third request sharing the prefix takes references on the same blocks
+    third = req(2, prompt=33, hashes=HASHES[:2])
+    hits, _ = kv.get_computed_blocks(third)
+    assert hits == [0, 1]
+    assert kv.allocate_slots(third, 1, hits) == [4]
+    assert kv.block_pool.ref_cnt[:2] == [2, 2]
+    kv.free(second)
+    assert kv.block_pool.ref_cnt[:4] == [1, 1, 0, 0]
+    assert free_queue(kv.block_pool) == [5, 3, 2]
+
+
+def test_allocate_with_hits_counts_evictable_hits_and_refuses_cleanly():
+    kv = KVCacheManager(4, 16, enable_caching=True)
+    first = req(0, prompt=48, hashes=HASHES)
+    kv.allocate_slots(first, 48)
+    kv.free(first)                              # free queue: 3 2 1 0, blocks 0-2 cached
+    big = req(1, prompt=49 + 32, hashes=HASHES)
+    hits, _ = kv.get_computed_blocks(big)
+    assert hits == [0, 1, 2]
+    # 3 hits + 3 new blocks needed, but touching the hits leaves only block 3 free
+    assert kv.allocate_slots(big, 33, hits) is None
+    assert free_queue(kv.block_pool) == [3, 2, 1, 0]
+    assert kv.block_pool.ref_cnt == [0, 0, 0, 0]
+    assert kv.block_pool.cached == {"a": 0, "b": 1, "c": 2}
+    assert kv.num_blocks_of(big) == 0
+    fits = req(2, prompt=49, hashes=HASHES)
+    assert kv.allocate_slots(fits, 1, kv.get_computed_blocks(fits)[0]) == [3]
