@@ -19,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--base", help="start from this profile instead of the shipped one")
     p.add_argument("--params", help="comma-separated step coefficients to fit end to end "
                    "(default step_overhead_s,per_seq_overhead_s,eff_attn_decode)")
+    p.add_argument("--start", help="starting values of the end-to-end fit, e.g. step_overhead_s=0.02,per_seq_overhead_s=3e-4")
     p.add_argument("--workers", type=int, help="simulation processes (default: all cores)")
     p.add_argument("--max-nfev", type=int, default=30, help="most evaluations of the end-to-end fit")
     p.set_defaults(func=cmd_calibrate)
@@ -49,8 +50,9 @@ def cmd_calibrate(args) -> int:
     from .pipeline import calibrate
     from .report import write_report
     params = tuple(p.strip() for p in args.params.split(",")) if args.params else None
+    start = dict((k, float(v)) for k, v in (item.split("=") for item in args.start.split(","))) if args.start else None
     data, table = calibrate(args.inputs, args.engine, args.gpu, args.base, params, args.workers, args.max_nfev,
-                            log=lambda msg: print(msg, file=sys.stderr))
+                            start=start, log=lambda msg: print(msg, file=sys.stderr))
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -32,6 +32,7 @@ from .mlenergy import MAX_MODEL_LEN_CAP, MLEnergyRow, row_workload
 # Bounds of the coefficients that can be fitted end to end (physical ranges, not tuning knobs).
 BOUNDS: dict[str, tuple[float, float]] = {
     "step_overhead_s": (0.0, 0.1),
+    "tp_step_overhead_s": (0.0, 0.05),
     "per_seq_overhead_s": (0.0, 2e-3),
     "per_token_overhead_s": (0.0, 1e-4),
     "layer_overhead_s": (0.0, 1e-3),

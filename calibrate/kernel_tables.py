@@ -52,10 +52,15 @@ ENGINE_VERSIONS = {"vllm-v1": "0.24.0", "vllm-v0": "0.5.4"}
 # graphs, async output, a few ms per step; v0 0.5.x: Python scheduling and detokenisation, known to
 # be CPU-bound at large batch.  The "calibration" issue refits them end to end.
 CPU_PRIORS = {
-    "vllm-v1": {"step_overhead_s": (1.5e-3, 1.0e-3), "per_seq_overhead_s": (5e-6, 5e-6),
-                "per_token_overhead_s": (0.0, 2e-7)},
-    "vllm-v0": {"step_overhead_s": (4e-3, 2e-3), "per_seq_overhead_s": (4e-5, 3e-5),
-                "per_token_overhead_s": (0.0, 5e-7)},
+    # swap_bandwidth: KV blocks copied block by block over PCIe 5 x16 (64 GB/s nominal), 25 GB/s assumed.
+    # tp_step_overhead: v1 broadcasts each step to its workers through shared memory (small); v0's
+    # multiprocessing/Ray executors pickle the step for every worker (larger).
+    "vllm-v1": {"step_overhead_s": (1.5e-3, 1.0e-3), "tp_step_overhead_s": (2e-4, 2e-4),
+                "per_seq_overhead_s": (5e-6, 5e-6), "per_token_overhead_s": (0.0, 2e-7),
+                "swap_bandwidth_bytes_per_s": (25e9, 10e9)},
+    "vllm-v0": {"step_overhead_s": (4e-3, 2e-3), "tp_step_overhead_s": (1e-3, 1e-3),
+                "per_seq_overhead_s": (4e-5, 3e-5), "per_token_overhead_s": (0.0, 5e-7),
+                "swap_bandwidth_bytes_per_s": (25e9, 10e9)},
 }
 
 

@@ -115,7 +115,7 @@ def fit_power(rows: list[MLEnergyRow], sims: list[dict], idle_w: float, tdp_w: f
 
 def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base: str | Path | None = None,
               params: tuple[str, ...] | None = None, workers: int | None = None, max_nfev: int = 30,
-              log=print) -> tuple[dict, list[dict]]:
+              start: dict[str, float] | None = None, log=print) -> tuple[dict, list[dict]]:
     """The fitted profile dict and the per-target residual table."""
     profile = load_profile(base) if base else default_profile(gpu, engine)
     data = _profile_dict(profile)
@@ -170,7 +170,7 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
         params = params or e2e_fit.DEFAULT_PARAMS
         log(f"end-to-end fit of {', '.join(params)} on {len(targets)} targets (simulation in the loop)")
         with e2e_fit.RowSimulator(workers) as sim:
-            result = e2e_fit.fit(targets, fitted, params, simulator=sim, engine=engine, max_nfev=max_nfev)
+            result = e2e_fit.fit(targets, fitted, params, simulator=sim, engine=engine, max_nfev=max_nfev, x0=start)
         for p in params:
             data["coefficients"][p] = {"value": result.values[p], "stderr": result.stderr[p],
                                        "source": f"end-to-end fit on {len(targets)} runs (simulation in the loop)"}
@@ -186,7 +186,15 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
         errs = {m: float(np.median([abs(r[f"{m}_rel_error"]) for r in table if f"{m}_rel_error" in r]))
                 for m in ("output_throughput", "tpot_s") if any(f"{m}_rel_error" in r for r in table)}
         data["fit_report"]["end_to_end"] = {"params": list(params), "nfev": result.nfev, "message": result.message,
-                                            "median_abs_rel_error": errs, "targets": len(targets)}
+                                            "median_abs_rel_error": errs, "targets": len(targets),
+                                            "jacobian": np.asarray(result.jac).tolist(),
+                                            "scale": np.asarray(result.scale).tolist(),
+                                            "residuals": np.asarray(result.residuals).tolist()}
+        remaining = [k for k, v in data["coefficients"].items() if str(v.get("source", "")).startswith("prior")]
+        data["notes"] = (f"{data['notes']} End-to-end calibration ({data['calibrated_at'] if 'calibrated_at' in data else 'this run'}): "
+                         f"{', '.join(params)} fitted by simulation in the loop on {len(targets)} measured runs "
+                         f"(median |error| {', '.join(f'{k} {v:.1%}' for k, v in errs.items())}). "
+                         f"Still priors: {', '.join(remaining) or 'none'}.").strip()
         if mlenergy_rows:
             ml_sims = [s for t, s in zip(targets, result.sims) if isinstance(t, MLEnergyRow)]
             from ..sim.gpus import get_gpu

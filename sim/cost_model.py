@@ -11,7 +11,8 @@ efficiencies and overheads from a :class:`~servesim.sim.profile.Profile`.  Per G
   over ``FLOPS * eff_attn_prefill``;
 * decode attention: KV bytes read, ``kv_bytes_per_token * context``, over ``BW * eff_attn_decode``;
 * tensor parallelism: two all-reduces per layer of ``tokens * hidden * 2`` bytes;
-* CPU side: a fixed per-step overhead plus per-sequence and per-token terms.
+* CPU side: a fixed per-step overhead (plus one per extra TP rank: the step is broadcast to every
+  worker) and per-sequence and per-token terms.
 
 Nothing here knows about SimPy or the scheduler; the scheduler hands over a :class:`BatchShape`.
 """
@@ -94,7 +95,8 @@ class StepCostModel:
             self.comm_s_per_token = 2 * model.num_layers * model.hidden_size * 2 / c.ar_bandwidth_bytes_per_s
         else:
             self.comm_fixed_s = self.comm_s_per_token = 0.0
-        self.fixed_s = c.step_overhead_s + c.layer_overhead_s * model.num_layers + self.comm_fixed_s
+        self.fixed_s = (c.step_overhead_s + c.tp_step_overhead_s * (tp - 1)
+                        + c.layer_overhead_s * model.num_layers + self.comm_fixed_s)
         self.per_token_s = c.per_token_overhead_s + self.comm_s_per_token
 
     def step_time(self, batch: BatchShape) -> float:

@@ -29,6 +29,7 @@ class StepCoefficients:
     ar_bandwidth_bytes_per_s: float = 150e9  # one all-reduce, bytes of the message per second
     layer_overhead_s: float = 0.0     # per layer and step: launches and small kernels
     step_overhead_s: float = 2e-3     # per step on the CPU: scheduling, input prep, sampling
+    tp_step_overhead_s: float = 0.0   # per step and extra TP rank: broadcasting the step to workers, sync
     per_seq_overhead_s: float = 0.0   # per sequence in the step: detokenise, stream, bookkeeping
     per_token_overhead_s: float = 0.0  # per scheduled token: input prep and sampling that scale with tokens
     # KV blocks copied to/from CPU on swap preemption (vLLM v0): block-by-block cudaMemcpyAsync over

@@ -161,11 +161,16 @@ def test_real_attention_and_allreduce_fit_quality(real_fits):
 @needs_data
 @pytest.mark.parametrize("engine", ["vllm-v1", "vllm-v0"])
 def test_shipped_profile_reproduces_from_tables(real_fits, engine):
-    """The shipped fitted values are what the command in docs/profile-schema.md regenerates."""
+    """The shipped kernel-level values are what the command in docs/profile-schema.md regenerates
+    (terms the end-to-end calibration refitted carry that source instead and are checked there)."""
     shipped = json.loads((PROFILES / f"h100-sxm_{engine}.json").read_text())
     fresh = kt.coefficients(real_fits, engine)
+    compared = 0
     for name, entry in shipped["coefficients"].items():
-        assert entry["value"] == pytest.approx(fresh[name]["value"], rel=1e-3), name
+        if entry["source"] == fresh[name]["source"]:
+            assert entry["value"] == pytest.approx(fresh[name]["value"], rel=1e-3), name
+            compared += 1
+    assert compared >= 6
     hashes = {p["file"]: p["sha256"] for p in shipped["provenance"]}
     for name in kt.TABLES.values():
         assert hashes[f"{DATA.name}/{name}"] == kt._sha256(DATA / name), f"{name} changed since the profile was made"
@@ -192,7 +197,8 @@ def test_shipped_profile_loads_with_sources(engine, version):
             assert entry["source"] and entry["stderr"] is not None and entry["stderr"] >= 0, (section, name)
             assert name in profile.uncertainty
     for name in ("step_overhead_s", "per_seq_overhead_s", "per_token_overhead_s"):
-        assert data["coefficients"][name]["source"].startswith("prior"), name
+        source = data["coefficients"][name]["source"]
+        assert source.startswith("prior") or (engine == "vllm-v0" and source.startswith("end-to-end fit")), name
     for name in ("eff_bw", "eff_mm", "eff_attn_prefill", "eff_attn_decode", "ar_latency_s"):
         assert data["coefficients"][name]["source"].startswith("fit:"), name
     assert all(p["file"] and p["sha256"] for p in data["provenance"])
