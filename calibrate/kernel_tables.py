@@ -105,8 +105,14 @@ def allreduce_latency_s(message_bytes, latency_s, bandwidth_bytes_per_s):
 
 # ----- readers -------------------------------------------------------------------------------
 def _path(data_dir: str | Path, name: str) -> Path:
+    """``data_dir/name``, or the one file of the same kind under another framework/version label
+    (e.g. ``gemm_*_gemm_perf.parquet`` written by ``servesim measure --backend torch-kernels``)."""
     path = Path(data_dir) / name
     if not path.is_file():
+        parts = name.split("_")  # <kind>_<framework>_<version>_<rest>
+        matches = sorted(Path(data_dir).glob(f"{parts[0]}_*_{'_'.join(parts[3:])}")) if len(parts) > 3 else []
+        if len(matches) == 1:
+            return matches[0]
         raise ValueError(f"kernel table {path} not found; DATA_DIR must hold the aiconfigurator H100 files "
                          f"{sorted(TABLES.values())} and {HARDWARE_YAML}")
     return path

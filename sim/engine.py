@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import simpy
 
 from .config import EngineConfig, EngineVersion
 from .cost_model import StepCostModel
 from .kv_cache_manager import KVCacheManager
 from .memory import kv_capacity
-from .metrics import InterTokenLatencies, RequestRecords, TimeSeries
+from .metrics import InterTokenLatencies, NoLatencies, RequestRecords, TimeSeries
 from .request import Request, RequestStatus
 from .scheduler import Scheduler
 from .scheduler_v0 import SchedulerV0
@@ -27,7 +26,7 @@ class LLMEngine:
     def __init__(self, env: simpy.Environment, cfg: EngineConfig, source, records: RequestRecords,
                  sample_interval_s: float = 0.2, exact: bool = False,
                  on_progress: Callable[[int], None] | None = None,
-                 on_token: Callable[[Request, float], None] | None = None) -> None:
+                 on_token: Callable[[Request, float], None] | None = None, record_itl: bool = True) -> None:
         self.env, self.cfg, self.source, self.records = env, cfg, source, records
         self.memory = kv_capacity(cfg)
         # Without prefix hashes in the workload no block can ever be hit: the cheaper pool behaves
@@ -35,7 +34,7 @@ class LLMEngine:
         caching = cfg.cache.enable_prefix_caching and getattr(source, "has_prefix_hashes", False)
         self.kv = KVCacheManager(self.memory.num_gpu_blocks, cfg.cache.block_size, caching,
                                  reserve_null_block=cfg.engine is EngineVersion.V1)
-        self.itl = InterTokenLatencies()
+        self.itl = InterTokenLatencies() if record_itl else NoLatencies()
         scheduler_cls = Scheduler if cfg.engine is EngineVersion.V1 else SchedulerV0
         if on_token is not None:
             exact = True  # tokens of batch members are not produced one by one on the fast path
@@ -137,6 +136,18 @@ class LLMEngine:
             yield env.timeout(max(end - env.now, 0.0))
             scheduler.update_from_output(out, end)
 
+    def abort(self, request_id: int) -> bool:
+        """Abort a request (a client went away): free what it holds, record it as aborted.
+
+        Returns ``False`` if the request is not waiting or running (finished, or never arrived).
+        Takes effect between steps, as vLLM's ``abort_requests``."""
+        request = self.scheduler.abort_request(request_id)
+        if request is None:
+            return False
+        self.records.record(request, status=3)
+        self.source.on_finish(request, self.clock)
+        return True
+
     def _collect_rejected(self) -> None:
         rejected = getattr(self.scheduler, "rejected", None)
         if rejected:
@@ -200,10 +211,7 @@ class LLMEngine:
             itl.add(ends[0] - batch.last_step_end, size - len(fresh))
         for request in fresh:
             itl.add(ends[0] - request.last_token_time, 1)
-        values, counts = itl._values, itl._counts
-        for j in range(1, k):
-            values.append(ends[j] - ends[j - 1])
-            counts.append(size)
+        itl.add_steps(ends, size)
         batch.fresh = []
         batch.g = g + k
         end = ends[-1]

@@ -47,8 +47,25 @@ class InterTokenLatencies:
         self._values.append(seconds)
         self._counts.append(count)
 
+    def add_steps(self, ends: list[float], count: int) -> None:
+        """Gaps between consecutive step ends, each occurring ``count`` times (bulk decode steps)."""
+        values, counts = self._values, self._counts
+        for j in range(1, len(ends)):
+            values.append(ends[j] - ends[j - 1])
+            counts.append(count)
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return np.frombuffer(self._values, dtype=np.float64), np.frombuffer(self._counts, dtype=np.int64)
+
+
+class NoLatencies(InterTokenLatencies):
+    """Records nothing: for long-running live engines (``servesim serve``) whose memory must stay bounded."""
+
+    def add(self, seconds: float, count: int) -> None:
+        pass
+
+    def add_steps(self, ends: list[float], count: int) -> None:
+        pass
 
 
 class RequestRecords:
@@ -61,7 +78,7 @@ class RequestRecords:
         self.n = n
         self.cols = {c: np.full(n, np.nan) for c in self.COLUMNS}
         self.cols.update({c: np.zeros(n, dtype=np.int64) for c in self.INT_COLUMNS})
-        self.status = np.zeros(n, dtype=np.int8)  # 0 not arrived/unfinished, 1 finished, 2 rejected
+        self.status = np.zeros(n, dtype=np.int8)  # 0 not arrived/unfinished, 1 finished, 2 rejected, 3 aborted
 
     def record(self, request, status: int = 1) -> None:
         i, c = request.request_id, self.cols
@@ -78,7 +95,7 @@ class RequestRecords:
     def to_frame(self) -> pd.DataFrame:
         df = pd.DataFrame(self.cols)
         df.insert(0, "request_id", np.arange(self.n))
-        df["status"] = pd.Categorical.from_codes(self.status, ["unfinished", "finished", "rejected"])
+        df["status"] = pd.Categorical.from_codes(self.status, ["unfinished", "finished", "rejected", "aborted"])
         return df
 
 

@@ -132,6 +132,23 @@ class Scheduler:
         self.num_preemptions += 1
         self.waiting.appendleft(request)
 
+    def abort_request(self, request_id: int) -> Request | None:
+        """Remove a waiting or running request and free its blocks; ``None`` if it is neither."""
+        request = self.running.get(request_id)
+        if request is not None:
+            if request.in_batch:
+                self.batch.remove(request)
+            del self.running[request_id]
+            self.scalar_running.pop(request_id, None)
+            self.kv.free(request)
+        else:
+            request = next((r for r in self.waiting if r.request_id == request_id), None)
+            if request is None:
+                return None
+            self.waiting.remove(request)
+        request.status = RequestStatus.FINISHED
+        return request
+
     # ----- the v1 policy -----------------------------------------------------------------
     def _schedule_batch(self, out: SchedulerOutput, free_margin: int) -> bool:
         """Schedule the whole decode batch if it needs no per-request care; return success.

@@ -77,6 +77,16 @@ class SchedulerV0(Scheduler):
         self.num_swaps_out += 1
         self.swapped.append(request)
 
+    def abort_request(self, request_id: int) -> Request | None:
+        request = super().abort_request(request_id)
+        if request is None:
+            request = next((r for r in self.swapped if r.request_id == request_id), None)
+            if request is not None:
+                self.swapped.remove(request)
+                del self.swapped_blocks[request_id]
+                request.status = RequestStatus.FINISHED
+        return request
+
     def _schedule_swapped(self, out: SchedulerOutput, budget: int, now: float) -> None:
         """Swap requests back in, FCFS, while blocks above the watermark and budget allow."""
         kv = self.kv

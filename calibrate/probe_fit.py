@@ -1,0 +1,393 @@
+"""Step-cost coefficients fitted end to end from a probe run (``servesim measure`` run directory).
+
+``fit_probe_run(run_dir, model, gpu, engine, tp=1)`` reads the prefill and decode/context sweeps
+of a run and fits the terms of :class:`servesim.sim.cost_model.StepCostModel` that whole-server
+timings identify, returning a profile dict (``docs/profile-schema.md``):
+
+* **prefill sweep** (one request at a time, 1 output token): the median TTFT of each prompt length
+  ``P`` is ``api_overhead_s + sum over chunks of step_time(chunk)``, chunks of
+  ``max_num_batched_tokens`` when prefill is chunked (vLLM v1), one step otherwise.
+  ``api_overhead_s`` (HTTP, tokenisation, scheduling latency: whatever TTFT holds beyond the
+  steps) is fitted and reported in ``fit_report``; it is not a profile coefficient.
+* **decode and context sweeps** (N concurrent requests): the *steady window* of a point runs from
+  the last request's first token to the first request's last token; every step in it decodes all
+  N requests.  The mean gap between consecutive tokens inside the window is one decode step of
+  batch N at the window's mean total context, which is ``step_time(N tokens, N seqs, context)``
+  exactly, because step time is linear in context.
+
+Free terms: ``eff_mm``, ``eff_bw``, ``eff_attn_prefill``, ``eff_attn_decode``, ``step_overhead_s``,
+``per_seq_overhead_s`` (and ``api_overhead_s``).  The others (``layer_overhead_s``,
+``per_token_overhead_s``, all-reduce terms, swap bandwidth) are held at the base profile's values:
+they are collinear with free terms in whole-step timings.  The weight-streaming bound and the fixed
+step cost are both constant at small batches; they separate only through decode points in the
+compute-bound regime (large N), so a run must reach it (the shipped plans go to N = 512).
+
+Loss: least squares of ``predicted/measured - 1`` (relative error, each point weight 1), soft-L1
+against outliers; ``stderr`` is a cluster bootstrap over probe points (Jacobian stderr beside it).
+Times are multiplied by the run's ``time_scale`` (``servesim serve --speed K`` runs; 1 for vLLM).
+KV capacity: the ``kv_capacity`` read-out gives ``num_gpu_blocks``; ``non_torch_bytes`` is derived as
+the value that makes :mod:`servesim.sim.memory` reproduce it.
+
+CLI: ``python -m servesim.calibrate.probe_fit RUN_DIR --model M --gpu G --engine E -o OUT.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import least_squares
+
+from ..measure.rundir import POINTS, REQUESTS, RUN_JSON, load_requests, load_run
+from ..sim.config import make_engine_config
+from ..sim.cost_model import StepCostModel
+from ..sim.gpus import get_gpu
+from ..sim.memory import kv_capacity
+from ..sim.model_catalog import get_model
+from ..sim.profile import Profile, StepCoefficients, default_profile, load_profile
+
+FREE = ("eff_mm", "eff_bw", "eff_attn_prefill", "eff_attn_decode", "step_overhead_s", "per_seq_overhead_s",
+        "api_overhead_s")
+BOUNDS = {"eff_mm": (0.01, 1.5), "eff_bw": (0.01, 1.5), "eff_attn_prefill": (0.01, 1.5),
+          "eff_attn_decode": (0.01, 1.5), "step_overhead_s": (0.0, 0.1), "per_seq_overhead_s": (0.0, 0.01),
+          "api_overhead_s": (0.0, 1.0)}
+SCALE = {"eff_mm": 1.0, "eff_bw": 1.0, "eff_attn_prefill": 1.0, "eff_attn_decode": 1.0, "step_overhead_s": 1e-3,
+         "per_seq_overhead_s": 1e-5, "api_overhead_s": 1e-3}
+MIN_WINDOW_STEPS = 4
+
+
+# ----- observations ------------------------------------------------------------------------------
+def prefill_observations(df: pd.DataFrame, clock: str = "wall") -> pd.DataFrame:
+    """Median TTFT (simulated-equivalent s) per prompt length of the ``prefill`` family (ok requests)."""
+    ok = df[(df.family == "prefill") & (df.status == "ok")]
+    if ok.empty:
+        return pd.DataFrame(columns=["point_id", "prompt_len", "ttft_s", "n"])
+    col = "server_ttft_s" if clock == "server" else "scaled_ttft_s"
+    g = ok.groupby("point_id")
+    return pd.DataFrame({"prompt_len": g.prompt_tokens.first(), "ttft_s": g[col].median(),
+                         "n": g.size()}).reset_index().sort_values("prompt_len", ignore_index=True)
+
+
+def _window_slope(index: np.ndarray, times: np.ndarray, clock: str) -> tuple[float, float]:
+    """(seconds per token, mean token index used) of one request's tokens in the window.
+
+    Server-clock times are exact: the mean gap.  Wall-clock arrivals are late, never early (a
+    descheduled server or client delivers a bunch of tokens at once), so the slope is fitted to
+    the lower envelope: least squares, then twice more on the points at or below the median
+    residual."""
+    if clock == "server" or len(index) < 8:
+        return (times[-1] - times[0]) / (index[-1] - index[0]), float(index[1:].mean())
+    keep = np.ones(len(index), bool)
+    for _ in range(3):
+        slope, icpt = np.polyfit(index[keep], times[keep], 1)
+        resid = times - (icpt + slope * index)
+        keep = resid <= np.median(resid[keep])
+        if keep.sum() < 4:
+            break
+    return float(slope), float(index[keep].mean())
+
+
+def steady_window(point: pd.DataFrame, clock: str = "wall") -> dict | None:
+    """Mean decode step (simulated-equivalent s), batch size and mean total context of a burst
+    point's steady window (module docstring); None when it holds fewer than ``MIN_WINDOW_STEPS``."""
+    if clock == "server":
+        times = [np.asarray(t, float) for t in point.server_token_times]
+        scale = 1.0
+    else:
+        times = [np.asarray(t, float) + s for t, s in zip(point.token_times, point.send_time)]
+        scale = float(point.time_scale.iloc[0])
+    if len(times) == 0 or any(len(t) < 2 for t in times):
+        return None
+    t_a = max(t[0] for t in times)
+    t_b = min(t[-1] for t in times)
+    slopes, contexts, steps = [], 0.0, []
+    for t, prompt in zip(times, point.prompt_tokens):
+        idx = np.flatnonzero((t[:-1] >= t_a) & (t[1:] <= t_b))  # tokens idx..idx+1 span one in-window step
+        if len(idx) < MIN_WINDOW_STEPS:
+            return None
+        used = np.arange(idx[0], idx[-1] + 2)
+        slope, mid = _window_slope(used.astype(float), t[used], clock)
+        slopes.append(slope)
+        contexts += prompt + mid  # producing output token i attends to prompt + i tokens
+        steps.append(len(idx))
+    return {"num_seqs": len(times), "context_tokens": contexts, "step_s": float(np.median(slopes)) * scale,
+            "steps": int(np.median(steps))}
+
+
+def decode_observations(df: pd.DataFrame, clock: str = "wall") -> tuple[pd.DataFrame, list[str]]:
+    """One row per usable ``decode``/``context`` point; the ids of unusable ones (no steady window,
+    failed requests) are returned beside it."""
+    rows, skipped = [], []
+    for pid, point in df[df.family.isin(["decode", "context"])].groupby("point_id"):
+        window = steady_window(point, clock) if (point.status == "ok").all() else None
+        if window is None:
+            skipped.append(pid)
+        else:
+            rows.append({"point_id": pid, "family": point.family.iloc[0], **window})
+    return pd.DataFrame(rows, columns=["point_id", "family", "num_seqs", "context_tokens", "step_s", "steps"]), skipped
+
+
+# ----- the model ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Features:
+    """``StepCostModel`` split into per-coefficient parts, so one parameter vector costs a few
+    numpy operations: each part is the model's term at efficiency 1 (times scale linearly in 1/eff)."""
+
+    stream_s: float            # weight_stream_s at eff_bw = 1
+    linear_s_per_token: float  # at eff_mm = 1
+    lm_head_s_per_seq: float
+    prefill_s_per_pair: float  # at eff_attn_prefill = 1
+    decode_s_per_ctx: float    # at eff_attn_decode = 1
+    fixed_other_s: float       # layer overhead * layers + all-reduce latency (held)
+    per_token_s: float         # per_token_overhead + all-reduce bytes (held)
+
+    @classmethod
+    def of(cls, model, gpu, base: StepCoefficients, tp: int, weight_dtype, kv_dtype) -> "Features":
+        unit = dataclasses.replace(base, eff_bw=1.0, eff_mm=1.0, eff_attn_prefill=1.0, eff_attn_decode=1.0,
+                                   step_overhead_s=0.0, per_seq_overhead_s=0.0)
+        m = StepCostModel(model, gpu, unit, tp, weight_dtype, kv_dtype)
+        return cls(m.weight_stream_s, m.linear_s_per_token, m.lm_head_s_per_seq, m.prefill_s_per_pair,
+                   m.decode_s_per_ctx_token, m.fixed_s, m.per_token_s)
+
+    def step_s(self, p: dict, tokens, seqs, pairs, ctx):
+        linear = np.maximum(self.stream_s / p["eff_bw"],
+                            (self.linear_s_per_token * tokens + self.lm_head_s_per_seq * seqs) / p["eff_mm"])
+        return (linear + self.prefill_s_per_pair * pairs / p["eff_attn_prefill"]
+                + self.decode_s_per_ctx * ctx / p["eff_attn_decode"] + self.fixed_other_s + p["step_overhead_s"]
+                + self.per_token_s * tokens + p["per_seq_overhead_s"] * seqs)
+
+
+def prefill_chunks(prompt_lens: np.ndarray, budget: int | None) -> tuple[np.ndarray, ...]:
+    """(observation index, chunk tokens, causal pairs) of every prefill step; ``budget`` None: one step."""
+    obs, tokens, pairs = [], [], []
+    for i, p in enumerate(prompt_lens):
+        done = 0
+        while done < p:
+            c = int(p - done) if budget is None else int(min(budget, p - done))
+            obs.append(i)
+            tokens.append(c)
+            pairs.append(c * done + c * (c + 1) / 2)
+            done += c
+    return np.array(obs), np.array(tokens, float), np.array(pairs, float)
+
+
+def _predict(feat: Features, p: dict, pre: tuple, dec: pd.DataFrame, n_pre: int) -> np.ndarray:
+    obs, tokens, pairs = pre
+    steps = feat.step_s(p, tokens, 1.0, pairs, 0.0)
+    ttft = np.bincount(obs, weights=steps, minlength=n_pre) + p["api_overhead_s"]
+    n = dec.num_seqs.to_numpy(float)
+    return np.concatenate([ttft, feat.step_s(p, n, n, 0.0, dec.context_tokens.to_numpy(float))])
+
+
+def _solve(feat, start: dict, pre, dec, measured, n_pre, rows=None):
+    names = list(start)
+    scale = np.array([SCALE[n] for n in names])
+
+    def residuals(x):
+        rel = _predict(feat, dict(zip(names, x * scale)), pre, dec, n_pre) / measured - 1.0
+        return rel if rows is None else rel[rows]
+
+    lo = np.array([BOUNDS[n][0] for n in names]) / scale
+    hi = np.array([BOUNDS[n][1] for n in names]) / scale
+    x0 = np.clip(np.array([start[n] for n in names]) / scale, lo, hi)
+    return least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, method="trf"), scale
+
+
+def _scheduler(run: dict, engine: str) -> dict:
+    """Scheduler settings of the measured server: servesim's /version, else the launch flags."""
+    sched = (run.get("server", {}).get("version_info") or {}).get("scheduler") or {}
+    flags = (run.get("launch") or {}).get("flags") or {}
+    budget = sched.get("max_num_batched_tokens") or flags.get("max_num_batched_tokens")
+    chunked = sched.get("enable_chunked_prefill", flags.get("enable_chunked_prefill"))
+    return {"max_num_batched_tokens": int(budget) if budget else None,
+            "enable_chunked_prefill": None if chunked is None else chunked in (True, "true", "True", "1"),
+            "max_model_len": run.get("max_model_len")}
+
+
+# ----- the fit -----------------------------------------------------------------------------------
+def _residual_summary(rel: np.ndarray) -> dict:
+    if len(rel) == 0:
+        return {}
+    return {"median_abs_rel_err": float(np.median(np.abs(rel))), "p90_abs_rel_err": float(np.quantile(np.abs(rel), .9)),
+            "max_abs_rel_err": float(np.max(np.abs(rel))), "median_rel_err": float(np.median(rel))}
+
+
+def _kv_memory(run: dict, cfg) -> tuple[dict, dict]:
+    """(memory entries, report): ``non_torch_bytes`` that reproduces the reported ``num_gpu_blocks``."""
+    kv = run.get("kv_capacity") or {}
+    blocks = kv.get("num_gpu_blocks")
+    if blocks is None and kv.get("kv_cache_tokens"):
+        blocks = kv["kv_cache_tokens"] // cfg.cache.block_size
+    if not blocks:
+        return {}, {"reported": False}
+    mem = kv_capacity(dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, num_gpu_blocks_override=None)))
+    kv_bytes = blocks * mem.kv_bytes_per_token * cfg.cache.block_size
+    non_torch = mem.budget_bytes - mem.weight_bytes - mem.activation_bytes - mem.cuda_graph_bytes - kv_bytes
+    report = {"reported": True, "num_gpu_blocks": int(blocks), "kv_capacity_tokens": int(blocks * cfg.cache.block_size),
+              "memory_model_blocks": mem.num_gpu_blocks, "derived_non_torch_bytes": float(non_torch)}
+    if non_torch < 0:
+        report["note"] = "negative: the activation/graph priors overestimate; non_torch_bytes not updated"
+        return {}, report
+    prior_se = float(np.hypot(8.0 * cfg.model.hidden_size * cfg.scheduler.max_num_batched_tokens, 3e8))
+    return {"non_torch_bytes": {"value": float(f"{non_torch:.4g}"), "stderr": float(f"{prior_se:.2g}"),
+                                "source": f"derived: reproduces num_gpu_blocks={blocks} reported by the server, "
+                                          "given the activation and CUDA-graph priors"}}, report
+
+
+def fit_probe_run(run_dir: str | Path, model: str, gpu: str, engine: str, tp: int = 1,
+                  base_profile: str | Path | None = None, n_boot: int = 100, seed: int = 0,
+                  clock: str = "wall") -> dict:
+    """Fit the free step-cost terms to a probe run; returns a profile dict (module docstring).
+
+    ``clock="server"`` uses the simulated times ``servesim serve`` stamps on each token instead of
+    the wall-clock arrivals (exact; for testing the fit itself, see docs/measure.md).
+
+    ``base_profile`` (default: the shipped profile of ``gpu`` and ``engine``) supplies every term
+    that is held, the memory priors and the power block.  Raises ``ValueError`` when the run lacks
+    the prefill sweep or usable decode points.
+    """
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    base: Profile = load_profile(base_profile) if base_profile else default_profile(gpu, engine)
+    sched = _scheduler(run, engine)
+    cfg = make_engine_config(get_model(model), get_gpu(gpu), engine, tp=tp, profile=base,
+                             max_num_batched_tokens=sched["max_num_batched_tokens"],
+                             enable_chunked_prefill=sched["enable_chunked_prefill"] if engine == "vllm-v0" else None,
+                             max_model_len=sched["max_model_len"])
+    if clock not in ("wall", "server"):
+        raise ValueError(f"clock must be 'wall' or 'server' (got {clock!r})")
+    df = load_requests(run_dir)
+    if df.empty:
+        raise ValueError(f"{run_dir}: no completed probe points in {REQUESTS}")
+    if clock == "server" and "server_token_times" not in df:
+        raise ValueError(f"{run_dir}: clock='server' needs a run of servesim serve (no server_token_times)")
+    pre_obs = prefill_observations(df, clock)
+    dec_obs, skipped = decode_observations(df, clock)
+    if len(pre_obs) < 3 or len(dec_obs) < 3:
+        raise ValueError(f"{run_dir}: need >= 3 prefill points and >= 3 usable decode/context points, got "
+                         f"{len(pre_obs)} and {len(dec_obs)} (skipped without a steady window: {skipped})")
+    feat = Features.of(cfg.model, cfg.gpu, base.step, tp, cfg.weight_dtype, cfg.kv_dtype)
+    budget = cfg.scheduler.max_num_batched_tokens if cfg.scheduler.enable_chunked_prefill else None
+    pre = prefill_chunks(pre_obs.prompt_len.to_numpy(), budget)
+    n_pre = len(pre_obs)
+    measured = np.concatenate([pre_obs.ttft_s.to_numpy(float), dec_obs.step_s.to_numpy(float)])
+    start = {n: getattr(base.step, n, 1e-3) for n in FREE}
+    best, scale = _solve(feat, start, pre, dec_obs, measured, n_pre)
+    values = dict(zip(FREE, best.x * scale))
+    at_bounds = [n for n in FREE if values[n] <= BOUNDS[n][0] * (1 + 1e-6) or values[n] >= BOUNDS[n][1] * (1 - 1e-6)]
+    rel = _predict(feat, values, pre, dec_obs, n_pre) / measured - 1.0
+    dof = max(len(measured) - len(FREE), 1)
+    cov = np.linalg.pinv(best.jac.T @ best.jac) * (float(np.sum(rel ** 2)) / dof)
+    jac_se = dict(zip(FREE, np.sqrt(np.clip(np.diag(cov), 0, None)) * scale))
+    boot_se = jac_se
+    if n_boot > 0:  # cluster bootstrap: every probe point is one cluster (its repeats share their error)
+        rng = np.random.default_rng(seed)
+        draws = []
+        for _ in range(n_boot):
+            rows = rng.integers(0, len(measured), len(measured))
+            fit, _ = _solve(feat, values, pre, dec_obs, measured, n_pre, rows)
+            draws.append(fit.x * scale)
+        boot_se = dict(zip(FREE, np.std(draws, axis=0, ddof=1)))
+    memory, kv_report = _kv_memory(run, cfg)
+    profile = _profile(run_dir, run, base, cfg, values, boot_se, jac_se, rel, n_pre, pre_obs, dec_obs, skipped,
+                       memory, kv_report, model, gpu, engine, tp, n_boot)
+    profile["fit_report"]["probe_step_cost"].update(clock=clock, at_bounds=at_bounds)
+    return profile
+
+
+def _sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+def _entry(value, stderr, source) -> dict:
+    return {"value": float(f"{value:.4g}"), "stderr": None if stderr is None else float(f"{stderr:.2g}"),
+            "source": source}
+
+
+def _profile(run_dir, run, base, cfg, values, boot_se, jac_se, rel, n_pre, pre_obs, dec_obs, skipped, memory,
+             kv_report, model, gpu, engine, tp, n_boot) -> dict:
+    version = run.get("server", {}).get("version") or base.engine_version
+    src = f"fit: probe run {run_dir.name} (prefill {n_pre} points, decode/context {len(dec_obs)} points)"
+    coefficients = {}
+    for f in dataclasses.fields(StepCoefficients):
+        if f.name in values:
+            coefficients[f.name] = _entry(values[f.name], boot_se[f.name], src)
+        else:
+            coefficients[f.name] = _entry(getattr(base.step, f.name), base.uncertainty.get(f.name),
+                                          f"held at base profile {base.name}")
+    mem = {f.name: _entry(getattr(base.memory, f.name), base.uncertainty.get(f.name), f"base profile {base.name}")
+           for f in dataclasses.fields(base.memory)}
+    mem.update(memory)
+    power = {f.name: _entry(getattr(base.power, f.name), base.uncertainty.get(f.name), f"base profile {base.name}")
+             for f in dataclasses.fields(base.power)}
+    server = run.get("server", {})
+    report = {
+        "values": {k: float(f"{v:.5g}") for k, v in values.items()},
+        "stderr": {k: float(f"{v:.2g}") for k, v in boot_se.items()},
+        "jacobian_stderr": {k: float(f"{v:.2g}") for k, v in jac_se.items()},
+        "n_rows": int(len(rel)), "n_groups": int(len(rel)), "n_boot": n_boot,
+        "loss": "soft-L1 least squares of predicted/measured - 1 (f_scale 0.05)",
+        "residuals": {"all": _residual_summary(rel), "prefill": _residual_summary(rel[:n_pre]),
+                      "decode": _residual_summary(rel[n_pre:])},
+        "points": {"prefill": [{"point_id": r.point_id, "prompt_len": int(r.prompt_len), "ttft_s": float(r.ttft_s),
+                                "rel_err": float(e)} for r, e in zip(pre_obs.itertuples(), rel[:n_pre])],
+                   "decode": [{"point_id": r.point_id, "num_seqs": int(r.num_seqs), "context_tokens": float(
+                       r.context_tokens), "step_s": float(r.step_s), "steps": int(r.steps), "rel_err": float(e)}
+                       for r, e in zip(dec_obs.itertuples(), rel[n_pre:])],
+                   "skipped": skipped},
+        "held": {k: v for k, v in dataclasses.asdict(base.step).items() if k not in values},
+        "scheduler": {"max_num_batched_tokens": cfg.scheduler.max_num_batched_tokens,
+                      "enable_chunked_prefill": cfg.scheduler.enable_chunked_prefill},
+        "kv_capacity": kv_report, "time_scale": server.get("time_scale", 1.0)}
+    return {
+        "name": f"{gpu}_{engine}", "engine": engine, "engine_version": str(version), "gpu": gpu,
+        "coefficients": coefficients, "memory": mem, "power": power,
+        "provenance": [{"file": f"{run_dir.name}/{name}", "sha256": _sha256(run_dir / name), "used_for": use}
+                       for name, use in ((RUN_JSON, "server, flags, KV capacity, time scale"),
+                                         (REQUESTS, "TTFT and token times"), (POINTS, "complete attempts"))]
+        + [{"run": {"model": run.get("model"), "url": run.get("url"), "server_version": version,
+                    "gpu": run.get("gpu"), "start_time": run.get("start_time"), "plan": run.get("plan", {}).get("name"),
+                    "launch": (run.get("launch") or {}).get("command")}}],
+        "fit_report": {"probe_step_cost": report},
+        "notes": (f"Step-cost terms fitted end to end to probe run {run_dir.name} of {model} (TP {tp}) by "
+                  f"calibrate/probe_fit.py; terms marked 'held' come from {base.name}. api_overhead_s "
+                  f"({values['api_overhead_s'] * 1e3:.2f} ms) is the TTFT beyond the engine steps, reported only."),
+        "generated_by": f"python -m servesim.calibrate.probe_fit {run_dir.name} --model {model} --gpu {gpu} "
+                        f"--engine {engine} --tp {tp}",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m servesim.calibrate.probe_fit", description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--gpu", required=True)
+    parser.add_argument("--engine", default="vllm-v1", choices=["vllm-v1", "vllm-v0"])
+    parser.add_argument("--tp", type=int, default=1)
+    parser.add_argument("--base-profile", help="profile supplying the held terms (default: the shipped one)")
+    parser.add_argument("--n-boot", type=int, default=100)
+    parser.add_argument("--clock", choices=["wall", "server"], default="wall",
+                        help="token times: wall-clock arrivals (default) or servesim serve's simulated stamps")
+    parser.add_argument("-o", "--output", required=True)
+    args = parser.parse_args(argv)
+    try:
+        profile = fit_probe_run(args.run_dir, args.model, args.gpu, args.engine, args.tp, args.base_profile,
+                                args.n_boot, clock=args.clock)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(profile, indent=2) + "\n")
+    tmp.replace(out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

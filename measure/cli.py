@@ -1,0 +1,119 @@
+"""The ``measure`` and ``serve`` subcommands (registered by ``servesim.cli``).
+
+``servesim measure`` runs a plan against a live server (``--backend http``, the default) or times
+the kernels of an architecture with PyTorch (``--backend torch-kernels``); ``servesim serve`` runs
+the simulator behind vLLM's HTTP interface.  Both print one-line errors and exit non-zero.
+"""
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+
+def register(sub) -> None:
+    _add_measure(sub)
+    _add_serve(sub)
+
+
+# ----- measure -----------------------------------------------------------------------------------
+def _add_measure(sub) -> None:
+    p = sub.add_parser("measure", help="probe a live vLLM server (or time kernels) and record a run directory",
+                       description="Run a measurement plan against an OpenAI-compatible server (vLLM, or "
+                                   "`servesim serve`) and write requests.jsonl, metrics.csv, run.json and plots "
+                                   "into --out (docs/measure.md).")
+    p.add_argument("--out", required=True, help="run directory to create (or continue with --resume)")
+    p.add_argument("--backend", choices=["http", "torch-kernels"], default="http",
+                   help="http: probe a server (default); torch-kernels: time GEMM/attention kernels with PyTorch")
+    h = p.add_argument_group("http backend")
+    h.add_argument("--url", default="http://127.0.0.1:8000", help="server address (default http://127.0.0.1:8000)")
+    h.add_argument("--plan", default="quick", help="quick, full, or a plan YAML file (default quick)")
+    h.add_argument("--model", help="model name to request (default: the server's first; torch-kernels: "
+                   "catalogue name or config.json)")
+    h.add_argument("--resume", action="store_true", help="continue --out, skipping points already complete")
+    h.add_argument("--launch", metavar="CMD", help='start the server with CMD if none answers, e.g. '
+                   '"vllm serve meta-llama/Llama-3.1-8B-Instruct --port 8000"; stopped at the end')
+    h.add_argument("--launch-timeout", type=float, default=1800.0, help="seconds to wait for /health (default 1800)")
+    h.add_argument("--max-model-len", type=int, help="context length, if the server does not report it")
+    h.add_argument("--scrape-interval", type=float, default=0.2, help="seconds between /metrics scrapes (0.2)")
+    h.add_argument("--settle", type=float, default=1.0, help="idle seconds between probe points (default 1)")
+    h.add_argument("--no-usage", action="store_true", help="do not ask for stream_options.include_usage")
+    h.add_argument("--no-plots", action="store_true", help="skip the figures")
+    h.add_argument("--dry-run", action="store_true", help="print the points the plan expands to and exit")
+    k = p.add_argument_group("torch-kernels backend")
+    k.add_argument("--device", default=None, help="cuda (default when available) or cpu")
+    k.add_argument("--shapes", default="quick", choices=["tiny", "quick", "full"], help="shape grid (default quick)")
+    k.add_argument("--tp", type=int, action="append", help="TP shard sizes to time (repeatable; default 1)")
+    k.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="kernel dtype (default bf16)")
+    p.set_defaults(func=cmd_measure)
+
+
+def cmd_measure(args) -> int:
+    if args.backend == "torch-kernels":
+        from .torch_probe import ProbeOptions, run_probe
+        if not args.model:
+            raise ValueError("--backend torch-kernels needs --model (a catalogue name or a config.json)")
+        return run_probe(ProbeOptions(model=args.model, out=Path(args.out), device=args.device, shapes=args.shapes,
+                                      tp=tuple(args.tp or (1,)), dtype=args.dtype))
+    from .harness import MeasureOptions, run_measurement
+    from .plans import load_plan
+    plan = load_plan(args.plan)
+    if args.dry_run:
+        points, dropped = plan.points(args.max_model_len or 131072)
+        for pt in points:
+            print(f"{pt.point_id:<32} {pt.mode.value:<10} {len(pt.requests):>5} requests  {pt.params}")
+        print(f"{len(points)} points, {sum(len(pt.requests) for pt in points)} requests; dropped (too long): {dropped}")
+        return 0
+    if not 0.05 <= args.scrape_interval <= 60:
+        raise ValueError(f"--scrape-interval must be in [0.05, 60] s (got {args.scrape_interval})")
+    opts = MeasureOptions(url=args.url, out=Path(args.out), plan=plan, model=args.model, resume=args.resume,
+                          launch=args.launch, launch_timeout_s=args.launch_timeout, max_model_len=args.max_model_len,
+                          scrape_interval_s=args.scrape_interval, settle_s=max(args.settle, 0.0),
+                          usage=not args.no_usage, plots=not args.no_plots, argv=tuple(sys.argv))
+    status = run_measurement(opts)
+    print(f"servesim measure: run {'complete' if status == 0 else 'incomplete'} in {Path(args.out).resolve()}",
+          file=sys.stderr)
+    return status
+
+
+# ----- serve -------------------------------------------------------------------------------------
+def _add_serve(sub) -> None:
+    from ..cli import _bool_flag
+    p = sub.add_parser("serve", help="serve the simulator as an OpenAI-compatible (vLLM-like) endpoint",
+                       description="Run the simulated replica behind /v1/completions, /v1/chat/completions, "
+                                   "/v1/models, /health, /version and /metrics, in real time times --speed "
+                                   "(docs/serve.md).")
+    p.add_argument("--model", default="llama-3.1-8b", help="catalogue name or config.json (default llama-3.1-8b)")
+    p.add_argument("--served-model-name", help="name clients request (default: --model)")
+    p.add_argument("--gpu", default="h100-sxm")
+    p.add_argument("--tp", "--tensor-parallel-size", dest="tp", type=int, default=1)
+    p.add_argument("--engine", default="vllm-v1", choices=["vllm-v1", "vllm-v0"])
+    p.add_argument("--profile", help="profile JSON (default: the shipped one for --gpu and --engine)")
+    p.add_argument("--dtype", help="weight dtype: bf16, fp16, fp8, int4 (default: the checkpoint's)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)")
+    k = p.add_argument_group("engine knobs (vLLM names)")
+    k.add_argument("--max-num-seqs", type=int)
+    k.add_argument("--max-num-batched-tokens", type=int)
+    k.add_argument("--block-size", type=int, default=16)
+    k.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    k.add_argument("--max-model-len", type=int)
+    _bool_flag(k, "enable-chunked-prefill", "chunked prefill (always on in vllm-v1)")
+    _bool_flag(k, "enable-prefix-caching", "prefix caching (no effect: requests carry no block hashes)")
+    k.add_argument("--kv-cache-dtype", default="auto")
+    k.add_argument("--num-gpu-blocks", type=int, help="use this KV capacity instead of the memory model")
+    k.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap"])
+    k.add_argument("--swap-space", type=float, default=4.0)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from ..cli import engine_config
+    from .serve import serve
+    cfg = engine_config(args)
+    try:
+        asyncio.run(serve(cfg, args.speed, args.served_model_name or args.model, args.host, args.port))
+    except OSError as exc:
+        raise ValueError(f"cannot serve on {args.host}:{args.port}: {exc}") from None
+    return 0
