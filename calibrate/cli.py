@@ -42,6 +42,7 @@ def register(sub) -> None:
     v.add_argument("--burstiness", type=float)
     v.add_argument("--max-concurrency", type=int)
     v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--point", help="run directories: only this probe point (default: every load point)")
     v.add_argument("--json", action="store_true", help="print the comparison as JSON")
     v.set_defaults(func=cmd_validate)
 
@@ -69,26 +70,33 @@ def cmd_validate(args) -> int:
     from ..sim.model_catalog import get_model
     from ..sim.profile import load_profile
     from .validate import format_table, load_measured, validate
-    run = load_measured(args.measured, **({} if Path(args.measured).is_dir() else {
+    runs = load_measured(args.measured, args.point, **({} if Path(args.measured).is_dir() else {
         "rate": args.request_rate, "burstiness": args.burstiness, "max_concurrency": args.max_concurrency,
         "seed": args.seed}))
-    model_name = args.model or run.settings.get("model_id") or run.settings.get("model")
-    if not model_name:
-        raise ValueError("the measured run does not name its model: pass --model")
-    cfg = make_engine_config(get_model(model_name), get_gpu(args.gpu), args.engine, tp=args.tp,
-                             profile=load_profile(args.profile) if args.profile else None,
-                             max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                             max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-                             num_gpu_blocks=args.num_gpu_blocks)
-    rows, result = validate(run, cfg, args.seed)
+    results = []
+    for run in runs:
+        model_name = args.model or run.settings.get("model_id") or run.settings.get("model")
+        if not model_name:
+            raise ValueError("the measured run does not name its model: pass --model")
+        max_len = args.max_model_len or run.settings.get("max_model_len")
+        cfg = make_engine_config(get_model(model_name), get_gpu(args.gpu), args.engine, tp=args.tp,
+                                 profile=load_profile(args.profile) if args.profile else None,
+                                 max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                                 max_model_len=max_len, gpu_memory_utilization=args.gpu_memory_utilization,
+                                 num_gpu_blocks=args.num_gpu_blocks)
+        rows, _ = validate(run, cfg, args.seed)
+        results.append((run, cfg, rows))
     if args.json:
-        print(json.dumps({"measured": run.name, "profile": cfg.profile.name, "notes": run.notes,
-                          "rows": [{"metric": r.metric, "measured": r.measured, "simulated": r.simulated,
-                                    "rel_error": r.rel_error} for r in rows]}, indent=2))
-    else:
+        print(json.dumps([{"measured": run.name, "profile": cfg.profile.name, "notes": run.notes,
+                           "rows": [{"metric": r.metric, "measured": r.measured, "simulated": r.simulated,
+                                     "rel_error": r.rel_error} for r in rows]} for run, cfg, rows in results],
+                         indent=2))
+        return 0
+    for run, cfg, rows in results:
         print(f"validate {run.name}: {cfg.model.name} on {cfg.parallel.tensor_parallel_size}x {cfg.gpu.name}, "
               f"{cfg.engine.value}, profile {cfg.profile.name}")
         for note in run.notes:
             print(f"  note: {note}")
         print(format_table(rows))
+        print()
     return 0

@@ -73,15 +73,15 @@ def load_bench_result(path: str | Path, rate: float | None = None, burstiness: f
     return MeasuredRun(path.stem, workload, summary, settings, notes)
 
 
-def load_measured(path: str | Path, **options) -> MeasuredRun:
-    """A bench JSON file or a ``servesim measure`` run directory."""
+def load_measured(path: str | Path, point: str | None = None, **options) -> list[MeasuredRun]:
+    """A bench JSON file (one run) or a ``servesim measure`` run directory (one run per load point)."""
     path = Path(path)
     if path.is_dir():
         from .probe_run import load_probe_run
-        return load_probe_run(path)
+        return load_probe_run(path, point)
     if not path.exists():
         raise ValueError(f"measured run {path} not found (a vllm bench --save-result JSON or a run directory)")
-    return load_bench_result(path, **options)
+    return [load_bench_result(path, **options)]
 
 
 @dataclass(frozen=True)

@@ -120,7 +120,7 @@ def test_validate_cli_json(tmp_path, capsys):
     path, _ = _bench_json(tmp_path, Profile(name="v1", engine="vllm-v1", engine_version="x", gpu="h100-sxm"), n=60)
     assert main(["validate", str(path), "--json", "--seed", "3"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert {r["metric"] for r in out["rows"]} >= {"duration", "mean_ttft_ms", "p99_e2el_ms"}
+    assert {r["metric"] for r in out[0]["rows"]} >= {"duration", "mean_ttft_ms", "p99_e2el_ms"}
 
 
 def test_classify_names_bad_inputs(tmp_path):

@@ -1,0 +1,68 @@
+"""A ``servesim measure`` run directory as measured runs that ``servesim validate`` can replay.
+
+Each load point of the run (families ``concurrency``, ``decode``, ``context``, ``seqlen``, ``rate``)
+becomes one :class:`~servesim.calibrate.validate.MeasuredRun`: the requests it sent, at their send
+times relative to the point's first send, with their exact prompt and output lengths, and the
+metrics ``vllm bench serve`` would report for them (computed from ``requests.jsonl``).  Times of a
+``servesim serve --speed K`` run are scaled back to the simulated clock.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..measure.rundir import load_requests, load_run
+from ..sim.workload import Workload
+from .validate import MeasuredRun
+
+LOAD_FAMILIES = ("concurrency", "decode", "context", "seqlen", "rate")
+
+
+def _stats(prefix: str, values_s: np.ndarray) -> dict[str, float]:
+    v = np.asarray(values_s, dtype=np.float64) * 1e3
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return {}
+    return {f"mean_{prefix}_ms": float(v.mean()), f"median_{prefix}_ms": float(np.median(v)),
+            f"p99_{prefix}_ms": float(np.percentile(v, 99))}
+
+
+def load_probe_run(run_dir: str | Path, point_id: str | None = None) -> list[MeasuredRun]:
+    """One measured run per load point (or just ``point_id``)."""
+    run_dir = Path(run_dir)
+    run = load_run(run_dir)
+    df = load_requests(run_dir)
+    if df.empty:
+        raise ValueError(f"{run_dir}: requests.jsonl holds no completed point")
+    df = df[df.family.isin(LOAD_FAMILIES)]
+    if point_id is not None:
+        df = df[df.point_id == point_id]
+        if df.empty:
+            raise ValueError(f"{run_dir}: no completed load point {point_id!r}")
+    scale = float(run.get("time_scale", 1.0) or 1.0)
+    settings = {"model": run.get("model"), "max_model_len": run.get("max_model_len"),
+                "server_version": (run.get("server") or {}).get("version"),
+                "flags": (run.get("launch") or {}).get("flags", {})}
+    runs = []
+    for pid, g in df.groupby("point_id", sort=False):
+        g = g.sort_values("send_time")
+        ok = g[g.status == "ok"]
+        send = (g.send_time.to_numpy() - g.send_time.min()) * scale
+        workload = Workload(arrival_s=send, input_tokens=g.prompt_tokens.to_numpy(),
+                            output_tokens=np.maximum(g.max_tokens.to_numpy(), 1), name=f"{run_dir.name}:{pid}")
+        finish = (ok.send_time + ok.e2e_s).to_numpy()
+        duration = (finish.max() - g.send_time.min()) * scale if len(ok) else 0.0
+        out_tokens = ok.output_tokens.to_numpy()
+        summary = {"duration": duration, "completed": float(len(ok)),
+                   "request_throughput": len(ok) / duration if duration else 0.0,
+                   "output_throughput": out_tokens.sum() / duration if duration else 0.0,
+                   "total_token_throughput": (out_tokens.sum() + ok.prompt_tokens.sum()) / duration if duration else 0.0}
+        summary.update(_stats("ttft", ok.ttft_s * scale))
+        summary.update(_stats("tpot", ok.tpot_s.dropna() * scale))
+        itl = np.concatenate([np.diff(t) for t in ok.token_times if len(t) > 1] or [np.zeros(0)]) * scale
+        summary.update(_stats("itl", itl))
+        summary.update(_stats("e2el", ok.e2e_s * scale))
+        notes = [] if len(ok) == len(g) else [f"{len(g) - len(ok)} of {len(g)} requests did not end ok"]
+        runs.append(MeasuredRun(f"{run_dir.name}/{pid}", workload, summary, settings, notes))
+    return runs

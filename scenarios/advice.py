@@ -1,0 +1,98 @@
+"""Turning a variant's regions into operating advice (DESIGN.md, "Economics").
+
+The **best point** of a node is the maximum-profit point when the scenario has prices and costs,
+else the saturation point (most throughput for the hardware), in both cases capped by the largest
+demand meeting the SLOs.  From it follow:
+
+* the **per-node admission limit**: the concurrency a node should admit (``max_num_seqs`` or a
+  router's per-node cap).  On burst and concurrency axes it is the best point itself; on a rate
+  axis it is the 95th percentile of running requests observed at the best point (rounded up);
+* the **replicas** for ``advice.target_demand``: ``ceil(target / best point)``, which keeps every
+  node at or below its best point.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .regions import Regions
+from .schema import Axis, Scenario
+
+
+@dataclass(frozen=True)
+class NodeAdvice:
+    variant: str
+    best_demand: float | None
+    basis: str
+    admission_limit: int | None
+    replicas: int | None
+    throughput: float | None
+    cost_per_1m_tokens: float | None
+    profit_per_h: float | None
+    lines: tuple[str, ...]
+
+
+def _row_at(mean: pd.DataFrame, demand: float) -> pd.Series:
+    i = (mean["demand"] - demand).abs().idxmin()
+    return mean.loc[i]
+
+
+def node_advice(sc: Scenario, regions: Regions, mean: pd.DataFrame) -> NodeAdvice:
+    """Advice for one variant from its regions and seed-mean curve."""
+    axis = sc.sweep.axis
+    unit = {Axis.RATE: " req/s", Axis.CONCURRENCY: " users", Axis.BURST: " requests"}.get(axis, "")
+    name = sc.name
+    if mean.empty or "output_throughput" not in mean or mean["output_throughput"].isna().all():
+        note = regions.notes[0] if regions.notes else "no successful points"
+        return NodeAdvice(name, None, "", None, None, None, None, None, (f"{name}: cannot run: {note}",))
+    if not axis.is_demand:
+        slo = regions.slo_limit
+        text = (f"{name}: SLOs hold up to {axis.label} {slo.value:g}" if slo.value is not None
+                else f"{name}: {slo.note}") if sc.slos else f"{name}: {axis.label} sweep (no demand regions)"
+        return NodeAdvice(name, None, "", None, None, None, None, None, (text,))
+    candidates = []
+    if regions.max_profit.value is not None:
+        candidates.append((regions.max_profit.value, "maximum profit"))
+    elif regions.saturation.value is not None:
+        candidates.append((regions.saturation.value, "saturation (peak throughput)"))
+    if sc.slos:
+        if regions.slo_limit.value is None:
+            return NodeAdvice(name, None, "", None, None, None, None, None,
+                              (f"{name}: no point of the sweep meets the SLOs "
+                               f"({', '.join(map(str, sc.slos))}); use faster hardware or fewer requests per node",))
+        candidates.append((regions.slo_limit.value, "largest demand meeting the SLOs"))
+    best, basis = min(candidates)
+    row = _row_at(mean, best)
+    if axis is Axis.RATE:
+        running = row.get("p95_num_running", row.get("mean_num_running", math.nan))
+        admission = int(math.ceil(running)) if pd.notna(running) else None
+    else:
+        admission = int(best)
+    target = sc.advice.target_demand
+    replicas = int(math.ceil(target / best - 1e-9)) if target else None
+    lines = []
+    eq, sat = regions.equilibrium, regions.saturation
+    if sat.value is not None:
+        a_text = (f"region A up to the equilibrium point {eq.describe(unit)}" if eq.value is not None
+                  else "no equilibrium point (no queue or KV pressure with a falling slope before saturation)")
+        lines.append(f"{name}: {a_text}; region B up to the saturation point {sat.describe(unit)}; "
+                     f"region C beyond (peak {regions.peak_throughput:,.0f} tok/s at {regions.peak_demand:g}{unit}).")
+    lines.append(f"{name}: best point {best:g}{unit} ({basis}): {row['output_throughput']:,.0f} output tok/s, "
+                 f"p99 TTFT {row.get('p99_ttft_ms', math.nan):,.0f} ms, "
+                 f"p99 TPOT {row.get('p99_tpot_ms', math.nan):.1f} ms.")
+    cost = row.get("cost_per_1m_tokens", math.nan)
+    profit = row.get("profit_per_h", math.nan)
+    if pd.notna(cost):
+        lines.append(f"{name}: at the best point a node costs {row['cost_per_h']:.2f}/h, "
+                     f"{cost:.3f} per 1M tokens, and earns {profit:+.2f}/h.")
+    if admission is not None:
+        lines.append(f"{name}: admit at most {admission} concurrent requests per node "
+                     f"(max_num_seqs={admission}).")
+    if replicas is not None:
+        lines.append(f"{name}: for a demand of {target:g}{unit}, run {replicas} replica(s) "
+                     f"({replicas * sc.deployment.tp} GPUs), each at {target / replicas:.3g}{unit}.")
+    return NodeAdvice(name, best, basis, admission, replicas, float(row["output_throughput"]),
+                      float(cost) if pd.notna(cost) else None, float(profit) if pd.notna(profit) else None,
+                      tuple(lines))

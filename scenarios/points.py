@@ -1,0 +1,246 @@
+"""One point of a sweep: build the replica and the workload, simulate, reduce to one curve row.
+
+:func:`run_point` is what the executors (local processes or Dask workers) run; it takes a
+picklable :class:`PointTask` and returns a :class:`PointResult` holding one row of the curve
+(columns in ``docs/scenarios.md`` "Curve") and, for the first seed, the time series downsampled to
+at most :data:`MAX_SERIES_ROWS` samples.
+
+A configuration the engine refuses (a model that does not fit, a prompt longer than the KV cache)
+becomes a row whose ``error`` column holds the engine's message, so sweeps report infeasible
+variants instead of stopping.  If the engine's fast path raises anything else, the point is re-run
+on the exact per-request path (``SimOptions(exact=True)``, the reference the fast path is tested
+against) and ``fast_path_error`` records what happened, so an engine bug is visible, not hidden.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..sim.config import EngineConfig, make_engine_config
+from ..sim.gpus import get_gpu
+from ..sim.model_catalog import get_model
+from ..sim.models import ModelSpec
+from ..sim.profile import load_profile, shipped_profiles
+from ..sim.runner import SimOptions, simulate
+from ..sim.workload import ClosedLoop, Workload, WorkloadSpec, build_workload
+from .schema import ArrivalKind, Axis, Deployment, Scenario
+
+MAX_SERIES_ROWS = 400
+DEFAULT_OPEN_LOOP_REQUESTS = 1000
+# Percentiles computed from the per-request records for every latency metric (SLOs may add more).
+CURVE_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
+SUMMARY_KEYS = (
+    "completed", "failed", "total_input_tokens", "total_output_tokens", "request_throughput",
+    "output_throughput", "total_token_throughput", "mean_ttft_ms", "mean_tpot_ms", "mean_itl_ms",
+    "median_itl_ms", "p99_itl_ms", "mean_e2el_ms", "kv_capacity_tokens", "num_gpu_blocks", "num_preemptions",
+    "peak_kv_usage", "mean_num_running", "busy_fraction", "gpu_energy_j", "mean_gpu_power_w",
+    "energy_per_output_token_j",
+)
+
+
+@dataclass(frozen=True)
+class PointTask:
+    """One simulation of a sweep: ``scenario`` at ``demand`` (the axis value) with ``seed``."""
+
+    scenario: Scenario
+    demand: float
+    seed: int
+    keep_series: bool = False
+
+    @property
+    def key(self) -> str:
+        """File-name-safe identity of the point inside its variant's folder."""
+        return f"{self.scenario.sweep.axis.value}={self.demand:g}_seed={self.seed}"
+
+
+@dataclass
+class PointResult:
+    row: dict
+    series: pd.DataFrame | None
+
+
+# ------------------------------------------------------------------------------------ the replica
+
+
+def resolve_model(dep: Deployment, base_dir: str = ".") -> ModelSpec:
+    """The catalogue model (or a ``config.json`` path) with ``model_overrides`` applied."""
+    path = Path(base_dir) / dep.model
+    model = get_model(str(path) if path.suffix == ".json" else dep.model)
+    if dep.model_overrides:
+        model = replace(model, **dict(dep.model_overrides))
+    return model
+
+
+def engine_config(dep: Deployment, base_dir: str = ".") -> EngineConfig:
+    """The :class:`EngineConfig` of a deployment (raises ``ValueError`` if vLLM would refuse it)."""
+    profile = None
+    if dep.profile:
+        shipped = shipped_profiles()
+        profile = load_profile(shipped[dep.profile] if dep.profile in shipped else Path(base_dir) / dep.profile)
+    k = dep.knobs
+    return make_engine_config(
+        resolve_model(dep, base_dir), get_gpu(dep.gpu), dep.engine, tp=dep.tp, weight_dtype=dep.weight_dtype,
+        profile=profile, max_num_seqs=k.max_num_seqs, max_num_batched_tokens=k.max_num_batched_tokens,
+        max_model_len=k.max_model_len, enable_chunked_prefill=k.enable_chunked_prefill,
+        enable_prefix_caching=k.enable_prefix_caching, block_size=k.block_size,
+        gpu_memory_utilization=k.gpu_memory_utilization, kv_cache_dtype=dep.kv_cache_dtype,
+        num_gpu_blocks=k.num_gpu_blocks, preemption_mode=k.preemption_mode, swap_space_gib=k.swap_space_gib)
+
+
+# ----------------------------------------------------------------------------------- the traffic
+
+
+def trace_file(trace: str, base_dir: str = ".") -> Path:
+    """``shared:<relative>`` in the shared data folder, else a path relative to the scenario file."""
+    if trace.startswith("shared:"):
+        from ..sim.traces import find_shared_data
+        return find_shared_data(trace[len("shared:"):])
+    path = Path(trace).expanduser()
+    return path if path.is_absolute() else Path(base_dir) / path
+
+
+@functools.lru_cache(maxsize=4)
+def _full_trace(path: str) -> Workload:
+    from ..sim.traces import load_trace
+    return load_trace(path)
+
+
+def trace_window(path: Path, n: int, seed: int, rate: float | None) -> Workload:
+    """Rows ``[start, start + n)`` of the trace, ``start = seed * n`` (wrapped to fit), rebased to
+    t = 0 and rescaled to a mean ``rate`` when given; seeds thereby replay different windows."""
+    from ..sim.traces import rescale_arrivals
+    full = _full_trace(str(path))
+    total = len(full)
+    n = min(n, total)
+    start = (seed * n) % max(total - n + 1, 1)
+    sl = slice(start, start + n)
+    arrivals = full.arrival_s[sl] - full.arrival_s[start]
+    if rate is not None and n > 1:
+        arrivals = rescale_arrivals(arrivals, rate=rate)
+    hashes = full.prefix_hashes[sl] if full.prefix_hashes is not None else None
+    return Workload(arrivals, full.input_tokens[sl], full.output_tokens[sl], f"{path.stem}[{start}:{start + n}]",
+                    hashes, full.prefix_block_tokens)
+
+
+def _clamp(n: int, sc: Scenario) -> int:
+    w = sc.workload
+    n = max(n, w.min_requests)
+    return min(n, w.max_requests) if w.max_requests else n
+
+
+def point_workload(sc: Scenario, demand: float, seed: int) -> Workload | ClosedLoop:
+    """The requests of one point: the workload section with the swept quantity set to ``demand``."""
+    w, axis = sc.workload, sc.sweep.axis
+    lengths = dict(input_len=w.input_len, output_len=w.output_len)
+    if axis is Axis.INPUT_LEN:
+        lengths["input_len"] = int(demand)
+    elif axis is Axis.OUTPUT_LEN:
+        lengths["output_len"] = int(demand)
+    common = dict(dataset=w.dataset, range_ratio=w.range_ratio, input_dist=w.input_dist,
+                  output_dist=w.output_dist, max_input_tokens=w.max_input_tokens,
+                  max_output_tokens=w.max_output_tokens, name=sc.name, **lengths)
+    rate = demand if axis is Axis.RATE else w.rate
+    if w.kind is ArrivalKind.BURST:
+        n = int(demand) if axis is Axis.BURST else (w.num_requests or 1)
+        return build_workload(WorkloadSpec(kind="burst", num_requests=n, **common), seed)
+    if w.kind is ArrivalKind.CLOSED:
+        users = int(demand) if axis is Axis.CONCURRENCY else int(w.num_users)
+        n = w.num_requests or _clamp(w.requests_per_user * users, sc)
+        return build_workload(WorkloadSpec(kind="closed", num_requests=n, num_users=users,
+                                           think_time_s=w.think_time_s, **common), seed)
+    if w.num_requests:
+        n = w.num_requests
+    elif w.duration_s:
+        n = _clamp(math.ceil(rate * w.duration_s), sc)
+    else:
+        n = _clamp(DEFAULT_OPEN_LOOP_REQUESTS, sc)
+    if w.kind is ArrivalKind.TRACE:
+        return trace_window(trace_file(w.trace, sc.base_dir), n, seed, rate)
+    kind = "gamma" if w.kind is ArrivalKind.GAMMA else "poisson"
+    return build_workload(WorkloadSpec(kind=kind, num_requests=n, rate=rate, burstiness=w.burstiness, **common),
+                          seed)
+
+
+# ------------------------------------------------------------------------------------ reduction
+
+
+def _percentile(values: np.ndarray, q: float) -> float:
+    return float(np.percentile(values, q)) if values.size else math.nan
+
+
+def latency_columns(records: pd.DataFrame, percentiles: tuple[float, ...]) -> dict:
+    """TTFT, TPOT and E2E latency percentiles (ms) of the finished requests."""
+    done = records[records["status"] == "finished"]
+    ttft = ((done["first_token_s"] - done["arrival_s"]) * 1e3).to_numpy()
+    e2el = ((done["finish_s"] - done["arrival_s"]) * 1e3).to_numpy()
+    multi = done["output_tokens"] > 1
+    tpot = ((done["finish_s"] - done["first_token_s"])[multi] / (done["output_tokens"][multi] - 1) * 1e3).to_numpy()
+    out = {}
+    for name, values in (("ttft", ttft), ("tpot", tpot), ("e2el", e2el)):
+        for q in percentiles:
+            out[f"p{q:g}_{name}_ms"] = _percentile(values, q)
+        out[f"median_{name}_ms"] = _percentile(values, 50)
+    return out
+
+
+def series_columns(series: pd.DataFrame) -> dict:
+    """Queue and KV statistics over the sampled time series (samples are evenly spaced)."""
+    if series.empty:
+        return dict.fromkeys(("mean_num_waiting", "max_num_waiting", "mean_kv_usage", "p95_num_running",
+                              "max_num_running"), math.nan)
+    waiting = series["vllm:num_requests_waiting"].to_numpy(dtype=float)
+    running = series["vllm:num_requests_running"].to_numpy(dtype=float)
+    return {"mean_num_waiting": float(waiting.mean()), "max_num_waiting": float(waiting.max()),
+            "mean_kv_usage": float(series["vllm:kv_cache_usage_perc"].mean()),
+            "p95_num_running": float(np.percentile(running, 95)), "max_num_running": float(running.max())}
+
+
+def downsample(series: pd.DataFrame, max_rows: int = MAX_SERIES_ROWS) -> pd.DataFrame:
+    step = max(1, math.ceil(len(series) / max_rows))
+    return series.iloc[::step].reset_index(drop=True)
+
+
+def run_point(task: PointTask) -> PointResult:
+    """Simulate one point and reduce it to a curve row (never raises for an engine refusal)."""
+    sc = task.scenario
+    row: dict = {"variant": sc.name, "axis": sc.sweep.axis.value, "demand": task.demand, "seed": task.seed,
+                 "error": "", "fast_path_error": ""}
+    t0 = time.perf_counter()
+    percentiles = tuple(sorted(set(CURVE_PERCENTILES) | {s.percentile for s in sc.slos if s.percentile > 0}))
+    try:
+        cfg = engine_config(sc.deployment, sc.base_dir)
+        workload = point_workload(sc, task.demand, task.seed)
+        options = SimOptions(sample_interval_s=sc.sample_interval_s, exact=sc.exact, seed=task.seed)
+        try:
+            result = simulate(cfg, workload, options)
+        except (ValueError, FileNotFoundError):
+            raise
+        except Exception as exc:  # an engine failure on the fast path: re-run on the reference path
+            if sc.exact:
+                raise
+            row["fast_path_error"] = f"{type(exc).__name__}: {exc}"
+            result = simulate(cfg, workload, replace(options, exact=True))
+    except (ValueError, FileNotFoundError) as exc:
+        row["error"] = str(exc)
+        row["wall_s"] = time.perf_counter() - t0
+        return PointResult(row, None)
+    s = result.summary
+    row.update({k: s[k] for k in SUMMARY_KEYS})
+    row["duration_s"] = s["duration"]
+    row["input_throughput"] = s["total_input_tokens"] / s["duration"] if s["duration"] > 0 else 0.0
+    tokens = s["total_input_tokens"] + s["total_output_tokens"]
+    row["energy_per_token_j"] = s["gpu_energy_j"] / tokens if tokens else math.nan
+    row["tensor_parallel_size"] = sc.deployment.tp
+    row["max_num_seqs"] = cfg.scheduler.max_num_seqs
+    row["num_requests"] = len(workload)
+    row.update(latency_columns(result.records.to_frame(), percentiles))
+    frame = result.series.to_frame()
+    row.update(series_columns(frame))
+    row["wall_s"] = time.perf_counter() - t0
+    return PointResult(row, downsample(frame) if task.keep_series else None)
