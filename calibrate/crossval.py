@@ -1,8 +1,9 @@
 """Cross-validation of the end-to-end fit on the ML.ENERGY chat rows; writes ``docs/crossval.md``.
 
-    python -m servesim.calibrate.crossval [--profile calibrate/profiles/h100-sxm_vllm-v0.json]
+    python -m servesim.calibrate.crossval [--profile calibrate/profiles/h100-sxm_vllm-v0.json] [--refit]
 
-In-sample: the fit on all rows.  Held out: leave one model out (all its ``max_num_seqs`` rows) and
+In-sample: the fit on all rows (read from the profile's ``fit_report.end_to_end``: values, Jacobian
+and residuals as ``servesim calibrate`` left them; ``--refit`` fits again first).  Held out: leave one model out (all its ``max_num_seqs`` rows) and
 leave one ``max_num_seqs`` value out (that setting for every model).  Each fold is refitted
 without its rows by one Gauss-Newton step from the all-data optimum, using the Jacobian of the
 all-data fit restricted to the training rows (a linearised refit; with three to four global
@@ -12,6 +13,7 @@ coefficients and the held-out rows' errors are recorded.  Errors are |simulated/
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -45,18 +47,28 @@ def errors(rows, sims, mask) -> dict[str, np.ndarray]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", help="base profile to fit from (default: shipped h100-sxm vllm-v0)")
+    ap.add_argument("--profile", help="calibrated profile (default: shipped h100-sxm vllm-v0)")
+    ap.add_argument("--refit", action="store_true", help="fit again instead of reading the profile's fit")
     ap.add_argument("--params", default=",".join(e2e_fit.DEFAULT_PARAMS))
     ap.add_argument("--max-nfev", type=int, default=30)
     ap.add_argument("--out", default="docs/crossval.md")
     ap.add_argument("--workers", type=int)
     args = ap.parse_args(argv)
-    params = tuple(args.params.split(","))
     base = load_profile(args.profile) if args.profile else default_profile("h100-sxm", "vllm-v0")
     rows, skipped = load_mlenergy()
     with e2e_fit.RowSimulator(args.workers) as sim:
-        print(f"fitting {params} on {len(rows)} rows ...", file=sys.stderr)
-        full = e2e_fit.fit(rows, base, params, simulator=sim, max_nfev=args.max_nfev)
+        stored = json.loads(Path(base.source_path).read_text()).get("fit_report", {}).get("end_to_end")
+        if stored and not args.refit:
+            params = tuple(stored["params"])
+            values = {p: getattr(base.step, p) for p in params}
+            sims = sim(rows, base)
+            full = e2e_fit.FitResult(values, {p: base.uncertainty.get(p, float("nan")) for p in params}, sims,
+                                     e2e_fit.log_residuals(rows, sims), 0.0, stored["nfev"], stored["message"],
+                                     np.asarray(stored["jacobian"]), np.asarray(stored["scale"]))
+        else:
+            params = tuple(args.params.split(","))
+            print(f"fitting {params} on {len(rows)} rows ...", file=sys.stderr)
+            full = e2e_fit.fit(rows, base, params, simulator=sim, max_nfev=args.max_nfev)
         in_sample = errors(rows, full.sims, [True] * len(rows))
         folds = {"leave-one-model-out": sorted({r.model for r in rows}),
                  "leave-one-max_num_seqs-out": sorted({r.max_num_seqs for r in rows})}
@@ -76,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {kind} {key}: {per_fold[-1][2]}", file=sys.stderr)
             results[kind] = [held_all, per_fold]
     lines = ["# Cross-validation of the vLLM 0.5.4 end-to-end fit (ML.ENERGY v2 chat, H100)", "",
-             "Regenerate: `python -m servesim.calibrate.crossval` (about 15 CPU-minutes; uses "
+             "Regenerate: `python -m servesim.calibrate.crossval` (about 10 CPU-minutes; uses "
              "`../shared/data`). Method: " + " ".join(__doc__.split("\n\n")[1].split()), "",
              f"Fitted coefficients: {', '.join(f'{p} = {full.values[p]:.4g} ± {full.stderr[p]:.2g}' for p in params)}; "
              f"{len(rows)} rows ({len(skipped)} skipped: pipeline parallelism not simulated).", "",
