@@ -144,7 +144,9 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
                 for k in ("eff_bw", "eff_mm"):
                     data["coefficients"][k] = {"value": vf.values[k], "stderr": vf.stderr[k],
                                                "source": f"Vidur operator profiles {path}"}
-            provenance.append({"file": str(path), "kind": "vidur operator profiles", "profiles": ew["profiles"],
+            digest = hashlib.sha256("".join(_sha256(Path(f)) for f in ew["profiles"]).encode()).hexdigest()
+            provenance.append({"file": str(path), "sha256": digest, "kind": "vidur operator profiles",
+                               "profiles": ew["profiles"], "sha256_of": "the concatenated sha256 of the profiles",
                                "source": "microsoft/vidur data/profiling/compute/h100 (MIT)"})
         elif kind == "probe_run":
             from .probe_fit import fit_probe_run

@@ -78,33 +78,16 @@ def cmd_measure(args) -> int:
 
 # ----- serve -------------------------------------------------------------------------------------
 def _add_serve(sub) -> None:
-    from ..cli import _bool_flag
+    from ..cli import add_engine_arguments
     p = sub.add_parser("serve", help="serve the simulator as an OpenAI-compatible (vLLM-like) endpoint",
                        description="Run the simulated replica behind /v1/completions, /v1/chat/completions, "
                                    "/v1/models, /health, /version and /metrics, in real time times --speed "
                                    "(docs/serve.md).")
-    p.add_argument("--model", default="llama-3.1-8b", help="catalogue name or config.json (default llama-3.1-8b)")
+    add_engine_arguments(p)
     p.add_argument("--served-model-name", help="name clients request (default: --model)")
-    p.add_argument("--gpu", default="h100-sxm")
-    p.add_argument("--tp", "--tensor-parallel-size", dest="tp", type=int, default=1)
-    p.add_argument("--engine", default="vllm-v1", choices=["vllm-v1", "vllm-v0"])
-    p.add_argument("--profile", help="profile JSON (default: the shipped one for --gpu and --engine)")
-    p.add_argument("--dtype", help="weight dtype: bf16, fp16, fp8, int4 (default: the checkpoint's)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall second (default 1)")
-    k = p.add_argument_group("engine knobs (vLLM names)")
-    k.add_argument("--max-num-seqs", type=int)
-    k.add_argument("--max-num-batched-tokens", type=int)
-    k.add_argument("--block-size", type=int, default=16)
-    k.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    k.add_argument("--max-model-len", type=int)
-    _bool_flag(k, "enable-chunked-prefill", "chunked prefill (always on in vllm-v1)")
-    _bool_flag(k, "enable-prefix-caching", "prefix caching (no effect: requests carry no block hashes)")
-    k.add_argument("--kv-cache-dtype", default="auto")
-    k.add_argument("--num-gpu-blocks", type=int, help="use this KV capacity instead of the memory model")
-    k.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap"])
-    k.add_argument("--swap-space", type=float, default=4.0)
     p.set_defaults(func=cmd_serve)
 
 

@@ -23,10 +23,8 @@ def _bool_flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
                    default=None, help=help)
 
 
-def _add_simulate(sub) -> None:
-    p = sub.add_parser("simulate", help="simulate one replica serving a workload",
-                       description="Simulate one vLLM-style replica. Prints a summary with the keys of "
-                                   "`vllm bench serve --save-result`.")
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """The deployment and vLLM engine knobs shared by ``simulate`` and ``serve`` (see :func:`engine_config`)."""
     g = p.add_argument_group("deployment")
     g.add_argument("--model", default="llama-3.1-8b", help="catalogue name or path to a config.json "
                    "(default llama-3.1-8b; `servesim models` lists them)")
@@ -42,12 +40,20 @@ def _add_simulate(sub) -> None:
     k.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     k.add_argument("--max-model-len", type=int)
     _bool_flag(k, "enable-chunked-prefill", "chunked prefill (always on in vllm-v1)")
-    _bool_flag(k, "enable-prefix-caching", "prefix caching (default on in vllm-v1, off in vllm-v0)")
+    _bool_flag(k, "enable-prefix-caching", "prefix caching (default on in vllm-v1, off in vllm-v0; hits need "
+               "prefix hashes, as Mooncake traces carry)")
     k.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8, fp16, bf16")
     k.add_argument("--num-gpu-blocks", type=int, help="use this KV capacity instead of the memory model")
     k.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap"],
                    help="vllm-v0 only: swap preempted requests' KV to CPU instead of recomputing")
     k.add_argument("--swap-space", type=float, default=4.0, help="CPU swap space per GPU, GiB (vllm-v0)")
+
+
+def _add_simulate(sub) -> None:
+    p = sub.add_parser("simulate", help="simulate one replica serving a workload",
+                       description="Simulate one vLLM-style replica. Prints a summary with the keys of "
+                                   "`vllm bench serve --save-result`.")
+    add_engine_arguments(p)
     w = p.add_argument_group("workload (one of)")
     arrivals = w.add_mutually_exclusive_group()
     arrivals.add_argument("--burst", type=int, metavar="N", help="N requests at t=0 (request rate inf)")

@@ -54,11 +54,6 @@ class BatchShape:
         self.prefill_attn_pairs += chunk_tokens * num_computed_tokens + chunk_tokens * (chunk_tokens + 1) / 2
 
 
-def prefill_pairs(num_computed_tokens: int, chunk_tokens: int) -> float:
-    """Causal (query, key) pairs of a chunk: see :class:`BatchShape`."""
-    return chunk_tokens * num_computed_tokens + chunk_tokens * (chunk_tokens + 1) / 2
-
-
 class StepCostModel:
     """Step time in seconds for a batch on one replica (a TP group of ``tp`` GPUs).
 

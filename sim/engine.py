@@ -119,7 +119,7 @@ class LLMEngine:
                 self.clock = next_t
                 yield env.timeout(max(next_t - env.now, 0.0))
                 continue
-            dt = cost.step_time_of(out.num_tokens, out.num_seqs, out.prefill_pairs, out.decode_context_tokens)
+            dt = cost.step_time(out)
             if out.swap_bytes:
                 dt += out.swap_bytes / self.cfg.profile.step.swap_bandwidth_bytes_per_s
             usage = kv.usage

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .config import EngineConfig
+from .cost_model import BatchShape
 from .decode_batch import DecodeBatch
 from .kv_cache_manager import KVCacheManager
 from .metrics import InterTokenLatencies
@@ -29,25 +30,13 @@ from .request import Request, RequestStatus
 
 
 @dataclass(slots=True)
-class SchedulerOutput:
-    """One step: the requests scheduled with their token counts, and the cost inputs."""
+class SchedulerOutput(BatchShape):
+    """One step: the requests scheduled with their token counts, and (as a :class:`BatchShape`)
+    what the step costs to compute."""
 
     num_batch_decodes: int = 0
     scheduled: list = field(default_factory=list)   # (request, num_new_tokens) on the per-request path
-    num_prefill_tokens: int = 0
-    num_prefill_seqs: int = 0
-    prefill_pairs: float = 0.0
-    num_decode_seqs: int = 0
-    decode_context_tokens: int = 0
     swap_bytes: float = 0.0                          # KV copied between GPU and CPU (v0 swap preemption)
-
-    @property
-    def num_tokens(self) -> int:
-        return self.num_prefill_tokens + self.num_decode_seqs
-
-    @property
-    def num_seqs(self) -> int:
-        return self.num_prefill_seqs + self.num_decode_seqs
 
     @property
     def is_empty(self) -> bool:
@@ -60,9 +49,7 @@ class SchedulerOutput:
             self.num_decode_seqs += 1
             self.decode_context_tokens += computed + 1
         else:
-            self.num_prefill_tokens += num_new_tokens
-            self.num_prefill_seqs += 1
-            self.prefill_pairs += num_new_tokens * computed + num_new_tokens * (num_new_tokens + 1) / 2
+            self.add_prefill_chunk(computed, num_new_tokens)
 
 
 class Scheduler:

@@ -35,11 +35,11 @@ def test_v1_running_first_then_a_chunk_of_the_long_prompt():
     assert scheduled(out) == [(0, 1), (1, 15)]   # the decode first, the prompt gets the rest
     assert (out.num_decode_seqs, out.num_prefill_seqs, out.num_prefill_tokens) == (1, 1, 15)
     assert out.decode_context_tokens == 4 + 1   # r0: its 4 computed prompt tokens + the new one
-    assert out.prefill_pairs == 15 * 16 / 2
+    assert out.prefill_attn_pairs == 15 * 16 / 2
     h.add(2, prompt=3)
     out = h.step()
     assert scheduled(out) == [(0, 1), (1, 15)]   # r2 waits: no budget left
-    assert out.prefill_pairs == 15 * 15 + 15 * 16 / 2   # the chunk attends to the 15 before it
+    assert out.prefill_attn_pairs == 15 * 15 + 15 * 16 / 2   # the chunk attends to the 15 before it
     out = h.step()
     assert scheduled(out) == [(0, 1), (1, 10), (2, 3)]  # the last chunk, then FCFS admission
     assert h.requests[1].num_output_tokens == 1 and h.requests[1].first_token_time == h.now
