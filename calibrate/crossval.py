@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             results[kind] = [held_all, per_fold]
     lines = ["# Cross-validation of the vLLM 0.5.4 end-to-end fit (ML.ENERGY v2 chat, H100)", "",
              "Regenerate: `python -m servesim.calibrate.crossval` (about 10 CPU-minutes; uses "
-             "`../shared/data`). Method: " + " ".join(__doc__.split("\n\n")[1].split()), "",
+             "`../shared/data`). Method: " + " ".join(__doc__.split("\n\n")[2].split()), "",
              f"Fitted coefficients: {', '.join(f'{p} = {full.values[p]:.4g} ± {full.stderr[p]:.2g}' for p in params)}; "
              f"{len(rows)} rows ({len(skipped)} skipped: pipeline parallelism not simulated).", "",
              "| errors (|sim/meas - 1|) | rows | throughput median | throughput p90 | TPOT median | TPOT p90 |",

