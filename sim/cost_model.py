@@ -110,3 +110,12 @@ class StepCostModel:
                 + self.decode_s_per_ctx_token * decode_context_tokens
                 + self.fixed_s + self.per_token_s * num_tokens
                 + self.coeffs.per_seq_overhead_s * num_seqs)
+
+    def decode_terms(self, num_seqs: int) -> tuple[float, float, float, float, float]:
+        """``(a, b, fixed, c1, c2)`` such that a decode-only step of ``num_seqs`` sequences with
+        summed context ``ctx`` takes ``(((a + b*ctx) + fixed) + c1) + c2`` seconds, which is
+        :meth:`step_time_of`'s expression evaluated in the same order, so bit for bit equal.
+        Used to take many decode steps in a tight loop."""
+        linear = max(self.weight_stream_s, self.linear_s_per_token * num_seqs + self.lm_head_s_per_seq * num_seqs)
+        return (linear + self.prefill_s_per_pair * 0.0, self.decode_s_per_ctx_token, self.fixed_s,
+                self.per_token_s * num_seqs, self.coeffs.per_seq_overhead_s * num_seqs)

@@ -91,7 +91,9 @@ class LLMEngine:
         env, scheduler, cost, kv = self.env, self.scheduler, self.cost, self.kv
         while True:
             now = self.clock
-            self._take_arrivals(now)
+            next_arrival = self.source.next_time()
+            if next_arrival is not None and next_arrival <= now:
+                self._take_arrivals(now)
             if self.bulk and self._can_bulk():
                 end = self._bulk_decode(now)
                 if end is not None:
@@ -185,6 +187,7 @@ class LLMEngine:
         free = kv.num_free_blocks - (1 if self.cfg.engine is EngineVersion.V0 else 0)
         buckets = batch.buckets
         ctx = batch.context_sum()
+        a, b, fixed, c1, c2 = cost.decode_terms(size)  # step time = step_time_of(size, size, 0.0, ctx)
         ends: list[float] = []
         needing: list = []
         t = now
@@ -192,7 +195,7 @@ class LLMEngine:
             bucket = buckets[-(g + j) % bs]
             if len(needing) + len(bucket) > free:
                 break
-            t = t + cost.step_time_of(size, size, 0.0, ctx)
+            t = t + ((((a + b * ctx) + fixed) + c1) + c2)
             ctx += size
             needing.extend(bucket.values())
             ends.append(t)

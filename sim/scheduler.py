@@ -166,7 +166,7 @@ class Scheduler:
         budget -= out.num_batch_decodes
         preempted = False
         kv = self.kv
-        for request in list(self.scalar_running.values()):
+        for request in list(self.scalar_running.values()) if self.scalar_running else ():
             if budget <= 0:
                 break
             if request.status is not RequestStatus.RUNNING:
