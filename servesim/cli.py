@@ -126,7 +126,7 @@ SUMMARY_ROWS = (
     ("kv_capacity_tokens", "KV capacity (tokens)", "{:d}"), ("num_gpu_blocks", "GPU blocks", "{:d}"),
     ("peak_kv_usage", "peak KV usage", "{:.1%}"), ("num_preemptions", "preemptions", "{:d}"),
     ("mean_num_running", "mean running requests", "{:.1f}"),
-    ("mean_gpu_power_w", "mean GPU power (W, Splitwise-constant model)", "{:.0f}"),
+    ("mean_gpu_power_w", "mean GPU power (W, profile's constant power model)", "{:.0f}"),
 )
 
 
