@@ -73,10 +73,20 @@ class Peaks:
     fp8_flops: float
 
 
+def hardware_yaml(data_dir: str | Path) -> Path:
+    """aiconfigurator's system file: ``h100_sxm.yaml``, or the one ``<system>.yaml`` in the folder."""
+    path = Path(data_dir) / HARDWARE_YAML
+    if not path.is_file():
+        others = sorted(Path(data_dir).glob("*.yaml"))
+        path = others[0] if len(others) == 1 else _path(data_dir, HARDWARE_YAML)
+    return path
+
+
 def read_peaks(data_dir: str | Path) -> Peaks:
-    """Peaks from aiconfigurator's ``h100_sxm.yaml`` (``gpu.mem_bw``, ``*_tc_flops``)."""
-    gpu = yaml.safe_load(_path(data_dir, HARDWARE_YAML).read_text())["gpu"]
-    return Peaks(float(gpu["mem_bw"]), float(gpu["bfloat16_tc_flops"]), float(gpu["fp8_tc_flops"]))
+    """Peaks from the system file (:func:`hardware_yaml`): ``gpu.mem_bw``, ``*_tc_flops``."""
+    gpu = yaml.safe_load(hardware_yaml(data_dir).read_text())["gpu"]
+    bf16 = float(gpu["bfloat16_tc_flops"])
+    return Peaks(float(gpu["mem_bw"]), bf16, float(gpu.get("fp8_tc_flops", bf16)))  # A100: no fp8
 
 
 # ----- latency formulas (also used to synthesise tables in the tests) ----------------------------
@@ -135,6 +145,11 @@ def _nonempty(df: pd.DataFrame, what: str) -> pd.DataFrame:
 def read_gemm(data_dir, kernel_source="torch.nn.functional.linear", max_m=16384) -> pd.DataFrame:
     """GEMM rows of one kernel at serving shapes: n, k in SERVING_DIMS (n also LM-head widths), m <= max_m."""
     df = read_table(data_dir, "gemm")
+    if kernel_source == "torch.nn.functional.linear" and kernel_source not in set(df.kernel_source):
+        # other GPUs' tables name their bf16 kernel differently: take the most common bf16 source
+        bf16 = df[df.gemm_dtype == "bfloat16"]
+        if len(bf16):
+            kernel_source = bf16.kernel_source.value_counts().index[0]
     keep = ((df.kernel_source == kernel_source) & df.n.isin(SERVING_DIMS + LM_HEAD_N)
             & df.k.isin(SERVING_DIMS) & (df.m <= max_m))
     return _nonempty(df[keep], f"gemm kernel_source={kernel_source!r}")
@@ -142,6 +157,9 @@ def read_gemm(data_dir, kernel_source="torch.nn.functional.linear", max_m=16384)
 
 def _attention_rows(data_dir, kind: str, head_dim: int, kernel_source: str) -> pd.DataFrame:
     df = read_table(data_dir, kind)
+    if kernel_source not in set(df.kernel_source) and kernel_source == "vllm_flash_attn_fa3":
+        # other GPUs' tables (aiconfigurator-core: B200, A100, ...) use other default kernels
+        kernel_source = df.kernel_source.value_counts().index[0]
     keep = ((df.kernel_source == kernel_source) & (df.kv_cache_dtype == "bfloat16")
             & (df.window_size == 0) & (df.head_dim == head_dim))
     return _nonempty(df[keep], f"{kind} kernel_source={kernel_source!r} head_dim={head_dim}")
@@ -295,9 +313,12 @@ def _coef(value: float, stderr: float, source: str) -> dict:
 def fit_all(data_dir: str | Path, n_boot: int = 200) -> dict[str, FitResult]:
     """Every fit the profile uses or reports, keyed by name."""
     peaks = read_peaks(data_dir)
-    fits = {"gemm_bf16": fit_gemm(read_gemm(data_dir), peaks, n_boot=n_boot),
-            "gemm_fp8": fit_gemm(read_gemm(data_dir, "CutlassFP8ScaledMMLinearKernel"), peaks, fp8=True, n_boot=n_boot),
-            "context_attention": fit_context_attention(read_context_attention(data_dir), peaks, n_boot=n_boot),
+    fits = {"gemm_bf16": fit_gemm(read_gemm(data_dir), peaks, n_boot=n_boot)}
+    try:  # report only; GPUs without fp8 (A100) have no such rows
+        fits["gemm_fp8"] = fit_gemm(read_gemm(data_dir, "CutlassFP8ScaledMMLinearKernel"), peaks, fp8=True, n_boot=n_boot)
+    except ValueError:
+        pass
+    fits |= {"context_attention": fit_context_attention(read_context_attention(data_dir), peaks, n_boot=n_boot),
             "generation_attention": fit_generation_attention(read_generation_attention(data_dir), peaks, n_boot=n_boot),
             "custom_allreduce": fit_allreduce(read_custom_allreduce(data_dir), "custom_allreduce", n_boot=n_boot),
             "nccl_allreduce": fit_allreduce(read_nccl_allreduce(data_dir), "nccl_allreduce", n_boot=0)}
@@ -350,7 +371,7 @@ def coefficients(fits: dict[str, FitResult], engine: str) -> dict[str, dict]:
 
 def memory_priors(data_dir: str | Path) -> dict[str, dict]:
     """MemoryCoefficients priors; the calibration issue fits them to vLLM's reported KV sizes."""
-    nccl = max(yaml.safe_load(_path(data_dir, HARDWARE_YAML).read_text())["misc"]["nccl_mem"].values())
+    nccl = max(yaml.safe_load(hardware_yaml(data_dir).read_text())["misc"]["nccl_mem"].values())
     other = 551 * 2**20  # h100_sxm.yaml misc.other_mem comment: "increase from 551MB to 3.5GB for safer deployment"
     return {
         "non_torch_bytes": {"value": float(other + nccl), "stderr": 5e8, "source": f"prior: {HARDWARE_YAML} misc: "
@@ -373,7 +394,8 @@ def power_constants(power_yaml: Path) -> dict[str, dict]:
 
 def provenance(data_dir: Path, fits: dict[str, FitResult], power_yaml: Path) -> list[dict]:
     """One entry per input file: hash, rows, what measured it."""
-    used = {"gemm": fits["gemm_bf16"].n_rows + fits["gemm_fp8"].n_rows, "nccl": fits["nccl_allreduce"].n_rows}
+    used = {"gemm": fits["gemm_bf16"].n_rows + (fits["gemm_fp8"].n_rows if "gemm_fp8" in fits else 0),
+            "nccl": fits["nccl_allreduce"].n_rows}
     out = []
     for kind, name in TABLES.items():
         path = _path(data_dir, name)
@@ -384,7 +406,7 @@ def provenance(data_dir: Path, fits: dict[str, FitResult], power_yaml: Path) -> 
                     "library_versions": "NCCL 2.27.3 (file name and h100_sxm.yaml; rows say TRTLLM 2.29.2)"
                     if kind == "nccl" else "vLLM 0.24.0", "measured": "date not recorded; table version vLLM 0.24.0",
                     "origin": "ai-dynamo/aiconfigurator aic-core/src/aiconfigurator_core/systems/data/h100_sxm/"})
-    for path, use, origin in ((_path(data_dir, HARDWARE_YAML), "peaks and memory priors", "ai-dynamo/aiconfigurator"),
+    for path, use, origin in ((hardware_yaml(data_dir), "peaks and memory priors", "ai-dynamo/aiconfigurator"),
                               (power_yaml, "power constants", "Mutinifni/splitwise-sim configs/")):
         out.append({"file": f"{path.parent.name}/{path.name}", "sha256": _sha256(path), "used_for": use,
                     "origin": origin})
@@ -412,7 +434,7 @@ def notes(engine: str, fits: dict[str, FitResult]) -> str:
 
 
 def build_profile(data_dir: str | Path, engine: str, power_yaml: str | Path | None = None,
-                  n_boot: int = 200) -> dict:
+                  n_boot: int = 200, gpu: str = "h100-sxm") -> dict:
     """The profile JSON (schema: docs/profile-schema.md) for ``engine`` from the tables in ``data_dir``."""
     if engine not in ENGINE_VERSIONS:
         raise ValueError(f"unknown engine {engine!r}; valid: {sorted(ENGINE_VERSIONS)}")
@@ -422,7 +444,7 @@ def build_profile(data_dir: str | Path, engine: str, power_yaml: str | Path | No
         raise ValueError(f"power constants {power_yaml} not found; pass --power-yaml")
     fits = fit_all(data_dir, n_boot=n_boot)
     return {
-        "name": f"h100-sxm_{engine}", "engine": engine, "engine_version": ENGINE_VERSIONS[engine], "gpu": "h100-sxm",
+        "name": f"{gpu}_{engine}", "engine": engine, "engine_version": ENGINE_VERSIONS[engine], "gpu": gpu,
         "coefficients": coefficients(fits, engine), "memory": memory_priors(data_dir),
         "power": power_constants(power_yaml), "provenance": provenance(data_dir, fits, power_yaml),
         "fit_report": {name: fit.report() for name, fit in fits.items()}, "notes": notes(engine, fits),

@@ -4,6 +4,8 @@ Inputs are recognised by their contents:
 
 * a folder of aiconfigurator kernel tables (``*gemm_perf.parquet`` ...): kernel-level efficiencies
   (:mod:`servesim.calibrate.kernel_tables`);
+* ``aiconfigurator-core``: the tables that package bundles for ``--gpu`` (when installed),
+  staged by :mod:`servesim.calibrate.aiconfigurator` and fitted like the folder above;
 * a folder of Vidur operator profiles (``.../mlp.csv``): GEMM efficiencies, used when no kernel
   tables are given and reported beside them as a cross-check otherwise (:mod:`servesim.calibrate.vidur`);
 * the ML.ENERGY chat summary CSV: end-to-end rows (:mod:`servesim.calibrate.mlenergy`);
@@ -34,6 +36,8 @@ from .mlenergy import MLEnergyRow, load_mlenergy
 
 def classify(path: Path) -> str:
     """The kind of a calibration input; ``ValueError`` naming the path if unknown."""
+    if str(path) == "aiconfigurator-core":
+        return "aiconfigurator_core"
     if path.is_dir():
         if any(path.glob("*gemm_perf.parquet")):
             return "kernel_tables"
@@ -126,9 +130,16 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
         path = Path(raw)
         kind = classify(path)
         log(f"input {path}: {kind}")
-        if kind == "kernel_tables":
+        if kind in ("kernel_tables", "aiconfigurator_core"):
             from .kernel_tables import build_profile
-            kt = build_profile(path, engine)
+            power_yaml = None
+            if kind == "aiconfigurator_core":
+                import tempfile
+                from ..sim.traces import find_shared_data
+                from .aiconfigurator import stage_tables
+                path = stage_tables(gpu, tempfile.mkdtemp(prefix="servesim-aic-"))
+                power_yaml = find_shared_data("h100/splitwise/configs_power_model_constant.yaml")
+            kt = build_profile(path, engine, power_yaml=power_yaml, gpu=gpu)
             for section in ("coefficients", "memory", "power"):
                 for k, v in kt[section].items():
                     if not str(v.get("source", "")).startswith("prior") or k not in data[section]:
@@ -140,7 +151,7 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
             vf, ew = fit_vidur_gemm(path)
             data["fit_report"]["vidur_gemm"] = vf.report() | {"elementwise": {k: v for k, v in ew.items()
                                                                               if k != "profiles"}}
-            if not any(classify(Path(p)) == "kernel_tables" for p in inputs):
+            if not any(classify(Path(p)) in ("kernel_tables", "aiconfigurator_core") for p in inputs):
                 for k in ("eff_bw", "eff_mm"):
                     data["coefficients"][k] = {"value": vf.values[k], "stderr": vf.stderr[k],
                                                "source": f"Vidur operator profiles {path}"}

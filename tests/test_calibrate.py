@@ -150,3 +150,43 @@ def test_vidur_profiles_agree_with_kernel_tables_on_bandwidth_efficiency():
     assert fit.values["eff_bw"] == pytest.approx(0.84, rel=0.05)
     assert 0.4 < fit.values["eff_mm"] < 0.9
     assert fit.residuals["median_abs_rel_err"] < 0.15
+
+
+@pytest.mark.skipif(_shared("h100/aiconfigurator_vllm_0.24/gemm_vllm_0.24.0_gemm_perf.parquet") is None,
+                    reason="needs ../shared/data (H100 kernel tables)")
+def test_aiconfigurator_core_layout_is_found_and_staged(tmp_path, monkeypatch):
+    """A package laid out like aiconfigurator-core (built here from the shared H100 tables) is found on
+    sys.path, its newest complete vLLM version staged under kernel_tables' names, and fitted."""
+    import shutil
+    import sys
+    from servesim.calibrate import aiconfigurator, kernel_tables
+    src = _shared("h100/aiconfigurator_vllm_0.24")
+    pkg = tmp_path / "site" / "aiconfigurator_core"
+    data = pkg / "systems" / "data" / "h100_sxm"
+    (pkg / "__init__.py").parent.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    for op, table, name in [("gemm", "gemm_perf", "gemm_vllm_0.24.0_gemm_perf.parquet"),
+                            ("attention", "context_attention_perf", "attention_vllm_0.24.0_context_attention_perf.parquet"),
+                            ("attention", "generation_attention_perf", "attention_vllm_0.24.0_generation_attention_perf.parquet"),
+                            ("comm", "custom_allreduce_perf", "comm_vllm_0.24.0_custom_allreduce_perf.parquet")]:
+        (data / op / "vllm" / "0.24.0").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / name, data / op / "vllm" / "0.24.0" / f"{table}.parquet")
+    (data / "gemm" / "vllm" / "0.19.0").mkdir(parents=True)  # incomplete older version: ignored
+    (data / "comm" / "nccl" / "2.27.3").mkdir(parents=True)
+    shutil.copyfile(src / "comm_nccl_2.27.3_nccl_perf.parquet", data / "comm" / "nccl" / "2.27.3" / "nccl_perf.parquet")
+    shutil.copyfile(src / "h100_sxm.yaml", pkg / "systems" / "h100_sxm.yaml")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    sys.modules.pop("aiconfigurator_core", None)
+    staged = aiconfigurator.stage_tables("h100-sxm", tmp_path / "staged")
+    assert kernel_tables.read_gemm(staged).shape[0] > 1000
+    assert kernel_tables.read_peaks(staged).hbm_bandwidth_bytes_per_s == 3.35e12
+    with pytest.raises(ValueError, match="no aiconfigurator system"):
+        aiconfigurator.stage_tables("tpu-v5", tmp_path / "x")
+
+
+def test_aiconfigurator_core_missing_is_a_clear_error(monkeypatch):
+    import importlib.util
+    from servesim.calibrate import aiconfigurator
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="pip install aiconfigurator-core"):
+        aiconfigurator.systems_dir()
