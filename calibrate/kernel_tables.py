@@ -160,8 +160,9 @@ def _attention_rows(data_dir, kind: str, head_dim: int, kernel_source: str) -> p
     if kernel_source not in set(df.kernel_source) and kernel_source == "vllm_flash_attn_fa3":
         # other GPUs' tables (aiconfigurator-core: B200, A100, ...) use other default kernels
         kernel_source = df.kernel_source.value_counts().index[0]
-    keep = ((df.kernel_source == kernel_source) & (df.kv_cache_dtype == "bfloat16")
-            & (df.window_size == 0) & (df.head_dim == head_dim))
+    window = df.window_size == 0 if "window_size" in df else True  # older tables have no windows
+    keep = ((df.kernel_source == kernel_source) & (df.kv_cache_dtype == "bfloat16") & window
+            & (df.head_dim == head_dim))
     return _nonempty(df[keep], f"{kind} kernel_source={kernel_source!r} head_dim={head_dim}")
 
 
