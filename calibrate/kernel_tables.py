@@ -337,10 +337,13 @@ def fit_all(data_dir: str | Path, n_boot: int = 200) -> dict[str, FitResult]:
         da.batch_size, da.context_tokens, da.num_key_value_heads, da.head_dim, v["eff_attn"], 0.0, v["launch_s"],
         bw=peaks.hbm_bandwidth_bytes_per_s).to_numpy(), da.latency_s.to_numpy())
     for hd in (64, 256):  # the shipped attention efficiencies are for head_dim 128; these for reference
-        fits[f"context_attention_hd{hd}"] = fit_context_attention(
-            read_context_attention(data_dir, hd), peaks, n_boot=0)
-        fits[f"generation_attention_hd{hd}"] = fit_generation_attention(
-            read_generation_attention(data_dir, hd), peaks, n_boot=0)
+        try:  # (not every GPU's tables have these head sizes)
+            fits[f"context_attention_hd{hd}"] = fit_context_attention(
+                read_context_attention(data_dir, hd), peaks, n_boot=0)
+            fits[f"generation_attention_hd{hd}"] = fit_generation_attention(
+                read_generation_attention(data_dir, hd), peaks, n_boot=0)
+        except ValueError:
+            pass
     return fits
 
 
