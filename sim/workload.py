@@ -7,11 +7,11 @@ fixed number of users, each issuing its next request a think time after its prev
 
 Building blocks, each a pure function of its arguments and one ``numpy.random.Generator``:
 
-* lengths: :func:`fixed_lengths`, :func:`random_lengths` (vLLM's ``random`` dataset),
-  :func:`sample_lengths` (a parametric :class:`LengthDist`), and
-  :func:`~servesim.sim.traces.sharegpt_lengths` (re-exported here);
-* arrivals: :func:`burst_arrivals`, :func:`poisson_arrivals`, :func:`gamma_arrivals`
-  (the arrival processes of ``vllm bench serve``).
+* lengths (:mod:`servesim.sim.lengths`): :func:`fixed_lengths`, :func:`random_lengths` (vLLM's
+  ``random`` dataset), :func:`sample_lengths` (a parametric :class:`LengthDist`), and
+  :func:`~servesim.sim.traces.sharegpt_lengths`; all re-exported here;
+* arrivals (:mod:`servesim.sim.arrivals`): :func:`burst_arrivals`, :func:`poisson_arrivals`,
+  :func:`gamma_arrivals` (the arrival processes of ``vllm bench serve``), re-exported here.
 
 :func:`build_workload` turns a :class:`WorkloadSpec` and a seed into a workload.  Randomness comes
 from :func:`spawn_streams`: ``SeedSequence(seed).spawn(3)`` gives one independent generator per
@@ -28,15 +28,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .arrivals import burst_arrivals, gamma_arrivals, poisson_arrivals  # noqa: F401 (re-exported)
+from .lengths import (DistKind, LengthDist, _enum, fixed_lengths, random_lengths,  # noqa: F401
+                      sample_lengths)
+
 # ----------------------------------------------------------------------------------- containers
-
-
-def _enum(cls: type[Enum], value: object, field: str) -> Enum:
-    """``value`` as a member of ``cls``; a ``ValueError`` names ``field`` and the valid values."""
-    try:
-        return cls(value)
-    except ValueError:
-        raise ValueError(f"{field} must be one of {[m.value for m in cls]}, got {value!r}") from None
 
 
 def _as_length_array(field: str, values: object) -> np.ndarray:
@@ -201,143 +197,6 @@ class ClosedLoop:
         if self.think_time_s == 0 or self.think_time_dist is ThinkTimeDist.FIXED:
             return np.full(n, float(self.think_time_s))
         return spawn_streams(self.seed).think_time.exponential(self.think_time_s, size=n)
-
-
-# --------------------------------------------------------------------------------------- lengths
-
-
-def fixed_lengths(n: int, input_len: int, output_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` requests of exactly ``input_len`` prompt and ``output_len`` output tokens."""
-    if input_len < 1 or output_len < 1:
-        raise ValueError(f"input_len and output_len must be >= 1, got {input_len}, {output_len}")
-    return np.full(n, input_len, dtype=np.int64), np.full(n, output_len, dtype=np.int64)
-
-
-def random_lengths(n: int, input_len: int, output_len: int, range_ratio: float,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """vLLM's ``random`` dataset: lengths uniform on the integers ``[len*(1-r), len*(1+r)]``.
-
-    ``range_ratio`` 0 gives fixed lengths (still consuming the stream, so draws stay aligned).
-    Inputs are drawn before outputs; the lower bound is raised to 1 token.
-    """
-    if not 0 <= range_ratio < 1:
-        raise ValueError(f"range_ratio must be in [0, 1), got {range_ratio}")
-    out = []
-    for length in (input_len, output_len):
-        if length < 1:
-            raise ValueError(f"lengths must be >= 1 token, got {length}")
-        lo = max(1, int(length * (1 - range_ratio)))
-        hi = max(lo, int(length * (1 + range_ratio)))
-        out.append(rng.integers(lo, hi, size=n, endpoint=True, dtype=np.int64))
-    return out[0], out[1]
-
-
-class DistKind(str, Enum):
-    """The parametric length distributions :class:`LengthDist` knows."""
-
-    FIXED = "fixed"              # fixed:k
-    UNIFORM = "uniform"          # uniform:lo:hi, integers, both inclusive
-    NORMAL = "normal"            # normal:mean:std
-    LOGNORMAL = "lognormal"      # lognormal:mean:sigma (mean in tokens, sigma of log-length)
-    EXPONENTIAL = "exponential"  # exponential:mean
-
-
-_NUM_PARAMS = {DistKind.FIXED: 1, DistKind.UNIFORM: 2, DistKind.NORMAL: 2,
-               DistKind.LOGNORMAL: 2, DistKind.EXPONENTIAL: 1}
-
-
-@dataclass(frozen=True)
-class LengthDist:
-    """A token-length distribution; samples are rounded to integers and clipped to >= 1.
-
-    ``lognormal`` takes the arithmetic mean of the lengths in tokens and ``sigma``, the standard
-    deviation of log-length (so ``lognormal:1000:0.5`` has mean ~1000 tokens): the underlying
-    normal has mean ``ln(mean) - sigma**2 / 2``.  Parse the text form with :meth:`parse`.
-    """
-
-    kind: DistKind
-    params: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", _enum(DistKind, self.kind, "length distribution kind"))
-        name, params = self.kind.value, self.params
-        if len(params) != _NUM_PARAMS[self.kind]:
-            raise ValueError(f"{name} takes {_NUM_PARAMS[self.kind]} parameter(s), got {params}")
-        if not all(math.isfinite(p) and p >= 0 for p in params):
-            raise ValueError(f"{name} parameters must be finite and >= 0, got {params}")
-        if self.kind is DistKind.UNIFORM and self.params[0] > self.params[1]:
-            raise ValueError(f"uniform needs lo <= hi, got {self.params}")
-
-    @classmethod
-    def parse(cls, text: str) -> LengthDist:
-        """``"kind:p1[:p2]"``, e.g. ``"uniform:100:2000"``; a bare integer means ``fixed``."""
-        parts = text.strip().split(":")
-        if len(parts) == 1:
-            parts = ["fixed", parts[0]]
-        try:
-            kind = DistKind(parts[0].lower())
-            params = tuple(float(p) for p in parts[1:])
-        except ValueError:
-            raise ValueError(f"bad length distribution {text!r}; expected one of fixed:k, "
-                             "uniform:lo:hi, normal:mean:std, lognormal:mean:sigma, "
-                             "exponential:mean") from None
-        return cls(kind, params)
-
-    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        """``n`` int64 lengths >= 1."""
-        p = self.params
-        if self.kind is DistKind.FIXED:
-            raw = np.full(n, p[0])
-        elif self.kind is DistKind.UNIFORM:
-            raw = rng.integers(round(p[0]), round(p[1]), size=n, endpoint=True).astype(np.float64)
-        elif self.kind is DistKind.NORMAL:
-            raw = rng.normal(p[0], p[1], size=n)
-        elif self.kind is DistKind.LOGNORMAL:
-            if p[0] <= 0:
-                raise ValueError(f"lognormal mean must be > 0, got {p[0]}")
-            raw = rng.lognormal(math.log(p[0]) - p[1] ** 2 / 2, p[1], size=n)
-        else:
-            raw = rng.exponential(p[0], size=n)
-        return np.maximum(np.rint(raw), 1).astype(np.int64)
-
-
-def sample_lengths(n: int, dist: str | LengthDist, rng: np.random.Generator) -> np.ndarray:
-    """``n`` token lengths from ``dist`` (a :class:`LengthDist` or its text form)."""
-    return (LengthDist.parse(dist) if isinstance(dist, str) else dist).sample(n, rng)
-
-
-# -------------------------------------------------------------------------------------- arrivals
-
-
-def burst_arrivals(n: int) -> np.ndarray:
-    """All ``n`` requests at t = 0, like ``vllm bench serve --request-rate inf``."""
-    return np.zeros(n, dtype=np.float64)
-
-
-def gamma_arrivals(n: int, rate: float, burstiness: float, rng: np.random.Generator) -> np.ndarray:
-    """Arrivals with gamma gaps, as ``vllm bench serve --request-rate R --burstiness B``.
-
-    Gaps have shape ``burstiness`` and scale ``1 / (rate * burstiness)``: mean ``1 / rate`` s and
-    coefficient of variation ``1 / sqrt(burstiness)``; 1 is Poisson, < 1 burstier, ``inf`` evenly
-    spaced.  Request 0 is sent at t = 0 and request k after k gaps (vLLM's ``get_request`` yields
-    a request, then sleeps one gap).  ``rate = inf`` is a burst; ``n - 1`` gaps are drawn.
-    """
-    if not rate > 0:
-        raise ValueError(f"rate must be > 0 requests/s (inf for a burst), got {rate}")
-    if not burstiness > 0:
-        raise ValueError(f"burstiness must be > 0 (1 = Poisson, inf = even gaps), got {burstiness}")
-    if math.isinf(rate) or n == 0:
-        return burst_arrivals(n)
-    if math.isinf(burstiness):
-        gaps = np.full(n - 1, 1.0 / rate)
-    else:
-        gaps = rng.gamma(shape=burstiness, scale=1.0 / (rate * burstiness), size=n - 1)
-    return np.concatenate(([0.0], np.cumsum(gaps)))
-
-
-def poisson_arrivals(n: int, rate: float, rng: np.random.Generator) -> np.ndarray:
-    """Poisson arrivals at ``rate`` requests/s; identical to ``gamma_arrivals(n, rate, 1, rng)``."""
-    return gamma_arrivals(n, rate, 1.0, rng)
 
 
 # ---------------------------------------------------------------------------------------- specs
