@@ -22,6 +22,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from servesim.cli import main
+
 from servesim.measure.harness import MeasureOptions, run_measurement
 from servesim.measure.plans import plan_from_dict
 from servesim.measure.rundir import complete_attempts, load_requests, read_jsonl
@@ -105,7 +107,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_tiny_plan_completes_and_files_follow_their_schemas(tmp_path):
+def test_tiny_plan_completes_and_files_follow_their_schemas(tmp_path, capsys):
     out = tmp_path / "run"
     with ServeProcess(speed=20) as server:
         assert measure(server.url, out, TINY_PLAN) == 0
@@ -143,6 +145,12 @@ def test_tiny_plan_completes_and_files_follow_their_schemas(tmp_path):
     assert (df.scaled_ttft_s == df.ttft_s * 20).all() and (df.server_ttft_s > 0).all()
     assert {p.name for p in (out / "plots").iterdir()} == {f"{f}.png" for f in (
         "prefill", "decode", "context", "concurrency", "seqlen", "rate", "timeline")}
+    # the run directory replays in `servesim validate`: one measured run per load point, compared on
+    # the simulator's clock that servesim serve stamps; the same engine and profile reproduce it exactly
+    assert main(["validate", str(out), "--max-model-len", "4096", "--json"]) == 0
+    compared = json.loads(capsys.readouterr().out)
+    assert len(compared) == 7 and all(len(c["rows"]) == 17 for c in compared)
+    assert max(abs(r["rel_error"]) for c in compared for r in c["rows"]) < 1e-6
 
 
 def test_server_killed_mid_plan_leaves_a_partial_run_that_resume_completes(tmp_path):
