@@ -205,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except FileNotFoundError as exc:
+        print(f"servesim: error: file not found: {exc.filename or exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
         print(f"servesim: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head`
