@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..sim.config import EngineConfig, EngineVersion
+from ..sim.memory import kv_capacity
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,6 @@ def fit_memory(observations: list[CapacityObservation]) -> dict:
         se = {"activation_bytes_per_token_hidden": float(np.sqrt(max(cov[0, 0], 0))),
               "non_torch_bytes": float(np.sqrt(max(cov[1, 1], 0)))}
     errors = []
-    from ..sim.memory import kv_capacity
     for o in observations:
         mem = replace(o.cfg.profile.memory, **values)
         cfg = replace(o.cfg, profile=replace(o.cfg.profile, memory=mem))

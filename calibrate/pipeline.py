@@ -31,6 +31,7 @@ import numpy as np
 
 from ..sim.profile import Profile, default_profile, load_profile
 from . import e2e_fit
+from .kernel_tables import _sha256
 from .mlenergy import MLEnergyRow, load_mlenergy
 
 
@@ -61,10 +62,6 @@ def classify(path: Path) -> str:
             return "bench_json"
     raise ValueError(f"{path}: not a recognised calibration input (kernel-table folder, ML.ENERGY CSV, "
                      "vllm bench --save-result JSON, or servesim measure run directory)")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _profile_dict(profile: Profile) -> dict:
@@ -175,8 +172,16 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
                                "source": "ML.ENERGY leaderboard v2 chat, vLLM 0.5.4, NVIDIA H100 80GB HBM3",
                                "assumptions": "see servesim.calibrate.mlenergy docstring"})
         elif kind == "bench_json":
-            raise ValueError(f"{path}: fitting vllm bench results needs the server settings; use "
-                             "`servesim validate` to compare, or the Python API e2e_fit.BenchTarget")
+            from .validate import load_bench_result
+            run = load_bench_result(path)
+            model = run.settings.get("model_id")
+            if not model:
+                raise ValueError(f"{path}: the result names no model_id; servesim calibrate needs it")
+            # Server settings are not in the file: one GPU and the engine's defaults are assumed.
+            targets.append(e2e_fit.BenchTarget(key=path.stem, run=run, model=model))
+            provenance.append({"file": str(path), "sha256": _sha256(path), "kind": "vllm bench serve result",
+                               "model": model, "assumptions": "TP 1 and the engine's default knobs",
+                               "date": run.settings.get("date")})
     fitted = Profile.from_dict(data)
     table: list[dict] = []
     if targets:
@@ -197,7 +202,8 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
                 i += 1
             table.append(row)
         errs = {m: float(np.median([abs(r[f"{m}_rel_error"]) for r in table if f"{m}_rel_error" in r]))
-                for m in ("output_throughput", "tpot_s") if any(f"{m}_rel_error" in r for r in table)}
+                for m in ("output_throughput", "tpot_s", "mean_tpot_ms", "mean_ttft_ms")
+                if any(f"{m}_rel_error" in r for r in table)}
         data["fit_report"]["end_to_end"] = {"params": list(params), "nfev": result.nfev, "message": result.message,
                                             "median_abs_rel_error": errs, "targets": len(targets),
                                             "jacobian": np.asarray(result.jac).tolist(),

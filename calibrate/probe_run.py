@@ -16,18 +16,9 @@ import numpy as np
 
 from ..measure.rundir import load_requests, load_run
 from ..sim.workload import Workload
-from .validate import MeasuredRun
+from .validate import MeasuredRun, measured_stats
 
 LOAD_FAMILIES = ("concurrency", "decode", "context", "seqlen", "rate")
-
-
-def _stats(prefix: str, values_s: np.ndarray) -> dict[str, float]:
-    v = np.asarray(values_s, dtype=np.float64) * 1e3
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return {}
-    return {f"mean_{prefix}_ms": float(v.mean()), f"median_{prefix}_ms": float(np.median(v)),
-            f"p99_{prefix}_ms": float(np.percentile(v, 99))}
 
 
 def load_probe_run(run_dir: str | Path, point_id: str | None = None) -> list[MeasuredRun]:
@@ -72,12 +63,12 @@ def load_probe_run(run_dir: str | Path, point_id: str | None = None) -> list[Mea
                    "request_throughput": len(ok) / duration if duration else 0.0,
                    "output_throughput": out_tokens.sum() / duration if duration else 0.0,
                    "total_token_throughput": (out_tokens.sum() + ok.prompt_tokens.sum()) / duration if duration else 0.0}
-        summary.update(_stats("ttft", ttft))
+        summary.update(measured_stats("ttft", ttft * 1e3))
         multi = np.array([len(t) > 1 for t in tokens], dtype=bool)
-        summary.update(_stats("tpot", ((e2e - ttft)[multi] / (np.array([len(t) for t in tokens])[multi] - 1))))
+        summary.update(measured_stats("tpot", (e2e - ttft)[multi] / (np.array([len(t) for t in tokens])[multi] - 1) * 1e3))
         itl = np.concatenate([np.diff(t) for t in tokens if len(t) > 1] or [np.zeros(0)])
-        summary.update(_stats("itl", itl))
-        summary.update(_stats("e2el", e2e))
+        summary.update(measured_stats("itl", itl * 1e3))
+        summary.update(measured_stats("e2el", e2e * 1e3))
         notes = [] if len(ok) == len(g) else [f"{len(g) - len(ok)} of {len(g)} requests did not end ok"]
         notes.append("times on the simulator's clock (servesim serve)" if server_clock else "times on the client's clock")
         runs.append(MeasuredRun(f"{run_dir.name}/{pid}", workload, summary, settings, notes))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sim.metrics import latency_stats
 from ..sim.runner import SimOptions, SimResult, simulate
 from ..sim.traces import load_bench_json
 from ..sim.workload import ClosedLoop, Workload
@@ -37,12 +38,11 @@ class MeasuredRun:
     notes: list[str] = field(default_factory=list)
 
 
-def _percentile_stats(prefix: str, values_ms: list[float]) -> dict[str, float]:
+def measured_stats(prefix: str, values_ms) -> dict[str, float]:
+    """The summary keys of measured latencies (non-finite values dropped; nothing if none)."""
     v = np.asarray(values_ms, dtype=np.float64)
-    if v.size == 0:
-        return {}
-    return {f"mean_{prefix}_ms": float(v.mean()), f"median_{prefix}_ms": float(np.median(v)),
-            f"p99_{prefix}_ms": float(np.percentile(v, 99))}
+    v = v[np.isfinite(v)]
+    return latency_stats(prefix, v) if v.size else {}
 
 
 def load_bench_result(path: str | Path, rate: float | None = None, burstiness: float | None = None,
@@ -54,9 +54,9 @@ def load_bench_result(path: str | Path, rate: float | None = None, burstiness: f
     summary = {k: float(data[k]) for k in COMPARED_KEYS if isinstance(data.get(k), (int, float))}
     # Older result files lack some aggregate keys: rebuild them from the per-request lists.
     if "ttfts" in data and "mean_ttft_ms" not in summary:
-        summary.update(_percentile_stats("ttft", [t * 1e3 for t in data["ttfts"] if t]))
+        summary.update(measured_stats("ttft", [t * 1e3 for t in data["ttfts"] if t]))
     if "itls" in data and "mean_itl_ms" not in summary:
-        summary.update(_percentile_stats("itl", [x * 1e3 for per in data["itls"] for x in per]))
+        summary.update(measured_stats("itl", [x * 1e3 for per in data["itls"] for x in per]))
     notes = []
     concurrency = max_concurrency if max_concurrency is not None else data.get("max_concurrency")
     req_rate = float(data.get("request_rate", math.inf) if rate is None else rate)

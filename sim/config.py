@@ -14,7 +14,7 @@ given GPU, for the engine generation being mirrored:
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .gpus import GPUSpec
 from .models import ModelSpec
@@ -176,4 +176,4 @@ def make_engine_config(model: ModelSpec, gpu: GPUSpec, engine: str = "vllm-v1", 
 
 
 __all__ = ["CacheConfig", "EngineConfig", "EngineVersion", "ParallelConfig", "PreemptionMode",
-           "SchedulerConfig", "make_engine_config", "replace"]
+           "SchedulerConfig", "make_engine_config"]

@@ -52,6 +52,10 @@ class LLMEngine:
         self.num_finished = 0
         self.num_rejected = 0
         self.clock = 0.0
+        # Longest request accepted: max_model_len, and at the edge where that equals the cache, the
+        # blocks left beside v1's null block.
+        usable = (self.kv.block_pool.num_blocks - (1 if self.kv.null_block is not None else 0)) * self.kv.block_size
+        self.max_request_tokens = min(cfg.scheduler.max_model_len, usable)
         self.bulk = not exact and not getattr(source, "live", False)  # advance runs of decode steps at once
         self.max_bulk_steps = 4096
         self.process = env.process(self.run())
@@ -69,12 +73,9 @@ class LLMEngine:
             self.on_progress(1)
 
     def _take_arrivals(self, now: float) -> None:
-        max_len = self.cfg.scheduler.max_model_len
-        usable_tokens = self.kv.block_pool.num_blocks * self.kv.block_size - (
-            self.kv.block_size if self.kv.null_block is not None else 0)
+        max_len = self.max_request_tokens
         for request in self.source.pop_until(now):
-            total = request.num_prompt_tokens + request.max_tokens
-            if total > max_len or total > usable_tokens:
+            if request.num_prompt_tokens + request.max_tokens > max_len:
                 # vLLM's API server answers 400: prompt plus max_tokens exceed max_model_len (or,
                 # at the edge where max_model_len equals the cache, the blocks left beside v1's null block).
                 request.status = RequestStatus.FINISHED
@@ -151,7 +152,7 @@ class LLMEngine:
         return True
 
     def _collect_rejected(self) -> None:
-        rejected = getattr(self.scheduler, "rejected", None)
+        rejected = self.scheduler.rejected
         if rejected:
             for request in rejected:
                 self.records.record(request, status=2)
@@ -165,7 +166,7 @@ class LLMEngine:
         until something arrives, finishes or runs out of blocks."""
         s = self.scheduler
         size = len(s.batch.members)
-        return (not s.waiting and not s.scalar_running and size > 0 and not getattr(s, "swapped", None)
+        return (not s.waiting and not s.scalar_running and size > 0 and not s.num_swapped
                 and size <= s.sched.max_num_batched_tokens)
 
     def _bulk_decode(self, now: float) -> float | None:

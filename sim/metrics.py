@@ -136,8 +136,9 @@ class TimeSeries:
         return pd.DataFrame(self.rows, columns=list(self.NAMES))
 
 
-def _stats(prefix: str, values_ms: np.ndarray, weights: np.ndarray | None = None,
+def latency_stats(prefix: str, values_ms: np.ndarray, weights: np.ndarray | None = None,
            percentiles: tuple[float, ...] = (99,)) -> dict[str, float]:
+    """``mean_/median_/std_/p99_<prefix>_ms`` of (optionally weighted) values in ms."""
     if weights is None:
         weights = np.ones(len(values_ms), dtype=np.int64)
     n = weights.sum()
@@ -171,11 +172,11 @@ def summarize(records: RequestRecords, itl: InterTokenLatencies, percentiles: tu
         "request_throughput": rate(completed), "output_throughput": rate(total_out),
         "total_token_throughput": rate(total_in + total_out),
     }
-    summary.update(_stats("ttft", (first - arrival) * 1e3, percentiles=percentiles))
+    summary.update(latency_stats("ttft", (first - arrival) * 1e3, percentiles=percentiles))
     multi = n_out > 1
     tpot = (finish[multi] - first[multi]) / (n_out[multi] - 1) * 1e3
-    summary.update(_stats("tpot", tpot, percentiles=percentiles))
+    summary.update(latency_stats("tpot", tpot, percentiles=percentiles))
     values, counts = itl.arrays()
-    summary.update(_stats("itl", values * 1e3, counts, percentiles=percentiles))
-    summary.update(_stats("e2el", (finish - arrival) * 1e3, percentiles=percentiles))
+    summary.update(latency_stats("itl", values * 1e3, counts, percentiles=percentiles))
+    summary.update(latency_stats("e2el", (finish - arrival) * 1e3, percentiles=percentiles))
     return summary

@@ -180,8 +180,4 @@ class ModelSpec:
                 f"{moe}, KV {self.kv_bytes_per_token() / 1024:.0f} KiB/token (bf16)")
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-__all__ = ["DTYPE_BYTES", "ModelSpec", "dtype_bytes", "ceil_div"]
+__all__ = ["DTYPE_BYTES", "ModelSpec", "dtype_bytes"]

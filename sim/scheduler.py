@@ -68,6 +68,7 @@ class Scheduler:
         self.scalar_running: dict[int, Request] = {}  # running requests not in the batch, same order
         self.batch = DecodeBatch(cfg.cache.block_size)
         self._admit_counter = 0
+        self.rejected: list[Request] = []  # requests the policy refused (v0: could never fit); engine drains it
         self.on_token: Callable[[Request, float], None] | None = None  # per-token hook (exact mode only)
         self.num_preemptions = 0
         self.prompt_tokens_total = 0
@@ -81,6 +82,11 @@ class Scheduler:
     @property
     def num_waiting(self) -> int:
         return len(self.waiting)
+
+    @property
+    def num_swapped(self) -> int:
+        """Requests swapped out to CPU (only vLLM v0's swap preemption has any)."""
+        return 0
 
     def has_unfinished(self) -> bool:
         return bool(self.running) or bool(self.waiting)

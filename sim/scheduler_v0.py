@@ -37,7 +37,6 @@ class SchedulerV0(Scheduler):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.watermark_blocks = int(self.sched.watermark * self.kv.num_gpu_blocks)
-        self.rejected: list[Request] = []
         self.swap = self.sched.preemption_mode is PreemptionMode.SWAP
         cfg = self.cfg
         self.block_bytes = (cfg.model.kv_bytes_per_token(cfg.kv_dtype, cfg.parallel.tensor_parallel_size)

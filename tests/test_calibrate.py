@@ -190,3 +190,18 @@ def test_aiconfigurator_core_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="pip install aiconfigurator-core"):
         aiconfigurator.systems_dir()
+
+
+def test_calibrate_recovers_step_overhead_from_a_bench_result(tmp_path):
+    """`servesim calibrate BENCH.json`: a result made with the shipped v1 profile but a 4 ms step
+    overhead is fitted back from the shipped 1.5 ms prior (the other terms are the shipped ones)."""
+    from servesim.calibrate.pipeline import calibrate
+    from servesim.sim.profile import default_profile
+    shipped = default_profile("h100-sxm", "vllm-v1")
+    truth = replace(shipped, step=replace(shipped.step, step_overhead_s=4e-3))
+    path, _ = _bench_json(tmp_path, truth, n=80, rate=6.0)
+    data, table = calibrate([path], "vllm-v1", params=("step_overhead_s",), workers=1, max_nfev=15, log=lambda m: None)
+    assert data["coefficients"]["step_overhead_s"]["value"] == pytest.approx(4e-3, rel=0.05)
+    assert data["coefficients"]["step_overhead_s"]["source"].startswith("end-to-end fit on 1 runs")
+    assert table[0]["target"] == "bench" and abs(table[0]["mean_tpot_ms_rel_error"]) < 0.02
+    assert any(p.get("kind") == "vllm bench serve result" for p in data["provenance"])
