@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from .schema import (SLO, Advice, Axis, Deployment, Economics, RegionRules, Scenario, ScenarioFile, Sweep,
-                     WorkloadSection)
+                     WorkloadSection, check_name)
 
 TOP_KEYS = ("name", "description", "base_variant", "run_base", "deployment", "workload", "sweep",
             "economics", "slos", "regions", "advice", "exact", "sample_interval_s", "variants")
@@ -251,6 +251,10 @@ def scenario_from_dict(data: dict, source: str = "<dict>", base_dir: str = ".") 
     if unknown:
         raise ScenarioError(f"{source}: unknown top-level key {unknown[0]!r}; allowed: {list(TOP_KEYS)}")
     name = str(data.get("name") or Path(source).stem)
+    try:
+        check_name(name, "name")
+    except ValueError as exc:
+        raise ScenarioError(f"{source}: {exc}") from None
     description = str(data.get("description", ""))
     base_data = {k: data[k] for k in SECTION_KEYS if k in data}
     base_data["name"] = str(data.get("base_variant", name))

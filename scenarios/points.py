@@ -232,6 +232,9 @@ def run_point(task: PointTask) -> PointResult:
         return PointResult(row, None)
     s = result.summary
     row.update({k: s[k] for k in SUMMARY_KEYS})
+    if s["completed"] == 0:  # zero throughput here is no measurement of capacity: not a curve point
+        row["error"] = (f"no request completed: {s['failed']} of {len(workload)} rejected"
+                        + (f" ({result.rejection_reason})" if result.rejection_reason else ""))
     row["duration_s"] = s["duration"]
     row["input_throughput"] = s["total_input_tokens"] / s["duration"] if s["duration"] > 0 else 0.0
     tokens = s["total_input_tokens"] + s["total_output_tokens"]

@@ -69,6 +69,15 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def check_name(value: object, field_name: str) -> None:
+    """A scenario or variant name becomes a folder name: letters, digits, '-', '_' and '.', not
+    starting with '.' (so neither ``..`` nor a hidden folder), at most 100 characters."""
+    _check(isinstance(value, str) and 0 < len(value) <= 100 and not value.startswith(".")
+           and all(c.isascii() and (c.isalnum() or c in "-_.") for c in value),
+           f"{field_name} must be 1-100 letters, digits, '-', '_' or '.' and not start with '.' "
+           f"(it names the output folder), got {value!r}")
+
+
 def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
     if value is None:
         return
@@ -342,8 +351,7 @@ class Scenario:
     base_dir: str = "."
 
     def __post_init__(self) -> None:
-        _check(bool(self.name) and all(c.isalnum() or c in "-_." for c in self.name),
-               f"name must be non-empty letters, digits, '-', '_' or '.', got {self.name!r}")
+        check_name(self.name, "name")
         allowed = AXIS_KINDS[self.sweep.axis]
         _check(self.workload.kind in allowed,
                f"sweep axis {self.sweep.axis.value!r} needs workload kind one of "

@@ -62,13 +62,47 @@ class SweepResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
+def _file_digest(path: Path) -> str:
+    """sha256 of a file's bytes ("missing" when it cannot be read: the point then fails and is retried)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return "missing"
+    return digest.hexdigest()
+
+
+def input_files(sc: Scenario) -> dict[str, Path]:
+    """The files a variant reads besides the scenario itself: trace, profile and model JSONs."""
+    from .points import trace_file
+    files: dict[str, Path] = {}
+    base = Path(sc.base_dir)
+    if sc.workload.trace:
+        try:
+            files["trace"] = trace_file(sc.workload.trace, sc.base_dir)
+        except FileNotFoundError:
+            files["trace"] = base / sc.workload.trace
+    dep = sc.deployment
+    if dep.profile:
+        from ..sim.profile import shipped_profiles
+        files["profile"] = shipped_profiles().get(dep.profile, base / dep.profile)
+    if dep.model.endswith(".json"):
+        files["model"] = base / dep.model
+    return files
+
+
 def fingerprint(sc: Scenario) -> str:
-    """Hash of everything that decides a variant's results (so resumed points are never stale)."""
+    """Hash of everything that decides a variant's results (so resumed points are never stale):
+    the resolved configuration and the *content* of every file it reads (a trace edited in place
+    under the same path gives a new fingerprint)."""
     data = scenario_to_dict(ScenarioFile("", "", (sc,)))["resolved_variants"][0]
     for key in ("description", "economics", "slos", "regions", "advice", "base_dir"):
         data.pop(key, None)
     data["sweep"].pop("points", None)
     data["sweep"].pop("seeds", None)
+    data["input_sha256"] = {key: _file_digest(path) for key, path in input_files(sc).items()}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -98,9 +132,12 @@ def _done(out: Path, task: PointTask, prints: dict[str, str]) -> bool:
     if not path.exists():
         return False
     try:
-        return json.loads(path.read_text()).get("fingerprint") == prints[task.scenario.name]
-    except (json.JSONDecodeError, OSError):
+        row = json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return False
+    # A failed point (its error column set) is never final: resuming runs it again.
+    return (isinstance(row, dict) and row.get("fingerprint") == prints[task.scenario.name]
+            and not row.get("error"))
 
 
 def _save(out: Path, task: PointTask, result: PointResult, prints: dict[str, str]) -> None:
@@ -164,8 +201,11 @@ def load_points(out: Path, sf: ScenarioFile) -> pd.DataFrame:
         fp = fingerprint(sc)
         wanted = {(float(d), int(s)) for d in sc.sweep.points for s in sc.sweep.seeds}
         for path in sorted((out / "points" / sc.name).glob("*.json")):
-            row = json.loads(path.read_text())
-            if row.pop("fingerprint", None) == fp and (float(row["demand"]), int(row["seed"])) in wanted:
+            try:
+                row = json.loads(path.read_text())
+            except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+                continue  # a damaged point file counts as not run (it is run again on resume)
+            if isinstance(row, dict) and row.pop("fingerprint", None) == fp and (float(row["demand"]), int(row["seed"])) in wanted:
                 rows.append(row)
     return pd.DataFrame(rows)
 

@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import argtypes as at
 from .sim.config import make_engine_config
 from .sim.gpus import get_gpu, list_gpus
 from .sim.model_catalog import get_model, list_models
@@ -29,24 +30,24 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", default="llama-3.1-8b", help="catalogue name or path to a config.json "
                    "(default llama-3.1-8b; `servesim models` lists them)")
     g.add_argument("--gpu", default="h100-sxm", help="GPU (default h100-sxm; `servesim gpus` lists them)")
-    g.add_argument("--tp", "--tensor-parallel-size", dest="tp", type=int, default=1)
+    g.add_argument("--tp", "--tensor-parallel-size", dest="tp", type=at.POSITIVE_INT, default=1)
     g.add_argument("--engine", default="vllm-v1", choices=["vllm-v1", "vllm-v0"])
-    g.add_argument("--profile", help="profile JSON (default: the shipped one for --gpu and --engine)")
+    g.add_argument("--profile", type=at.input_file, help="profile JSON (default: the shipped one for --gpu and --engine)")
     g.add_argument("--dtype", help="weight dtype: bf16, fp16, fp8, int4 (default: the checkpoint's)")
     k = p.add_argument_group("engine knobs (vLLM names; defaults as vLLM sets them for the engine)")
-    k.add_argument("--max-num-seqs", type=int)
-    k.add_argument("--max-num-batched-tokens", type=int)
-    k.add_argument("--block-size", type=int, default=16)
-    k.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    k.add_argument("--max-model-len", type=int)
+    k.add_argument("--max-num-seqs", type=at.POSITIVE_INT)
+    k.add_argument("--max-num-batched-tokens", type=at.POSITIVE_INT)
+    k.add_argument("--block-size", type=int, default=16, choices=[1, 8, 16, 32, 64, 128])
+    k.add_argument("--gpu-memory-utilization", type=at.float_range(0.0, 1.0), default=0.9)
+    k.add_argument("--max-model-len", type=at.int_range(2))
     _bool_flag(k, "enable-chunked-prefill", "chunked prefill (always on in vllm-v1)")
     _bool_flag(k, "enable-prefix-caching", "prefix caching (default on in vllm-v1, off in vllm-v0; hits need "
                "prefix hashes, as Mooncake traces carry)")
-    k.add_argument("--kv-cache-dtype", default="auto", help="auto, fp8, fp16, bf16")
-    k.add_argument("--num-gpu-blocks", type=int, help="use this KV capacity instead of the memory model")
+    k.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "fp16", "bf16"])
+    k.add_argument("--num-gpu-blocks", type=at.POSITIVE_INT, help="use this KV capacity instead of the memory model")
     k.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap"],
                    help="vllm-v0 only: swap preempted requests' KV to CPU instead of recomputing")
-    k.add_argument("--swap-space", type=float, default=4.0, help="CPU swap space per GPU, GiB (vllm-v0)")
+    k.add_argument("--swap-space", type=at.NON_NEGATIVE, default=4.0, help="CPU swap space per GPU, GiB (vllm-v0)")
 
 
 def _add_simulate(sub) -> None:
@@ -56,28 +57,28 @@ def _add_simulate(sub) -> None:
     add_engine_arguments(p)
     w = p.add_argument_group("workload (one of)")
     arrivals = w.add_mutually_exclusive_group()
-    arrivals.add_argument("--burst", type=int, metavar="N", help="N requests at t=0 (request rate inf)")
-    arrivals.add_argument("--rate", type=float, help="Poisson (or gamma) arrivals at R requests/s")
-    arrivals.add_argument("--concurrency", type=int, metavar="N", help="closed loop with N users")
-    arrivals.add_argument("--trace", help="replay a trace: Azure CSV, Mooncake JSONL or arrival_s,input_tokens,output_tokens CSV")
-    arrivals.add_argument("--bench-json", help="lengths of a `vllm bench serve --save-result` JSON "
+    arrivals.add_argument("--burst", type=at.REQUEST_COUNT, metavar="N", help="N requests at t=0 (request rate inf)")
+    arrivals.add_argument("--rate", type=at.RATE, help="Poisson (or gamma) arrivals at R requests/s")
+    arrivals.add_argument("--concurrency", type=at.int_range(1, 1_000_000), metavar="N", help="closed loop with N users")
+    arrivals.add_argument("--trace", type=at.input_file, help="replay a trace: Azure CSV, Mooncake JSONL or arrival_s,input_tokens,output_tokens CSV")
+    arrivals.add_argument("--bench-json", type=at.input_file, help="lengths of a `vllm bench serve --save-result` JSON "
                           "(arrivals from --request-rate in the file unless --bench-rate)")
-    w.add_argument("--bench-rate", type=float, help="arrival rate for --bench-json (inf: burst)")
-    w.add_argument("--burstiness", type=float, default=1.0, help="gamma shape for --rate (1 = Poisson)")
-    w.add_argument("--think-time", type=float, default=0.0, help="mean think time (s) for --concurrency")
-    w.add_argument("--num-requests", type=int, help="requests to simulate (default 1000; traces: all rows)")
+    w.add_argument("--bench-rate", type=at.RATE, help="arrival rate for --bench-json (inf: burst)")
+    w.add_argument("--burstiness", type=at.float_range(0.0, allow_inf=True), default=1.0, help="gamma shape for --rate (1 = Poisson)")
+    w.add_argument("--think-time", type=at.NON_NEGATIVE, default=0.0, help="mean think time (s) for --concurrency")
+    w.add_argument("--num-requests", type=at.REQUEST_COUNT, help="requests to simulate (default 1000; traces: all rows)")
     w.add_argument("--dataset", choices=["fixed", "random", "sharegpt"], default=None,
                    help="lengths: fixed --input-len/--output-len (default), vLLM-style random around them, "
                         "or sampled from the ShareGPT length table in ../shared/data")
-    w.add_argument("--input-len", type=int, default=1024)
-    w.add_argument("--output-len", type=int, default=128)
-    w.add_argument("--range-ratio", type=float, default=0.0)
-    w.add_argument("--time-scale", type=float, help="multiply a trace's inter-arrival gaps")
+    w.add_argument("--input-len", type=at.int_range(1, 10_000_000), default=1024)
+    w.add_argument("--output-len", type=at.int_range(1, 10_000_000), default=128)
+    w.add_argument("--range-ratio", type=at.float_range(0.0, 0.999999, lo_open=False), default=0.0)
+    w.add_argument("--time-scale", type=at.POSITIVE, help="multiply a trace's inter-arrival gaps")
     r = p.add_argument_group("run")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=at.SEED, default=0)
     r.add_argument("--out", help="write summary.json, config.json, requests.parquet, timeseries.csv here")
     r.add_argument("--json", action="store_true", help="print the summary JSON alone on stdout")
-    r.add_argument("--sample-interval", type=float, default=0.2, help="time-series interval (simulated s)")
+    r.add_argument("--sample-interval", type=at.float_range(1e-3, lo_open=False), default=0.2, help="time-series interval (simulated s)")
     r.add_argument("--exact", action="store_true", help="per-request reference path every step (slow)")
     p.set_defaults(func=cmd_simulate)
 
@@ -138,13 +139,29 @@ def print_summary(summary: dict, cfg, wall_s: float, file=sys.stdout) -> None:
     print(f"  simulated in {wall_s:.2f} s wall ({summary['completed'] / max(wall_s, 1e-9):,.0f} req/s)", file=file)
 
 
+EXIT_NOTHING_COMPLETED = 1
+
+
 def cmd_simulate(args) -> int:
+    if args.out:
+        at.check_writable_dir(args.out)  # before the work, not after it
     cfg = engine_config(args)
     spec = workload_spec(args)
     workload = build_workload(spec, seed=args.seed)
+    if len(workload) == 0:
+        raise ValueError(f"the workload has no requests ({spec.trace_path or spec.kind.value}): nothing to simulate")
     progress = not args.json and sys.stderr.isatty()
     result = simulate(cfg, workload, SimOptions(sample_interval_s=args.sample_interval, exact=args.exact,
                                                 progress=progress, seed=args.seed))
+    failed = result.summary["failed"]
+    if result.summary["completed"] == 0:
+        # Latencies of zero requests are no result: say why and fail rather than print 0.0 ms.
+        print(f"servesim: error: no request completed: all {failed} were rejected ({result.rejection_reason}); "
+              "raise --max-model-len or shorten the requests", file=sys.stderr)
+        return EXIT_NOTHING_COMPLETED
+    if failed:
+        print(f"servesim: warning: {failed} of {len(workload)} requests were rejected "
+              f"({result.rejection_reason})", file=sys.stderr)
     if args.out:
         write_results(result, args.out, {"workload": {k: (v.value if hasattr(v, "value") else v)
                                                       for k, v in vars(spec).items()}, "seed": args.seed})
@@ -180,9 +197,16 @@ def cmd_list(args) -> int:
 COMMAND_MODULES = ("servesim.calibrate.cli", "servesim.measure.cli", "servesim.scenarios.cli")
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line naming the flag and value (no usage dump)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     import importlib
-    parser = argparse.ArgumentParser(prog="servesim", description="Capacity-planning simulator for LLM serving")
+    parser = _Parser(prog="servesim", description="Capacity-planning simulator for LLM serving")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"servesim {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -202,15 +226,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; bad input prints ``servesim: error: ...`` (one line) and returns 2."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except FileNotFoundError as exc:
         print(f"servesim: error: file not found: {exc.filename or exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:
-        print(f"servesim: error: {exc}", file=sys.stderr)
+    except IsADirectoryError as exc:
+        print(f"servesim: error: {exc.filename} is a directory; expected a file", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head`
         sys.stderr.close()
         return 0
+    except OSError as exc:  # permissions, a full disk, a read-only file system, a port in use
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"servesim: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except (ValueError, OverflowError) as exc:
+        print(f"servesim: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("servesim: error: out of memory: the run is too large for this machine (fewer requests, "
+              "a larger --sample-interval, or a shorter trace)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("servesim: interrupted", file=sys.stderr)
+        return 130

@@ -14,6 +14,7 @@ given GPU, for the engine generation being mirrored:
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 from .gpus import GPUSpec
@@ -46,7 +47,9 @@ class CacheConfig:
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
         if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
-            raise ValueError("num_gpu_blocks must be >= 1")
+            raise ValueError(f"num_gpu_blocks must be >= 1 (got {self.num_gpu_blocks_override})")
+        if not (math.isfinite(self.swap_space_bytes) and self.swap_space_bytes >= 0):
+            raise ValueError(f"swap space must be >= 0 bytes (got {self.swap_space_bytes})")
 
 
 @dataclass(frozen=True)
@@ -76,13 +79,37 @@ class SchedulerConfig:
                 "Raise max_num_batched_tokens, lower max_model_len or enable chunked prefill (as vLLM requires)")
 
 
+# GPUs one node holds (HGX/DGX boards of every GPU in the catalogue carry 8).  Tensor parallelism
+# needs NVLink/PCIe peers inside one node; across nodes vLLM uses pipeline parallelism, which
+# servesim does not model.
+GPUS_PER_NODE = 8
+
+
 @dataclass(frozen=True)
 class ParallelConfig:
     tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
-        if self.tensor_parallel_size < 1:
-            raise ValueError(f"tensor_parallel_size must be >= 1 (got {self.tensor_parallel_size})")
+        tp = self.tensor_parallel_size
+        if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+            raise ValueError(f"tensor_parallel_size must be an integer >= 1 (got {tp!r})")
+        if tp > GPUS_PER_NODE:
+            raise ValueError(f"tensor_parallel_size {tp} exceeds the {GPUS_PER_NODE} GPUs of one node; "
+                             "spanning nodes needs pipeline parallelism (vLLM's --pipeline-parallel-size), "
+                             "which servesim does not model: use --tp <= 8 and more replicas")
+
+    def verify_with_model(self, model: ModelSpec) -> None:
+        """Refuse what vLLM refuses: attention heads not divisible by TP (``ModelConfig.
+        verify_with_parallel_config``), and KV heads that neither divide among nor replicate evenly
+        over the ranks (``QKVParallelLinear``: ``divide(kv_heads, tp)`` or ``divide(tp, kv_heads)``)."""
+        tp, heads, kv = self.tensor_parallel_size, model.num_attention_heads, model.num_key_value_heads
+        if heads % tp:
+            raise ValueError(f"model {model.name}: total number of attention heads ({heads}) must be divisible "
+                             f"by tensor parallel size ({tp}), as vLLM requires; valid sizes: "
+                             f"{[t for t in range(1, GPUS_PER_NODE + 1) if heads % t == 0 and (kv % t == 0 or t % kv == 0)]}")
+        if kv % tp and tp % kv:
+            raise ValueError(f"model {model.name}: {kv} KV heads can neither be split over nor replicated on "
+                             f"tensor parallel size {tp} (vLLM needs {kv} % tp == 0 or tp % {kv} == 0)")
 
 
 @dataclass(frozen=True)
@@ -97,6 +124,9 @@ class EngineConfig:
     scheduler: SchedulerConfig
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     weight_dtype: str = "bf16"
+
+    def __post_init__(self) -> None:
+        self.parallel.verify_with_model(self.model)
 
     @property
     def kv_dtype(self) -> str:
@@ -139,7 +169,14 @@ def make_engine_config(model: ModelSpec, gpu: GPUSpec, engine: str = "vllm-v1", 
     if profile is None:
         from .profile import default_profile
         profile = default_profile(gpu.name, version.value)
-    max_model_len = max_model_len or model.max_position_embeddings
+    for knob, value in (("max_num_seqs", max_num_seqs), ("max_num_batched_tokens", max_num_batched_tokens),
+                        ("max_model_len", max_model_len), ("num_gpu_blocks", num_gpu_blocks)):
+        # None means vLLM's default; 0 or a negative value is an error, never a silent default.
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{knob} must be an integer >= 1 (or omitted for vLLM's default), got {value!r}")
+    if not (isinstance(swap_space_gib, (int, float)) and math.isfinite(swap_space_gib) and swap_space_gib >= 0):
+        raise ValueError(f"swap_space must be a finite number of GiB >= 0, got {swap_space_gib!r}")
+    max_model_len = model.max_position_embeddings if max_model_len is None else max_model_len
     if max_model_len > model.max_position_embeddings:
         raise ValueError(f"max_model_len {max_model_len} exceeds {model.name}'s context "
                          f"({model.max_position_embeddings})")
@@ -148,12 +185,13 @@ def make_engine_config(model: ModelSpec, gpu: GPUSpec, engine: str = "vllm-v1", 
         if enable_chunked_prefill is False:
             raise ValueError("vllm-v1 always uses chunked prefill; use --engine vllm-v0 to disable it")
         chunked = True
-        max_num_seqs = max_num_seqs or (1024 if big_gpu else 256)
-        max_num_batched_tokens = max_num_batched_tokens or (8192 if big_gpu else 2048)
+        max_num_seqs = (1024 if big_gpu else 256) if max_num_seqs is None else max_num_seqs
+        if max_num_batched_tokens is None:
+            max_num_batched_tokens = 8192 if big_gpu else 2048
         prefix = True if enable_prefix_caching is None else enable_prefix_caching
     else:
         chunked = bool(enable_chunked_prefill)
-        max_num_seqs = max_num_seqs or 256
+        max_num_seqs = 256 if max_num_seqs is None else max_num_seqs
         if max_num_batched_tokens is None:
             max_num_batched_tokens = 512 if chunked else max(max_model_len, 2048)
         prefix = bool(enable_prefix_caching)

@@ -51,6 +51,7 @@ class LLMEngine:
         self.peak_kv_usage = 0.0
         self.num_finished = 0
         self.num_rejected = 0
+        self.rejection_reason = ""  # why the first rejected request was refused (vLLM's 400 message)
         self.clock = 0.0
         # Longest request accepted: max_model_len, and at the edge where that equals the cache, the
         # blocks left beside v1's null block.
@@ -79,11 +80,21 @@ class LLMEngine:
                 # vLLM's API server answers 400: prompt plus max_tokens exceed max_model_len (or,
                 # at the edge where max_model_len equals the cache, the blocks left beside v1's null block).
                 request.status = RequestStatus.FINISHED
+                if not self.rejection_reason:
+                    self.rejection_reason = self._too_long(request)
                 self.records.record(request, status=2)
                 self.source.on_finish(request, now)
                 self.num_rejected += 1
                 continue
             self.scheduler.add_request(request)
+
+    def _too_long(self, request: Request) -> str:
+        need = request.num_prompt_tokens + request.max_tokens
+        limit = self.max_request_tokens
+        why = (f"max_model_len {limit}" if limit == self.cfg.scheduler.max_model_len
+               else f"the {limit} tokens the KV cache holds beside the null block")
+        return (f"prompt ({request.num_prompt_tokens}) + max_tokens ({request.max_tokens}) = {need} tokens "
+                f"exceed {why}")
 
     def run(self):
         """The engine process.  ``self.clock`` is the authoritative simulated time (SimPy's clock
@@ -155,6 +166,9 @@ class LLMEngine:
         rejected = self.scheduler.rejected
         if rejected:
             for request in rejected:
+                if not self.rejection_reason:
+                    self.rejection_reason = (f"a {request.num_prompt_tokens}-token prompt can never fit in "
+                                             f"the {self.memory.num_gpu_blocks} KV-cache blocks")
                 self.records.record(request, status=2)
                 self.source.on_finish(request, self.clock)
                 self.num_rejected += 1

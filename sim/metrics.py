@@ -100,37 +100,63 @@ class RequestRecords:
 
 
 class TimeSeries:
-    """Engine state sampled every ``interval_s`` simulated seconds, under vLLM's metric names."""
+    """Engine state sampled every ``interval_s`` simulated seconds, under vLLM's metric names.
+
+    Samples sit on the grid ``k * interval_s``.  A stretch in which the state cannot change (an
+    idle gap between arrivals, or one long step) that spans more than :attr:`MAX_RUN_SAMPLES`
+    grid points is recorded by its first and last grid samples only, so a trace with a gap of
+    1e7 s (or 1e300 s) costs two rows, not one per interval; ``time_s`` says where each row is.
+    """
 
     NAMES = ("time_s", "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
              "vllm:num_preemptions_total", "vllm:prompt_tokens_total", "vllm:generation_tokens_total")
+    MAX_RUN_SAMPLES = 10_000
 
     def __init__(self, interval_s: float) -> None:
-        if interval_s <= 0:
-            raise ValueError(f"sample interval must be > 0 s (got {interval_s})")
+        if not (interval_s > 0 and math.isfinite(interval_s)):
+            raise ValueError(f"sample interval must be a finite number of seconds > 0 (got {interval_s})")
         self.interval_s = interval_s
         self.next_t = 0.0
+        self._index = 0  # grid index of next_t
         self.rows: list[tuple] = []
+
+    def _advance(self, index: int) -> None:
+        self._index = index
+        self.next_t = index * self.interval_s
 
     def sample_before(self, t: float, state: tuple) -> None:
         """Record ``state`` at every sample instant before ``t`` not yet sampled: the engine calls
         this just before the state changes at ``t`` (a step's end), so each sample sees the state
         left by the last step that ended at or before it, as a Prometheus scrape would."""
-        while self.next_t < t:
+        if not self.next_t < t:
+            return
+        last = math.ceil(t / self.interval_s) - 1  # the last grid index strictly before t
+        if last * self.interval_s >= t:
+            last -= 1
+        if last - self._index >= self.MAX_RUN_SAMPLES:
             self.rows.append((self.next_t, *state))
-            self.next_t = len(self.rows) * self.interval_s
+            self.rows.append((last * self.interval_s, *state))
+            self._advance(last + 1)
+        else:
+            for _ in range(last - self._index + 2):  # bounded: float rounding can never loop forever
+                if not self.next_t < t:
+                    break
+                self.rows.append((self.next_t, *state))
+                self._advance(self._index + 1)
+        if self.next_t < t:  # rounding at astronomic times: the next sample is at t, not before it
+            self.next_t = t
 
     def sample_next(self, state: tuple) -> None:
         """Record ``state`` at the next sample instant."""
         self.rows.append((self.next_t, *state))
-        self.next_t = len(self.rows) * self.interval_s
+        self._advance(self._index + 1)
 
     def close(self, t: float, state: tuple) -> None:
         """Samples up to and including ``t``, the end of the run."""
         self.sample_before(t, state)
         if self.next_t == t:
             self.rows.append((t, *state))
-            self.next_t = len(self.rows) * self.interval_s
+            self._advance(self._index + 1)
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=list(self.NAMES))

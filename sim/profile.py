@@ -111,13 +111,20 @@ class Profile:
 def load_profile(path: str | Path) -> Profile:
     """Read a profile JSON file; errors name the file and the problem."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"profile {path} is a directory; expected a profile JSON file")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ValueError(f"profile file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"profile {path} is not valid JSON: {exc}") from None
-    return Profile.from_dict(data, source_path=str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"profile {path} is not a readable JSON file: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"profile {path}: expected a JSON object, got {type(data).__name__}")
+    try:
+        return Profile.from_dict(data, source_path=str(path))
+    except (KeyError, TypeError, AttributeError) as exc:  # a field of the wrong shape
+        raise ValueError(f"profile {path}: malformed ({type(exc).__name__}: {exc}); see docs/profile-schema.md") from None
 
 
 def shipped_profiles() -> dict[str, Path]:

@@ -42,6 +42,7 @@ class SimResult:
     memory: MemoryBreakdown
     wall_s: float
     num_steps: int
+    rejection_reason: str = ""  # why the first rejected request was refused ("" when none was)
 
 
 def make_source(workload, cfg: EngineConfig):
@@ -92,7 +93,7 @@ def simulate(cfg: EngineConfig, workload, options: SimOptions = SimOptions()) ->
     if unfinished:
         raise RuntimeError(f"{unfinished} requests neither finished nor were rejected: an engine bug")
     return SimResult(summary, records, engine.series, cfg.to_dict() | {"memory": engine.memory.to_dict()},
-                     engine.memory, wall, engine.num_steps)
+                     engine.memory, wall, engine.num_steps, engine.rejection_reason)
 
 
 def _atomic_write(path: Path, write) -> None:

@@ -22,9 +22,12 @@ Also here, because they read files: :func:`find_shared_data` (locates ``shared/d
 """
 from __future__ import annotations
 
+import csv
+import errno
 import json
 import math
 import os
+import re
 from enum import Enum
 from pathlib import Path
 
@@ -66,20 +69,67 @@ def find_shared_data(relative: str = "") -> Path:
 # ------------------------------------------------------------------------------- column helpers
 
 
+def _check_file(path: Path) -> None:
+    """A readable regular file, else ``FileNotFoundError``/``ValueError`` naming it."""
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; expected a trace file")
+    if not path.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
+
+
+def _field_count_error(path: Path, width: int, header: list[str]) -> ValueError | None:
+    """The first data line whose field count differs from the header's, as an error (or None)."""
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        for lineno, row in enumerate(csv.reader(f, skipinitialspace=True), 1):
+            if lineno > 1 and row and len(row) != width:
+                return ValueError(f"{path}: line {lineno}: {len(row)} fields, expected {width} "
+                                  f"({','.join(header)})")
+    return None
+
+
 def _read_csv(path: Path, columns: tuple[str, ...], limit: int | None) -> pd.DataFrame:
-    """The CSV at ``path`` with at least ``columns``; raises ``ValueError`` for a bad header."""
+    """The CSV at ``path`` with at least ``columns``, every cell a stripped string, indexed by the
+    file line each row is on (the header is line 1).
+
+    Columns are found by the header's names, never by position: a row whose field count differs
+    from the header's raises ``ValueError`` naming the line (a row with an extra field must not
+    shift the others).  A UTF-8 byte-order mark is accepted; blank lines are skipped.
+    """
+    _check_file(path)
     try:
-        frame = pd.read_csv(path, nrows=limit, skipinitialspace=True)
+        raw = pd.read_csv(path, header=None, dtype=str, na_filter=False, skip_blank_lines=False,
+                          skipinitialspace=True, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise ValueError(f"{path}: empty file; expected a header {','.join(columns)}") from None
     except pd.errors.ParserError as err:
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(err))
+        if m:
+            raise ValueError(f"{path}: line {m[2]}: {m[3]} fields, expected {m[1]} as in the header "
+                             "(columns are matched by the header's names)") from None
         raise ValueError(f"{path}: not a well-formed CSV ({err})") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    missing = [c for c in columns if c not in frame.columns]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+    raw.index = np.arange(1, len(raw) + 1)  # file line numbers
+    raw = raw[(raw != "").any(axis=1)]      # blank lines
+    if raw.empty:
+        raise ValueError(f"{path}: empty file; expected a header {','.join(columns)}")
+    header = [str(c).strip() for c in raw.iloc[0]]
+    frame = raw.iloc[1:].copy()
+    frame.columns = header
+    duplicated = sorted({c for c in header if header.count(c) > 1})
+    if duplicated:
+        raise ValueError(f"{path}: header repeats column(s) {duplicated}; header is {header}")
+    missing = [c for c in columns if c not in header]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; header is {list(frame.columns)}, "
+        raise ValueError(f"{path}: missing column(s) {missing}; header is {header}, "
                          f"expected {','.join(columns)}")
-    return frame
+    frame = frame[list(columns)].apply(lambda col: col.str.strip())
+    if (frame == "").any(axis=None):  # a short row pads with empty cells: name it as such
+        err = _field_count_error(path, len(header), header)
+        first_empty = int(frame.index[(frame == "").any(axis=1)][0])
+        if err is not None and int(str(err).split("line ")[1].split(":")[0]) <= first_empty:
+            raise err
+    return frame.iloc[:limit] if limit is not None else frame
 
 
 def _first_bad(path: Path, column: str, bad: np.ndarray, values: pd.Series, expected: str) -> None:
@@ -88,8 +138,8 @@ def _first_bad(path: Path, column: str, bad: np.ndarray, values: pd.Series, expe
     if rows.size:
         i = int(rows[0])
         value = values.iloc[i]
-        shown = "(empty)" if pd.isna(value) else repr(str(value))
-        raise ValueError(f"{path}: line {i + 2}: {column}={shown}; expected {expected}")
+        shown = "(empty)" if pd.isna(value) or value == "" else repr(str(value))
+        raise ValueError(f"{path}: line {values.index[i]}: {column}={shown}; expected {expected}")
 
 
 def _number_column(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
@@ -108,11 +158,11 @@ def _count_column(frame: pd.DataFrame, column: str, path: Path, minimum: int) ->
     return numbers.astype(np.int64)
 
 
-def _check_sorted(path: Path, column: str, times: np.ndarray, first_line: int) -> None:
+def _check_sorted(path: Path, column: str, times: np.ndarray, lines: pd.Index) -> None:
     back = np.flatnonzero(np.diff(times) < 0)
     if back.size:
         i = int(back[0]) + 1
-        raise ValueError(f"{path}: line {i + first_line}: {column} goes back in time "
+        raise ValueError(f"{path}: line {lines[i]}: {column} goes back in time "
                          f"({times[i]} after {times[i - 1]}); expected rows sorted by arrival")
 
 
@@ -197,7 +247,7 @@ def load_azure_trace(path: str | Path, limit: int | None = None, time_scale: flo
     seconds = np.zeros(0)
     if len(frame):
         seconds = (stamps - stamps.iloc[0]).dt.total_seconds().to_numpy(dtype=np.float64)
-    _check_sorted(path, "TIMESTAMP", seconds, 2)
+    _check_sorted(path, "TIMESTAMP", seconds, frame.index)
     inputs = _count_column(frame, "ContextTokens", path, 1)
     outputs, clamped = _clamp_outputs(_count_column(frame, "GeneratedTokens", path, 0))
     return Workload(rescale_arrivals(seconds, time_scale, rate), inputs, outputs,
@@ -206,7 +256,8 @@ def load_azure_trace(path: str | Path, limit: int | None = None, time_scale: flo
 
 def _json_count(path: Path, lineno: int, record: dict, key: str, minimum: int) -> int:
     value = record.get(key)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < minimum:
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value != int(value) or value < minimum):
         raise ValueError(f"{path}: line {lineno}: {key}={value!r}; expected a whole number >= {minimum}")
     return int(value)
 
@@ -226,10 +277,15 @@ def load_mooncake_trace(path: str | Path, limit: int | None = None, time_scale: 
     hashes: list[tuple[int, ...]] = []
     with_hashes = False
     expected = "one JSON object a line with timestamp, input_length, output_length, hash_ids"
-    with open(path, encoding="utf-8") as lines:
-        for lineno, line in enumerate(lines, 1):
+    _check_file(path)
+    with open(path, "rb") as lines:
+        for lineno, raw in enumerate(lines, 1):
             if limit is not None and len(inputs) >= limit:
                 break
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}: line {lineno}: not UTF-8 text ({err.reason}); expected {expected}") from None
             if not line.strip():
                 continue
             try:
@@ -275,7 +331,7 @@ def load_plain_csv(path: str | Path, limit: int | None = None, time_scale: float
     frame = _read_csv(path, PLAIN_COLUMNS, limit)
     arrivals = _number_column(frame, "arrival_s", path)
     _first_bad(path, "arrival_s", arrivals < 0, frame["arrival_s"], "seconds >= 0")
-    _check_sorted(path, "arrival_s", arrivals, 2)
+    _check_sorted(path, "arrival_s", arrivals, frame.index)
     inputs = _count_column(frame, "input_tokens", path, 1)
     outputs = _count_column(frame, "output_tokens", path, 1)
     return Workload(rescale_arrivals(arrivals, time_scale, rate), inputs, outputs, name or path.stem)
@@ -320,10 +376,13 @@ def load_bench_json(path: str | Path, rate: float | None = None, burstiness: flo
     A ``max_concurrency`` in the file is not a property of arrivals and is not applied here.
     """
     path = Path(path)
+    _check_file(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: line {err.lineno}: invalid JSON ({err.msg})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a JSON object with input_lens and output_lens")
     inputs = _json_counts(path, data, "input_lens", 1)
@@ -363,8 +422,12 @@ def detect_trace_kind(path: str | Path) -> TraceKind:
         return TraceKind.MOONCAKE
     if suffix == ".json":
         return TraceKind.BENCH_JSON
-    with open(path, encoding="utf-8") as f:
-        first = f.readline().strip()
+    _check_file(path)
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            first = f.readline().strip()
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
     if first.startswith("{"):
         return TraceKind.MOONCAKE
     header = {c.strip() for c in first.split(",")}
