@@ -21,7 +21,27 @@ from dataclasses import dataclass
 import aiohttp
 import numpy as np
 
-STATUSES = ("ok", "short", "http_error", "timeout", "dropped", "connect_error")
+STATUSES = ("ok", "short", "http_error", "timeout", "dropped", "connect_error", "bad_response", "interrupted",
+            "client_error")
+
+
+class BadResponse(Exception):
+    """A streamed chunk that is not the JSON object an OpenAI-compatible server sends."""
+
+
+def parse_chunk(data: bytes, n: int) -> dict:
+    """The JSON object of the ``n``-th ``data:`` line; raises :class:`BadResponse` naming what it got."""
+    try:
+        chunk = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise BadResponse(f"chunk {n}: not UTF-8 ({exc.reason} at byte {exc.start}): {data[:80]!r}") from None
+    except ValueError as exc:
+        raise BadResponse(f"chunk {n}: not JSON ({exc}): {data[:80]!r}") from None
+    if not isinstance(chunk, dict):
+        raise BadResponse(f"chunk {n}: a JSON {type(chunk).__name__}, expected an object: {data[:80]!r}")
+    if not isinstance(chunk.get("choices", []), list) or not isinstance(chunk.get("usage") or {}, dict):
+        raise BadResponse(f"chunk {n}: 'choices' must be a list and 'usage' an object: {data[:80]!r}")
+    return chunk
 
 
 @dataclass(frozen=True)
@@ -78,9 +98,10 @@ async def send_request(session: aiohttp.ClientSession, url: str, body: dict, clo
             record["http_status"] = resp.status
             if resp.status != 200:
                 record["status"] = "http_error"
-                record["error"] = (await resp.text())[:500]
+                record["error"] = (await resp.read())[:2000].decode("utf-8", errors="replace")[:500]
                 return
             record["status"] = "dropped"  # until the stream ends properly
+            n = 0
             async for raw in resp.content:
                 line = raw.strip()
                 if not line.startswith(b"data:"):
@@ -89,7 +110,8 @@ async def send_request(session: aiohttp.ClientSession, url: str, body: dict, clo
                 if data == b"[DONE]":
                     state["done"] = True
                     return
-                chunk = json.loads(data)
+                n += 1
+                chunk = parse_chunk(data, n)
                 if chunk.get("choices"):
                     now = clock.now()
                     if record["first_token_time"] is None:
@@ -100,8 +122,9 @@ async def send_request(session: aiohttp.ClientSession, url: str, body: dict, clo
                         if "servesim_arrival_t" in chunk:
                             record["server_arrival_time"] = chunk["servesim_arrival_t"]
                 usage = chunk.get("usage")
-                if usage and usage.get("completion_tokens") is not None:
-                    record["usage_completion_tokens"] = int(usage["completion_tokens"])
+                tokens = usage.get("completion_tokens") if usage else None
+                if isinstance(tokens, int) and not isinstance(tokens, bool) and tokens >= 0:
+                    record["usage_completion_tokens"] = tokens
 
     try:
         await asyncio.wait_for(stream(), timeout_s)
@@ -114,7 +137,16 @@ async def send_request(session: aiohttp.ClientSession, url: str, body: dict, clo
     except aiohttp.ClientConnectorError as exc:
         record["status"] = "connect_error"
         record["error"] = str(exc)[:500]
-    except (aiohttp.ClientError, json.JSONDecodeError, ConnectionError) as exc:
+    except BadResponse as exc:
+        record["status"] = "bad_response"
+        record["error"] = str(exc)[:500]
+    except asyncio.CancelledError:  # the run is being stopped: keep what was measured, then stop
+        record["status"] = "interrupted"
+        record["error"] = "the harness was stopped while the request was in flight"
+        record["finish_time"] = clock.now()
+        record["output_tokens"] = record["usage_completion_tokens"] or len(times)
+        raise
+    except (aiohttp.ClientError, ConnectionError, OSError, ValueError) as exc:
         record["status"] = "dropped" if record["http_status"] else "connect_error"
         record["error"] = f"{type(exc).__name__}: {exc}"[:500]
     done = state["done"]

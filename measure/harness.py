@@ -15,7 +15,9 @@ with a ``complete`` line are skipped, the others run again as a new attempt (ear
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+import threading
 import sys
 import time
 from collections import Counter
@@ -31,7 +33,7 @@ from .plans import Mode, Plan, ProbePoint
 from .rundir import (METRICS, POINTS, REQUESTS, RUN_JSON, SCHEMA_VERSION, SERVER_LOG, JsonlAppender,
                      attempts_so_far, complete_attempts, load_run, write_json_atomic)
 
-EXIT_OK, EXIT_ABORTED, EXIT_INTERRUPTED = 0, 3, 4
+EXIT_OK, EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_INCOMPLETE = 0, 3, 4, 5
 
 
 @dataclass(frozen=True)
@@ -170,16 +172,25 @@ class Harness:
                                   self.plan.seed)
         record = {"point_id": point.point_id, "family": point.family, "attempt": attempt, "index": index,
                   "params": point.params, "prompt_tokens": spec.prompt_len, "max_tokens": spec.output_len}
-        await send_request(self.session, self.opts.url, completion_body(self.model, prompt, spec.output_len,
-                                                                          self.opts.usage),
-                           self.clock, self.plan.request_timeout_s, self.plan.stall_timeout_s, record)
-        requests.write(record)
-        statuses[record["status"]] += 1
+        try:
+            await send_request(self.session, self.opts.url, completion_body(self.model, prompt, spec.output_len,
+                                                                              self.opts.usage),
+                               self.clock, self.plan.request_timeout_s, self.plan.stall_timeout_s, record)
+        except Exception as exc:  # a client bug must cost this request only, never its point's records
+            record.update(status="client_error", error=f"{type(exc).__name__}: {exc}"[:500],
+                          finish_time=self.clock.now())
+        finally:  # also when cancelled (SIGTERM, Ctrl-C): what was sent is recorded
+            record.setdefault("status", "interrupted")
+            requests.write(record)
+            statuses[record["status"]] += 1
         if record["status"] in ("connect_error", "dropped", "timeout") or (record["http_status"] or 0) >= 500:
             await self._check_server()
 
     async def _run_point(self, point: ProbePoint, attempt: int, requests: JsonlAppender,
-                         points: JsonlAppender) -> bool:
+                         points: JsonlAppender) -> str:
+        """Send the point's requests; returns its status: ``complete`` (every request ``ok``),
+        ``failed`` (some request failed: ``--resume`` measures the point again) or ``aborted``
+        (the server stopped answering)."""
         start = self.clock.now()
         statuses: Counter = Counter()
         extra: dict = {}
@@ -207,12 +218,14 @@ class Harness:
                 sent += 1
                 tasks.append(asyncio.create_task(self._send_one(point, attempt, i, requests, statuses)))
             await asyncio.gather(*tasks)
-        status = "aborted" if self.server_dead else "complete"
+        failed = sum(n for st, n in statuses.items() if st != "ok")
+        status = "aborted" if self.server_dead else "failed" if failed else "complete"
         points.write({"point_id": point.point_id, "family": point.family, "attempt": attempt, "status": status,
                       "mode": point.mode.value, "params": point.params, "start_time": start,
                       "end_time": self.clock.now(), "num_requests": len(point.requests), "num_sent": sent,
                       "statuses": dict(statuses), **extra})
-        return status == "complete"
+        self.last_statuses = dict(statuses)
+        return status
 
     def _kv_readout(self) -> dict:
         """KV capacity as the server reports it: its log (if launched here) and cache_config_info."""
@@ -234,6 +247,10 @@ class Harness:
     # ----- the session --------------------------------------------------------------------
     async def run_async(self) -> int:
         opts = self.opts
+        # SIGTERM (a job scheduler, `kill`) stops the run as Ctrl-C does: in-flight requests are
+        # recorded, files closed, and a server this session launched is stopped (it holds GPUs).
+        if threading.current_thread() is threading.main_thread():  # signal handlers need the main thread
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)
         self.run = self._prepare_dir()
         session_info = {"start_time": self.clock.now(), "resumed": opts.resume, "argv": list(opts.argv),
                         "host": socket.gethostname(), "status": "running"}
@@ -257,7 +274,8 @@ class Harness:
         session_info.update(end_time=self.clock.now(), status=status)
         self.run.update(status=status, end_time=session_info["end_time"])
         self._save()
-        return {"complete": EXIT_OK, "aborted": EXIT_ABORTED}.get(status, EXIT_INTERRUPTED)
+        return {"complete": EXIT_OK, "aborted": EXIT_ABORTED, "incomplete": EXIT_INCOMPLETE}.get(status,
+                                                                                               EXIT_INTERRUPTED)
 
     async def _describe_server(self, start_time: float) -> list[ProbePoint]:
         """Ask the server what it is, record it in ``run.json``, expand the plan for its context."""
@@ -294,6 +312,7 @@ class Harness:
         requests, point_log = JsonlAppender(self.out / REQUESTS), JsonlAppender(self.out / POINTS)
         scraper = asyncio.create_task(self._scrape_loop(metrics))
         status = "complete"
+        num_failed = 0
         deadline = time.monotonic() + self.plan.max_duration_s
         try:
             await asyncio.sleep(min(2 * opts.scrape_interval_s, 1.0))  # a baseline scrape before any load
@@ -303,12 +322,16 @@ class Harness:
                     status = "stopped_max_duration"
                     break
                 print(f"[{k + 1}/{len(todo)}] {point.point_id}", file=sys.stderr, flush=True)
-                ok = await self._run_point(point, attempts.get(point.point_id, 0) + 1, requests, point_log)
+                outcome = await self._run_point(point, attempts.get(point.point_id, 0) + 1, requests, point_log)
                 self.run["metrics"] = {"file": METRICS, "scrape_interval_s": opts.scrape_interval_s,
                                        "scrapes": self.stats.scrapes, "failures": self.stats.failures,
                                        "columns": len(metrics.columns)}
                 self._save()
-                if not ok:
+                if outcome == "failed":
+                    num_failed += 1
+                    print(f"servesim measure: {point.point_id}: some requests failed "
+                          f"({', '.join(f'{n} {st}' for st, n in self.last_statuses.items())}); --resume measures it again", file=sys.stderr)
+                if outcome == "aborted":
                     status = "aborted"
                     print(f"servesim measure: the server at {opts.url} stopped answering during "
                           f"{point.point_id}; the partial run is in {self.out} (continue with --resume)",
@@ -318,6 +341,8 @@ class Harness:
         except asyncio.CancelledError:
             status = "interrupted"
         finally:
+            if status == "complete" and num_failed:
+                status = "incomplete"
             scraper.cancel()
             await asyncio.gather(scraper, return_exceptions=True)
             metrics.close()
@@ -327,12 +352,13 @@ class Harness:
 
 
 def run_measurement(opts: MeasureOptions) -> int:
-    """Run a session; returns the exit status (0 complete, 3 server lost, 4 interrupted)."""
+    """Run a session; returns the exit status (0 complete, 3 server lost, 4 interrupted,
+    5 some points had failed requests: ``--resume`` measures them again)."""
     opts = MeasureOptions(**{**opts.__dict__, "url": check_url(opts.url)})
     harness = Harness(opts)
     try:
         status = asyncio.run(harness.run_async())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         status = EXIT_INTERRUPTED
         if hasattr(harness, "run") and (opts.out / RUN_JSON).exists():
             harness.run.update(status="interrupted", end_time=harness.clock.now())

@@ -40,7 +40,14 @@ class JsonlAppender:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        torn = False
+        if path.exists() and path.stat().st_size:
+            with path.open("rb") as f:
+                f.seek(-1, os.SEEK_END)
+                torn = f.read(1) != b"\n"
         self._fh = path.open("a", buffering=1)
+        if torn:  # a writer killed mid-line: end that line, so the next record starts a line of its own
+            self._fh.write("\n")
 
     def write(self, obj: dict[str, Any]) -> None:
         self._fh.write(json.dumps(obj, separators=(",", ":")) + "\n")
@@ -54,11 +61,13 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            out.append(json.loads(line))
+            obj = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(obj, dict):
+            out.append(obj)
     return out
 
 
@@ -66,7 +75,13 @@ def load_run(run_dir: str | Path) -> dict:
     path = Path(run_dir) / RUN_JSON
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a measurement run directory (no {RUN_JSON})")
-    return json.loads(path.read_text())
+    try:
+        run = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(run, dict):
+        raise ValueError(f"{path}: expected a JSON object")
+    return run
 
 
 def complete_attempts(run_dir: str | Path) -> dict[str, int]:

@@ -223,13 +223,17 @@ def test_server_errors_are_recorded_per_request_and_the_run_goes_on(tmp_path):
     with ServeProcess("--max-num-batched-tokens", "2048", speed=50) as server:
         out = tmp_path / "run"
         # Claim a longer context than the server has: the 5000-token prompts get vLLM's 400.
-        assert measure(server.url, out, plan, max_model_len=8192, plots=False) == 0
+        # The run goes on past the failed point but is not complete (exit 5): --resume re-measures it.
+        assert measure(server.url, out, plan, max_model_len=8192, plots=False) == 5
     records = read_jsonl(out / "requests.jsonl")
     bad = [r for r in records if r["prompt_tokens"] == 5000]
     assert len(bad) == 2 and all(r["status"] == "http_error" and r["http_status"] == 400 for r in bad)
     assert "maximum context length" in bad[0]["error"]
     assert all(r["status"] == "ok" for r in records if r["prompt_tokens"] == 16)
-    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+    assert json.loads((out / "run.json").read_text())["status"] == "incomplete"
+    assert {p["point_id"]: p["status"] for p in read_jsonl(out / "points.jsonl")} == {
+        "prefill/p16": "complete", "prefill/p5000": "failed"}
+    assert complete_attempts(out) == {"prefill/p16": 1}
 
 
 def test_no_server_is_a_clear_error(tmp_path):
