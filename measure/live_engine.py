@@ -75,12 +75,17 @@ class LiveSource:
 
 @dataclass
 class Stream:
-    """What the HTTP side sees of one request: token times (simulated s) and the end."""
+    """What the HTTP side sees of one request: token times (simulated s) and the end.
+
+    ``eos_tokens``: the output length at which the request stops as if the model emitted its
+    end-of-sequence token (``finish_reason`` ``stop``); None when it runs to ``max_tokens``."""
 
     request: Request
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
     token_times: list[float] = field(default_factory=list)
     rejected: bool = False
+    aborted: bool = False
+    eos_tokens: int | None = None
 
 
 class _Sink:
@@ -99,7 +104,7 @@ class LiveEngine:
     def __init__(self, cfg: EngineConfig, speed: float,
                  on_first_token: Callable[[Request, float], None] | None = None,
                  on_token_gap: Callable[[float], None] | None = None,
-                 on_finish: Callable[[Request, float], None] | None = None) -> None:
+                 on_finish: Callable[[Request, float, str], None] | None = None) -> None:
         if not speed > 0 or math.isinf(speed):
             raise ValueError(f"--speed must be a positive finite factor (got {speed})")
         self.cfg, self.speed = cfg, speed
@@ -110,6 +115,7 @@ class LiveEngine:
                                 on_token=self._on_token, record_itl=False)
         self.streams: dict[int, Stream] = {}
         self.on_first_token, self.on_token_gap, self.on_finish = on_first_token, on_token_gap, on_finish
+        self.on_abort: Callable[[Request], None] | None = None
         self._next_id = 0
         self._wake = asyncio.Event()
         self._t0: float | None = None
@@ -144,12 +150,17 @@ class LiveEngine:
                 pass
 
     # ----- requests ------------------------------------------------------------------------
-    def submit(self, prompt_tokens: int, max_tokens: int) -> Stream:
+    def submit(self, prompt_tokens: int, max_tokens: int, eos_tokens: int | None = None) -> Stream:
         """Queue a request arriving now; its tokens appear on ``stream.queue`` as simulated times,
-        then ``None`` at the end."""
+        then ``None`` at the end.  With ``eos_tokens`` the request ends after that many tokens (an
+        EOS the model produced), which the engine sees as its ``max_tokens``."""
+        if eos_tokens is not None and eos_tokens < max_tokens:
+            max_tokens = eos_tokens
+        else:
+            eos_tokens = None
         request = Request(self._next_id, self.sim_now(), prompt_tokens, max_tokens)
         self._next_id += 1
-        stream = Stream(request)
+        stream = Stream(request, eos_tokens=eos_tokens)
         self.streams[request.request_id] = stream
         self.source.push(request)
         self._wake.set()
@@ -167,19 +178,51 @@ class LiveEngine:
         stream.token_times.append(now)
         stream.queue.put_nowait(now)
 
+    def abort(self, request_id: int) -> bool:
+        """Abort a request whose client went away, as vLLM's ``AsyncLLM.abort``: one not yet taken
+        in by the engine is dropped, a waiting or running one is removed from the scheduler and
+        its KV blocks freed.  Returns ``False`` if it had already ended."""
+        stream = self.streams.get(request_id)
+        if stream is None:
+            return False
+        pending = self.source.pending
+        for i, request in enumerate(pending):
+            if request.request_id == request_id:
+                del pending[i]
+                self._on_end(request, 3)
+                return True
+        aborted = self.engine.abort(request_id)
+        self._wake.set()
+        return aborted
+
     def _on_end(self, request: Request, status: int) -> None:
         stream = self.streams.pop(request.request_id, None)
         if stream is None:
             return
         stream.rejected = status == 2
+        stream.aborted = status == 3
+        if status == 3 and self.on_abort is not None:
+            self.on_abort(request)
         if status == 1 and self.on_finish is not None:
-            self.on_finish(request, stream.token_times[-1] if stream.token_times else self.env.now)
+            self.on_finish(request, stream.token_times[-1] if stream.token_times else self.env.now,
+                           "stop" if stream.eos_tokens is not None else "length")
         stream.queue.put_nowait(None)
 
     # ----- state for /metrics --------------------------------------------------------------
+    @property
+    def num_cpu_blocks(self) -> int:
+        """vLLM v0's CPU swap blocks (``swap_space`` over the block size); v1 has none."""
+        return int(getattr(self.engine.scheduler, "num_cpu_blocks", 0))
+
     def state(self) -> dict:
         s, kv = self.engine.scheduler, self.engine.kv
+        # Usage as vLLM reports it: v1's null block is not a block a request can hold, so an idle
+        # server reads 0, not 1/num_gpu_blocks.
+        usable = kv.block_pool.num_blocks - (1 if kv.null_block is not None else 0)
+        usage = 1.0 - kv.num_free_blocks / usable if usable > 0 else 0.0
+        swapped = sum(getattr(s, "swapped_blocks", {}).values())
         return {"running": s.num_running, "waiting": s.num_waiting, "swapped": getattr(s, "num_swapped", 0),
-                "kv_usage": kv.usage, "preemptions": s.num_preemptions, "prompt_tokens": s.prompt_tokens_total,
+                "kv_usage": usage, "cpu_usage": swapped / self.num_cpu_blocks if self.num_cpu_blocks else 0.0,
+                "preemptions": s.num_preemptions, "prompt_tokens": s.prompt_tokens_total,
                 "generation_tokens": s.generation_tokens_total, "num_gpu_blocks": self.engine.memory.num_gpu_blocks,
                 "sim_time_s": self.env.now}

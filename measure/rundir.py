@@ -110,7 +110,9 @@ def load_requests(run_dir: str | Path, complete_only: bool = True) -> pd.DataFra
     ``tpot_s`` ((e2e - ttft) / (token chunks - 1), requests with more than one chunk), ``time_scale``
     (the server's; 1 for real servers) and
     ``scaled_*`` versions multiplied by it (simulated seconds for ``servesim serve --speed K``), and
-    for ``servesim serve`` runs ``server_ttft_s`` from the simulated stamps.
+    for ``servesim serve`` runs ``server_ttft_s`` from the simulated stamps and
+    ``scaled_client_overhead_s = scaled_ttft_s - server_ttft_s``, the server's real overhead
+    multiplied by its ``--speed`` (report it, or use ``server_ttft_s``).
     """
     run_dir = Path(run_dir)
     rows = read_jsonl(run_dir / REQUESTS)
@@ -132,4 +134,7 @@ def load_requests(run_dir: str | Path, complete_only: bool = True) -> pd.DataFra
     if "server_token_times" in df:  # servesim serve's simulated clock
         first = df.server_token_times.map(lambda t: t[0] if isinstance(t, list) and t else float("nan"))
         df["server_ttft_s"] = first - df.get("server_arrival_time", float("nan"))
+        # At --speed K the server's real per-request overhead (HTTP, event loop: wall time) is
+        # counted K times in scaled_ttft_s; this is that inflation, in simulated seconds.
+        df["scaled_client_overhead_s"] = df["scaled_ttft_s"] - df["server_ttft_s"]
     return df

@@ -1,24 +1,32 @@
 """``servesim serve``: the simulator behind vLLM's OpenAI-compatible HTTP interface.
 
 Routes: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streaming server-sent events or
-one JSON answer), ``GET /v1/models``, ``/health``, ``/version``, ``/metrics`` (Prometheus text,
-:mod:`servesim.measure.serve_metrics`).  Requests go to a :class:`LiveEngine`, the engine of
-``servesim simulate`` advanced with the wall clock times ``--speed`` (docs/serve.md).
+one JSON answer), ``GET /v1/models``, ``/health``, ``/ping``, ``/version``, ``/metrics``
+(Prometheus text, :mod:`servesim.measure.serve_metrics`), ``POST /tokenize`` and ``/detokenize``.
+Requests go to a :class:`LiveEngine`, the engine of ``servesim simulate`` advanced with the wall
+clock times ``--speed`` (docs/serve.md).  vLLM's current OpenAI server is the reference:
 
-Lengths: a prompt given as token ids counts one token per id; text counts one token per 4 UTF-8
-bytes (no tokenizer is loaded; the harness always sends token ids).  ``max_tokens`` outputs are
-produced exactly (as with vLLM's ``ignore_eos``); their text is filler words, one per token.
+* bodies are validated by the pydantic models of :mod:`.openai_protocol` before anything is
+  submitted; errors are vLLM's ``{"error": {"message", "type", "param", "code"}}``, unknown routes
+  a JSON 404, ``--api-key`` guards ``/v1`` routes with 401 as vLLM's ``AuthenticationMiddleware``;
+* ``max_tokens`` outputs are produced exactly (as with ``ignore_eos``); a chat request without
+  ``max_tokens`` stops at an EOS-driven length drawn from ``--output-len-dist``, capped by the
+  context (``finish_reason`` ``stop`` or ``length``);
+* a client that disconnects aborts its request (``AsyncLLM.abort``): its KV blocks are freed;
+  a client that reads nothing for ``stream_write_timeout_s`` is dropped the same way;
+* the chat stream opens with the role chunk; ``stream_options.continuous_usage_stats`` puts usage
+  on every chunk; an access-log line per request and vLLM's stats line every 10 s (wall).
+
 Each streamed chunk also carries ``servesim_t``, the simulated time the token was produced (the
-first one ``servesim_arrival_t`` too): clients ignore unknown keys, and the harness records them
-as ``server_token_times`` so a fit can use the simulator's own clock (docs/serve.md).
-A request longer than ``max_model_len`` is answered 400 as vLLM does.  Known difference: a client
-that disconnects does not abort its simulated request, which runs to completion.
+first one ``servesim_arrival_t`` too), which the harness records as ``server_token_times``.
 """
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
-import math
+import logging
 import signal
 import sys
 import time
@@ -29,78 +37,113 @@ from aiohttp import web
 from .. import __version__
 from ..sim.config import EngineConfig, EngineVersion
 from .live_engine import LiveEngine, Stream
+from .openai_protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
+                              ValidationError, error_body, validation_error_body)
 from .serve_metrics import ServeMetrics
+from .serve_support import (AccessLogger, EosLengths, ServeOptions, count_chat_tokens, count_prompt_tokens, log,
+                            max_token_id, pseudo_token_ids, stats_line)
 
 FILLER = ("the", " of", " and", " to", " in", " a", " is", " that", " for", " it", " as", " was", " with",
           " be", " by", " on", " not", " he", " this", " are")
 FILLER_JSON = tuple(json.dumps(w).encode() for w in FILLER)
+_timeout = getattr(asyncio, "timeout", None)  # Python 3.11+: a deadline without a task per write
 
 
-def error(message: str, status: int = 400, kind: str = "BadRequestError") -> web.Response:
-    return web.json_response({"object": "error", "message": message, "type": kind, "param": None,
-                              "code": status}, status=status)
+def error(message: str, status: int = 400, kind: str = "BadRequestError", param: str | None = None) -> web.Response:
+    return web.json_response(error_body(message, kind, status, param), status=status)
 
 
-def count_prompt_tokens(prompt) -> int:
-    """Tokens of a completions ``prompt``: ids count one each, text one per 4 UTF-8 bytes."""
-    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (list, str)):
-        prompt = prompt[0]  # a batch of one
-    if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
-        return len(prompt)
-    if isinstance(prompt, str):
-        return max(1, math.ceil(len(prompt.encode()) / 4))
-    raise ValueError("prompt must be a string, a list of token ids, or a batch of one of those")
+class _Refused(Exception):
+    """A request the serving layer refuses before submission (answered as vLLM answers it)."""
+
+    def __init__(self, response: web.Response) -> None:
+        self.response = response
 
 
-def count_chat_tokens(messages) -> int:
-    """Chat prompt tokens: the contents at 4 bytes a token, plus 4 template tokens per message."""
-    if not isinstance(messages, list) or not messages:
-        raise ValueError("messages must be a non-empty list")
-    total = 0
-    for m in messages:
-        content = m.get("content", "") if isinstance(m, dict) else ""
-        if isinstance(content, list):  # [{"type": "text", "text": ...}]
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        total += math.ceil(len(str(content).encode()) / 4) + 4
-    return total
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """aiohttp's own errors (404 unknown route, 405, 413) as vLLM's JSON error body."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error(exc.reason, exc.status, exc.reason)
 
 
 class ServeApp:
     """The HTTP handlers around one live engine."""
 
-    def __init__(self, cfg: EngineConfig, speed: float, served_model_name: str) -> None:
-        self.cfg, self.speed, self.model_name = cfg, speed, served_model_name
+    def __init__(self, cfg: EngineConfig, speed: float | ServeOptions, served_model_name: str | None = None) -> None:
+        opts = speed if isinstance(speed, ServeOptions) else ServeOptions(speed=speed,
+                                                                          served_model_name=served_model_name)
+        self.cfg, self.opts, self.speed, self.model_name = cfg, opts, opts.speed, opts.served_model_name
         self.v1 = cfg.engine is EngineVersion.V1
-        self.live = LiveEngine(cfg, speed)  # raises ValueError now if the model does not fit
+        self.live = LiveEngine(cfg, opts.speed)  # raises ValueError now if the model does not fit
+        self.eos = EosLengths(opts.output_len_dist, opts.seed)
+        self._key_hashes = [hashlib.sha256(k.encode()).digest() for k in opts.api_keys]
         c = cfg.cache
         cache_labels = {"block_size": str(c.block_size), "cache_dtype": c.kv_cache_dtype,
                         "enable_prefix_caching": str(c.enable_prefix_caching),
                         "gpu_memory_utilization": str(c.gpu_memory_utilization),
-                        "num_cpu_blocks": "0", "num_gpu_blocks": str(self.live.engine.memory.num_gpu_blocks),
+                        "num_cpu_blocks": str(self.live.num_cpu_blocks),
+                        "num_gpu_blocks": str(self.live.engine.memory.num_gpu_blocks),
                         "num_gpu_blocks_override": str(c.num_gpu_blocks_override)}
-        self.metrics = ServeMetrics(self.live, served_model_name, self.v1, cache_labels)
+        self.metrics = ServeMetrics(self.live, self.model_name, self.v1, cache_labels, cfg.scheduler.max_model_len)
         self.live.on_first_token, self.live.on_token_gap = self.metrics.first_token, self.metrics.token_gap
-        self.live.on_finish = self.metrics.finished
+        self.live.on_finish, self.live.on_abort = self.metrics.finished, self.metrics.aborted
+        self.live.engine.on_step = self.metrics.step
         self.created = int(time.time())
 
     def build(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 2**20)
+        app = web.Application(client_max_size=64 * 2**20, middlewares=[json_errors, self._auth])
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/health", self.health)
+        app.router.add_get("/ping", self.health)
+        app.router.add_post("/ping", self.health)
         app.router.add_get("/version", self.version)
         app.router.add_get("/metrics", self.prometheus)
+        app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_post("/detokenize", self.detokenize)
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
         return app
 
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        """``--api-key``: ``/v1`` routes need ``Authorization: Bearer KEY`` (vLLM's middleware)."""
+        if self._key_hashes and request.method != "OPTIONS" and request.path.startswith("/v1"):
+            scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+            digest = hashlib.sha256(token.encode()).digest()
+            if scheme.lower() != "bearer" or not any(hmac.compare_digest(digest, h) for h in self._key_hashes):
+                return web.json_response({"error": "Unauthorized"}, status=401)
+        return await handler(request)
+
     async def _start(self, app: web.Application) -> None:
         self._task = asyncio.create_task(self.live.run())
+        self._stats = asyncio.create_task(self._log_stats()) if self.opts.log_stats else None
 
     async def _stop(self, app: web.Application) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, self._stats) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _log_stats(self) -> None:
+        """vLLM's periodic stats line, skipped while idle (vLLM logs those at debug level)."""
+        last = self.live.state()
+        while True:
+            await asyncio.sleep(self.opts.log_stats_interval_s)
+            now = self.live.state()
+            span = now["sim_time_s"] - last["sim_time_s"]
+            prompt = (now["prompt_tokens"] - last["prompt_tokens"]) / span if span > 0 else 0.0
+            gen = (now["generation_tokens"] - last["generation_tokens"]) / span if span > 0 else 0.0
+            if prompt or gen or now["running"] or now["waiting"]:
+                queries, hits = self.metrics.num_prefix_queries, self.metrics.num_prefix_hits
+                log(stats_line(prompt, gen, now, hits / queries if queries else 0.0))
+            last = now
 
     # ----- info routes ---------------------------------------------------------------------
     async def health(self, request: web.Request) -> web.Response:
@@ -115,7 +158,10 @@ class ServeApp:
             "profile": self.cfg.profile.name, "profile_path": self.cfg.profile.source_path,
             "scheduler": {"max_num_seqs": s.max_num_seqs, "max_num_batched_tokens": s.max_num_batched_tokens,
                           "max_model_len": s.max_model_len, "enable_chunked_prefill": s.enable_chunked_prefill},
-            "num_gpu_blocks": self.live.engine.memory.num_gpu_blocks, "block_size": self.cfg.cache.block_size})
+            "num_gpu_blocks": self.live.engine.memory.num_gpu_blocks, "num_cpu_blocks": self.live.num_cpu_blocks,
+            "block_size": self.cfg.cache.block_size,
+            "client_latency_note": "latencies a client measures include this server's real per-request overhead "
+                                   "(HTTP, event loop) times time_scale; servesim_t stamps do not"})
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{
@@ -126,34 +172,72 @@ class ServeApp:
     async def prometheus(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": "text/plain; version=0.0.4"})
 
-    # ----- generation ----------------------------------------------------------------------
-    async def _parse(self, request: web.Request, chat: bool):
+    # ----- parsing ---------------------------------------------------------------------------
+    async def _body(self, request: web.Request, model_cls):
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return None, error("the request body is not valid JSON")
+            raise _Refused(error("the request body is not valid JSON", param="body")) from None
         if not isinstance(body, dict):
-            return None, error("the request body must be a JSON object")
-        if body.get("model", self.model_name) != self.model_name:
-            return None, error(f"The model `{body.get('model')}` does not exist.", 404, "NotFoundError")
-        if body.get("n", 1) != 1:
-            return None, error("servesim serve supports n=1 only")
+            raise _Refused(error("the request body must be a JSON object", param="body"))
         try:
-            prompt = count_chat_tokens(body.get("messages")) if chat else count_prompt_tokens(body.get("prompt"))
-        except (ValueError, AttributeError, TypeError) as exc:
-            return None, error(str(exc))
-        max_len = self.cfg.scheduler.max_model_len
-        max_tokens = body.get("max_completion_tokens", body.get("max_tokens")) if chat else body.get("max_tokens", 16)
-        if max_tokens is None:
-            max_tokens = max_len - prompt
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            return None, error(f"max_tokens must be a positive integer (got {max_tokens!r})")
-        if prompt + max_tokens > max_len:
-            return None, error(f"This model's maximum context length is {max_len} tokens. However, you requested "
-                               f"{prompt + max_tokens} tokens ({prompt} in the messages, {max_tokens} in the "
-                               "completion). Please reduce the length of the messages or completion.")
-        return (body, prompt, max_tokens), None
+            parsed = model_cls.model_validate(body)
+        except ValidationError as exc:
+            raise _Refused(web.json_response(validation_error_body(exc), status=400)) from None
+        if parsed.model not in (None, self.model_name):
+            raise _Refused(error(f"The model `{parsed.model}` does not exist.", 404, "NotFoundError", "model"))
+        return parsed
 
+    def _lengths(self, req, chat: bool) -> tuple[int, int, int | None]:
+        """(prompt tokens, max tokens, EOS length or None), refused as vLLM refuses them."""
+        if req.n != 1:
+            raise _Refused(error("servesim serve supports n=1 only", param="n"))
+        try:
+            prompt = count_chat_tokens(req.messages) if chat else count_prompt_tokens(req.prompt)
+        except ValueError as exc:
+            raise _Refused(error(str(exc), param="prompt")) from None
+        if prompt == 0:
+            raise _Refused(error("The decoder prompt cannot be empty", param="prompt"))
+        top = -1 if chat else max_token_id(req.prompt)
+        if top >= self.cfg.model.vocab_size:
+            raise _Refused(error(f"Token id {top} is out of vocabulary", param="prompt"))
+        max_len = self.cfg.scheduler.max_model_len
+        max_tokens = (req.max_completion_tokens or req.max_tokens) if chat else req.max_tokens
+        eos = None
+        if max_tokens is None:  # vLLM: the rest of the context; a real model stops at EOS first
+            max_tokens = max_len - prompt
+            eos = None if req.ignore_eos else self.eos.draw()
+        if max_tokens < 1:
+            raise _Refused(error(f"max_tokens must be at least 1, got {max_tokens}.", param="max_tokens"))
+        if prompt + max_tokens > max_len:
+            raise _Refused(error(f"This model's maximum context length is {max_len} tokens. However, you requested "
+                                 f"{prompt + max_tokens} tokens ({prompt} in the messages, {max_tokens} in the "
+                                 "completion). Please reduce the length of the messages or completion.",
+                                 param="max_tokens" if max_tokens > 1 else "prompt"))
+        return prompt, max_tokens, eos
+
+    async def tokenize(self, request: web.Request) -> web.Response:
+        try:
+            req = await self._body(request, TokenizeRequest)
+        except _Refused as refused:
+            return refused.response
+        text = (req.prompt if req.prompt is not None
+                else "".join(f"<|{m.role}|>{m.content if isinstance(m.content, str) else ''}" for m in req.messages))
+        tokens = pseudo_token_ids(text, self.cfg.model.vocab_size)
+        return web.json_response({"count": len(tokens), "max_model_len": self.cfg.scheduler.max_model_len,
+                                  "tokens": tokens, "token_strs": None})
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        try:
+            req = await self._body(request, DetokenizeRequest)
+        except _Refused as refused:
+            return refused.response
+        bad = [t for t in req.tokens if t >= self.cfg.model.vocab_size]
+        if bad:
+            return error(f"Token id {bad[0]} is out of vocabulary", param="tokens")
+        return web.json_response({"prompt": "".join(FILLER[t % len(FILLER)] for t in req.tokens)})
+
+    # ----- generation ----------------------------------------------------------------------
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
 
@@ -161,84 +245,130 @@ class ServeApp:
         return await self._generate(request, chat=True)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        parsed, err = await self._parse(request, chat)
-        if err is not None:
-            return err
-        body, prompt_tokens, max_tokens = parsed
-        stream = self.live.submit(prompt_tokens, max_tokens)
+        try:
+            req = await self._body(request, ChatCompletionRequest if chat else CompletionRequest)
+            prompt_tokens, max_tokens, eos = self._lengths(req, chat)
+        except _Refused as refused:
+            return refused.response
+        self.metrics.submitted(max_tokens)
+        stream = self.live.submit(prompt_tokens, max_tokens, eos)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         base = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
                 "created": int(time.time()), "model": self.model_name}
-        if body.get("stream"):
-            usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return await self._stream(request, stream, base, chat, usage, prompt_tokens, max_tokens)
-        n = 0
-        while (await stream.queue.get()) is not None:
-            n += 1
+        try:
+            if req.stream:
+                return await self._stream(request, stream, base, chat, req.include_usage, prompt_tokens)
+            n = 0
+            while (await stream.queue.get()) is not None:
+                n += 1
+        except asyncio.CancelledError:
+            # The client went away (aiohttp cancels the handler): abort, as vLLM does, so its KV
+            # blocks are freed instead of held until it would have finished.
+            self.live.abort(stream.request.request_id)
+            raise
         if stream.rejected:
             return error("the request can never fit in the KV cache")
         text = "".join(FILLER[i % len(FILLER)] for i in range(n))
-        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "length"} if chat
-                  else {"index": 0, "text": text, "logprobs": None, "finish_reason": "length"})
+        reason = "stop" if stream.eos_tokens is not None else "length"
+        choice = ({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason} if chat
+                  else {"index": 0, "text": text, "logprobs": None, "finish_reason": reason})
         return web.json_response({**base, "object": "chat.completion" if chat else "text_completion",
                                   "choices": [choice], "usage": _usage(prompt_tokens, n)})
 
-    async def _stream(self, request: web.Request, stream: Stream, base: dict, chat: bool, usage: bool,
-                      prompt_tokens: int, max_tokens: int) -> web.StreamResponse:
+    async def _write(self, resp: web.StreamResponse, data: bytes) -> None:
+        """Write a chunk; a client that has read nothing for ``stream_write_timeout_s`` raises
+        ``TimeoutError`` (the write waits on the socket draining only when buffers are full)."""
+        if _timeout is not None:
+            async with _timeout(self.opts.stream_write_timeout_s):
+                await resp.write(data)
+        else:
+            await asyncio.wait_for(resp.write(data), self.opts.stream_write_timeout_s)
+
+    async def _stream(self, request: web.Request, stream: Stream, base: dict, chat: bool,
+                      usage: tuple[bool, bool], prompt_tokens: int) -> web.StreamResponse:
         first = await stream.queue.get()
         if first is None:
             return error("the request can never fit in the KV cache")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
+        try:
+            await self._stream_tokens(resp, stream, first, base, chat, usage, prompt_tokens)
+        except (ConnectionResetError, asyncio.TimeoutError):
+            # The client is gone or reads nothing: abort its request (KV freed) and drop the connection.
+            self.live.abort(stream.request.request_id)
+            if request.transport is not None:
+                request.transport.close()
+        return resp
+
+    async def _stream_tokens(self, resp: web.StreamResponse, stream: Stream, first: float, base: dict, chat: bool,
+                             usage: tuple[bool, bool], prompt_tokens: int) -> None:
+        final_usage, continuous = usage
         # Chunks are spliced from pre-encoded parts: one json.dumps per token would dominate the
         # server's CPU at large batches and make it fall behind the clock.
         head = b"data: " + json.dumps({**base, "choices": []})[:-3].encode() + b'[{"index": 0, '
+        if chat:  # vLLM's chat stream opens with the role, before any token
+            role = {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                         "logprobs": None, "finish_reason": None}]}
+            if continuous:
+                role["usage"] = _usage(prompt_tokens, 0)
+            await self._write(resp, b"data: " + json.dumps(role).encode() + b"\n\n")
         n, item = 0, first
-        try:
-            while item is not None:
-                word = FILLER_JSON[n % len(FILLER_JSON)]
-                n += 1
-                finish = b'"length"' if n >= max_tokens else b"null"
-                if chat:
-                    role = b'"role": "assistant", ' if n == 1 else b""
-                    body = b'"delta": {' + role + b'"content": ' + word + b"}"
-                else:
-                    body = b'"text": ' + word
-                stamp = b', "servesim_t": ' + repr(item).encode()
-                if n == 1:
-                    stamp += b', "servesim_arrival_t": ' + repr(stream.request.arrival_time).encode()
-                await resp.write(head + body + b', "logprobs": null, "finish_reason": ' + finish + b"}]" + stamp
-                                 + b"}\n\n")
-                item = await stream.queue.get()
-            if usage:
-                chunk = {**base, "choices": [], "usage": _usage(prompt_tokens, n)}
-                await resp.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            await resp.write(b"data: [DONE]\n\n")
-        except ConnectionResetError:
-            pass  # the client went away; its simulated request still runs to completion (see module doc)
-        return resp
+        max_tokens = stream.request.max_tokens
+        end_reason = b'"stop"' if stream.eos_tokens is not None else b'"length"'
+        while item is not None:
+            word = FILLER_JSON[n % len(FILLER_JSON)]
+            n += 1
+            finish = end_reason if n >= max_tokens else b"null"
+            body = b'"delta": {"content": ' + word + b"}" if chat else b'"text": ' + word
+            stamp = b', "servesim_t": ' + repr(item).encode()
+            if n == 1:
+                stamp += b', "servesim_arrival_t": ' + repr(stream.request.arrival_time).encode()
+            if continuous:
+                stamp += b', "usage": ' + json.dumps(_usage(prompt_tokens, n)).encode()
+            await self._write(resp, head + body + b', "logprobs": null, "finish_reason": ' + finish + b"}]" + stamp
+                              + b"}\n\n")
+            item = await stream.queue.get()
+        if final_usage:
+            chunk = {**base, "choices": [], "usage": _usage(prompt_tokens, n)}
+            await self._write(resp, b"data: " + json.dumps(chunk).encode() + b"\n\n")
+        await self._write(resp, b"data: [DONE]\n\n")
 
 
 def _usage(prompt: int, completion: int) -> dict:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-async def serve(cfg: EngineConfig, speed: float, served_model_name: str, host: str = "127.0.0.1",
-                port: int = 8000, ready=None) -> None:
+async def serve(cfg: EngineConfig, speed: float | ServeOptions, served_model_name: str | None = None,
+                host: str = "127.0.0.1", port: int = 8000, ready=None) -> None:
     """Serve until SIGINT/SIGTERM.  Prints vLLM-style start-up lines (KV size) and the address."""
     app = ServeApp(cfg, speed, served_model_name)
-    runner = web.AppRunner(app.build(), access_log=None, handle_signals=False, shutdown_timeout=2.0)
+    opts = app.opts
+    # handler_cancellation: a handler whose client disconnected is cancelled (and aborts its request).
+    access = None
+    if opts.access_log:  # aiohttp calls the access logger only when a logger is set
+        access = logging.getLogger("servesim.access")
+        access.setLevel(logging.INFO)
+    runner = web.AppRunner(app.build(), access_log_class=AccessLogger, access_log=access, handle_signals=False,
+                           shutdown_timeout=2.0, handler_cancellation=True,
+                           keepalive_timeout=opts.keepalive_timeout_s)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     mem = app.live.engine.memory
     bound = runner.addresses[0]
-    print(f"INFO servesim {__version__}: simulating {cfg.engine.value} {cfg.profile.engine_version} "
-          f"{cfg.model.name} on {cfg.parallel.tensor_parallel_size}x {cfg.gpu.name} (profile {cfg.profile.name}), "
-          f"speed x{speed:g}", flush=True)
-    print(f"INFO # GPU blocks: {mem.num_gpu_blocks}, # CPU blocks: 0", flush=True)
-    print(f"INFO GPU KV cache size: {mem.kv_capacity_tokens:,} tokens", flush=True)
-    print(f"INFO Serving {served_model_name} on http://{bound[0]}:{bound[1]}", flush=True)
+    log(f"INFO servesim {__version__}: simulating {cfg.engine.value} {cfg.profile.engine_version} "
+        f"{cfg.model.name} on {cfg.parallel.tensor_parallel_size}x {cfg.gpu.name} (profile {cfg.profile.name}), "
+        f"speed x{opts.speed:g}")
+    log(f"INFO # GPU blocks: {mem.num_gpu_blocks}, # CPU blocks: {app.live.num_cpu_blocks}")
+    log(f"INFO GPU KV cache size: {mem.kv_capacity_tokens:,} tokens")
+    if app.eos.note:
+        log(f"WARNING {app.eos.note}")
+    if opts.speed > 1:
+        log(f"WARNING --speed {opts.speed:g}: latencies a client measures include this server's real per-request "
+            f"overhead (HTTP and event loop, about a millisecond of wall time) multiplied by {opts.speed:g}; "
+            "use the simulated stamps (servesim_t; `servesim measure` records them as server_token_times) "
+            "for simulated latencies")
+    log(f"INFO Serving {app.model_name} on http://{bound[0]}:{bound[1]}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -11,7 +11,11 @@ Names follow the engine generation simulated:
   ``vllm:generation_tokens_total``, ``vllm:request_success_total``, histograms
   ``vllm:time_to_first_token_seconds``, ``vllm:inter_token_latency_seconds``,
   ``vllm:e2e_request_latency_seconds``, ``vllm:request_queue_time_seconds``,
-  ``vllm:request_prompt_tokens``, ``vllm:request_generation_tokens``, and
+  ``vllm:request_prompt_tokens``, ``vllm:request_generation_tokens``,
+  ``vllm:request_prefill_time_seconds``, ``vllm:request_decode_time_seconds``,
+  ``vllm:request_inference_time_seconds``, ``vllm:iteration_tokens_total``,
+  ``vllm:request_params_max_tokens``, counters ``vllm:prefix_cache_queries_total`` /
+  ``vllm:prefix_cache_hits_total`` (tokens), and
   ``vllm:cache_config_info`` (labels carry ``num_gpu_blocks``, ``block_size``, ...); labels
   ``model_name`` and ``engine="0"``.
 * ``vllm-v0`` (vLLM 0.5/0.6): the same, but ``vllm:gpu_cache_usage_perc`` /
@@ -31,6 +35,19 @@ ITL_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.
 E2E_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0, 60.0, 120.0, 240.0,
                480.0, 960.0, 1920.0, 7680.0)
 TOKEN_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+ITERATION_TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+
+
+def build_1_2_5_buckets(max_value: int) -> tuple[int, ...]:
+    """1, 2, 5, 10, 20, 50, ... up to ``max_value`` (vLLM's ``build_1_2_5_buckets``)."""
+    out, exponent = [], 0
+    while True:
+        for m in (1, 2, 5):
+            value = m * 10 ** exponent
+            if value > max_value:
+                return tuple(out)
+            out.append(value)
+        exponent += 1
 
 
 class _StateCollector:
@@ -59,7 +76,8 @@ class _StateCollector:
             yield self._gauge("vllm:num_requests_swapped", "Number of requests swapped to CPU.", s["swapped"])
             yield self._gauge("vllm:gpu_cache_usage_perc", "GPU KV-cache usage. 1 means 100 percent usage.",
                               s["kv_usage"])
-            yield self._gauge("vllm:cpu_cache_usage_perc", "CPU KV-cache usage. 1 means 100 percent usage.", 0.0)
+            yield self._gauge("vllm:cpu_cache_usage_perc", "CPU KV-cache usage. 1 means 100 percent usage.",
+                              s["cpu_usage"])
         yield self._counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
                             s["preemptions"])
         yield self._counter("vllm:prompt_tokens", "Number of prefill tokens processed.", s["prompt_tokens"])
@@ -76,7 +94,8 @@ class _StateCollector:
 class ServeMetrics:
     """A per-server registry (no global state): histograms plus the state collector."""
 
-    def __init__(self, live, model_name: str, v1: bool, cache_labels: dict[str, str]) -> None:
+    def __init__(self, live, model_name: str, v1: bool, cache_labels: dict[str, str],
+                 max_model_len: int = 131072) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         labels = {"model_name": model_name, **({"engine": "0"} if v1 else {})}
         names, values = list(labels), list(labels.values())
@@ -96,22 +115,55 @@ class ServeMetrics:
         self.prompt = hist("vllm:request_prompt_tokens", "Number of prefill tokens processed.", TOKEN_BUCKETS)
         self.generation = hist("vllm:request_generation_tokens", "Number of generation tokens processed.",
                                TOKEN_BUCKETS)
-        self.success = Counter("vllm:request_success", "Count of successfully processed requests.",
-                               names + ["finished_reason"], registry=self.registry).labels(*values, "length")
+        success = Counter("vllm:request_success", "Count of successfully processed requests.",
+                          names + ["finished_reason"], registry=self.registry)
+        self.success = {reason: success.labels(*values, reason) for reason in ("stop", "length", "abort")}
+        phase = "Histogram of time spent in {} phase for request."
+        self.prefill_time = hist("vllm:request_prefill_time_seconds", phase.format("PREFILL"), E2E_BUCKETS)
+        self.decode_time = hist("vllm:request_decode_time_seconds", phase.format("DECODE"), E2E_BUCKETS)
+        self.inference_time = hist("vllm:request_inference_time_seconds", phase.format("RUNNING"), E2E_BUCKETS)
+        self.iteration_tokens = hist("vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
+                                     ITERATION_TOKEN_BUCKETS)
+        self.max_tokens = hist("vllm:request_params_max_tokens", "Histogram of the max_tokens request parameter.",
+                               build_1_2_5_buckets(max_model_len))
+        self.prefix_queries = Counter("vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of "
+                                      "queried tokens.", names, registry=self.registry).labels(*values)
+        self.num_prefix_queries = self.num_prefix_hits = 0
+        self.prefix_hits = Counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached "
+                                   "tokens.", names, registry=self.registry).labels(*values)
 
     def first_token(self, request, now: float) -> None:
         self.ttft.observe(now - request.arrival_time)
         if request.first_scheduled_time >= 0:
             self.queue.observe(request.first_scheduled_time - request.arrival_time)
+            self.prefill_time.observe(now - request.first_scheduled_time)
+        self.prefix_queries.inc(request.num_prompt_tokens)
+        self.prefix_hits.inc(request.num_cached_tokens)
+        self.num_prefix_queries += request.num_prompt_tokens
+        self.num_prefix_hits += request.num_cached_tokens
+
+    def submitted(self, max_tokens: int) -> None:
+        self.max_tokens.observe(max_tokens)
+
+    def step(self, out, seconds: float) -> None:
+        """One engine step (``LLMEngine.on_step``): its scheduled tokens."""
+        self.iteration_tokens.observe(out.num_tokens)
+
+    def aborted(self, request) -> None:
+        self.success["abort"].inc()
 
     def token_gap(self, seconds: float) -> None:
         self.itl.observe(seconds)
 
-    def finished(self, request, now: float) -> None:
+    def finished(self, request, now: float, reason: str = "length") -> None:
         self.e2e.observe(now - request.arrival_time)
         self.prompt.observe(request.num_prompt_tokens)
         self.generation.observe(request.num_output_tokens)
-        self.success.inc()
+        if request.first_scheduled_time >= 0:
+            self.inference_time.observe(now - request.first_scheduled_time)
+        if request.first_token_time >= 0:
+            self.decode_time.observe(now - request.first_token_time)
+        self.success[reason].inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -44,6 +44,7 @@ class LLMEngine:
                                   cfg.weight_dtype, cfg.kv_dtype)
         self.series = TimeSeries(sample_interval_s)
         self.on_progress = on_progress
+        self.on_step: Callable[[object, float], None] | None = None  # (SchedulerOutput, seconds) per step
         self.num_steps = 0
         self.busy_s = 0.0
         self.prefill_busy_s = 0.0
@@ -144,6 +145,8 @@ class LLMEngine:
             if out.num_prefill_tokens and out.num_tokens:
                 self.prefill_busy_s += dt * out.num_prefill_tokens / out.num_tokens
             self.num_steps += 1
+            if self.on_step is not None:
+                self.on_step(out, dt)
             end = self.clock = now + dt
             if self.series.next_t < end:
                 self.series.sample_before(end, self._state())

@@ -68,6 +68,7 @@ class ServeProcess:
             m = re.search(r"Serving .* on (http://127\.0\.0\.1:\d+)", line)
             if m:
                 self.url = m.group(1)
+                self.seen = seen  # the start-up lines
                 return
         self.kill()
         raise RuntimeError("servesim serve did not start:\n" + "".join(seen))
@@ -75,6 +76,15 @@ class ServeProcess:
     def _pump(self) -> None:
         for line in self.proc.stdout:
             self.lines.put(line)
+
+    def drain(self) -> list[str]:
+        """The output lines printed since the last call (or since start-up)."""
+        out = []
+        while True:
+            try:
+                out.append(self.lines.get_nowait())
+            except queue.Empty:
+                return out
 
     def kill(self) -> None:
         if self.proc.poll() is None:

@@ -68,8 +68,10 @@ def test_completions_and_chat_without_streaming(server):
 def test_chat_stream(server):
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 3, "stream": True}
     chunks = _sse(requests.post(server + "/v1/chat/completions", json=body, stream=True, timeout=10))
-    assert [c["object"] for c in chunks] == ["chat.completion.chunk"] * 3
-    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    # vLLM's chat stream opens with the role chunk (empty content), then one chunk per token
+    assert [c["object"] for c in chunks] == ["chat.completion.chunk"] * 4
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert all("role" not in c["choices"][0]["delta"] for c in chunks[1:])
     assert chunks[-1]["choices"][0]["finish_reason"] == "length"
 
 
@@ -81,7 +83,9 @@ def test_chat_stream(server):
 ])
 def test_errors_look_like_vllms(server, body, status, text):
     r = requests.post(server + "/v1/completions", json=body, timeout=10)
-    assert r.status_code == status and r.json()["object"] == "error" and text in r.json()["message"]
+    err = r.json()["error"]  # vLLM's ErrorResponse: {"error": {"message", "type", "param", "code"}}
+    assert r.status_code == status == err["code"] and text in err["message"]
+    assert set(err) == {"message", "type", "param", "code"}
 
 
 def test_metrics_use_vllm_v1_names_and_count_tokens(server):
