@@ -40,8 +40,8 @@ from .live_engine import LiveEngine, Stream
 from .openai_protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
                               ValidationError, error_body, validation_error_body)
 from .serve_metrics import ServeMetrics
-from .serve_support import (AccessLogger, EosLengths, ServeOptions, count_chat_tokens, count_prompt_tokens, log,
-                            max_token_id, pseudo_token_ids, stats_line)
+from .serve_support import (AccessLogger, EosLengths, QuietAcceptErrors, ServeOptions, count_chat_tokens,
+                            count_prompt_tokens, log, max_token_id, pseudo_token_ids, raise_fd_limit, stats_line)
 
 FILLER = ("the", " of", " and", " to", " in", " a", " is", " that", " for", " it", " as", " was", " with",
           " be", " by", " on", " not", " he", " this", " are")
@@ -351,6 +351,8 @@ async def serve(cfg: EngineConfig, speed: float | ServeOptions, served_model_nam
     runner = web.AppRunner(app.build(), access_log_class=AccessLogger, access_log=access, handle_signals=False,
                            shutdown_timeout=2.0, handler_cancellation=True,
                            keepalive_timeout=opts.keepalive_timeout_s)
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(QuietAcceptErrors(raise_fd_limit()))
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -370,7 +372,6 @@ async def serve(cfg: EngineConfig, speed: float | ServeOptions, served_model_nam
             "for simulated latencies")
     log(f"INFO Serving {app.model_name} on http://{bound[0]}:{bound[1]}")
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:

@@ -149,5 +149,42 @@ def log(line: str) -> None:
     print(line, file=sys.stdout, flush=True)
 
 
+def raise_fd_limit(target: int = 65536) -> int:
+    """Raise the soft open-files limit towards ``target`` (vLLM's ``set_ulimit``); returns the limit."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = target if hard == resource.RLIM_INFINITY else min(target, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class QuietAcceptErrors:
+    """A loop exception handler that reports ``accept()`` failing for lack of file descriptors once
+    per ``interval_s`` with a count, instead of asyncio's traceback per attempt (hundreds a
+    second when the fd limit is reached).  Everything else goes to the default handler."""
+
+    def __init__(self, fd_limit: int, interval_s: float = 10.0) -> None:
+        self.fd_limit, self.interval_s = fd_limit, interval_s
+        self.count, self.last = 0, -math.inf
+
+    def __call__(self, loop, context: dict) -> None:
+        message = str(context.get("message", ""))
+        if not message.startswith("socket.accept() out of system resource"):
+            loop.default_exception_handler(context)
+            return
+        self.count += 1
+        now = loop.time()
+        if now - self.last >= self.interval_s:
+            exc = context.get("exception")
+            log(f"WARNING cannot accept connections: {getattr(exc, 'strerror', exc)} (open-files limit "
+                f"{self.fd_limit}); {self.count} refusal(s) since the last warning; raise `ulimit -n`")
+            self.count, self.last = 0, now
+
+
 __all__ = ["AccessLogger", "EosLengths", "ServeOptions", "count_chat_tokens", "count_prompt_tokens", "log",
            "max_token_id", "pseudo_token_ids", "stats_line"]

@@ -200,3 +200,62 @@ def test_disconnect_aborts_the_request_and_frees_its_blocks():
 def test_speed_inflation_is_said_and_reported(server):
     assert "times time_scale" in requests.get(server.url + "/version", timeout=5).json()["client_latency_note"]
     assert any("--speed 50: latencies a client measures include" in line for line in server.seen)
+
+
+# ----- item 12: slow clients time out; a low fd limit does not flood the log ---------------------
+def test_stalled_connection_is_closed_and_a_non_draining_write_times_out():
+    import asyncio
+
+    from servesim.measure.serve import ServeApp
+    from servesim.measure.serve_support import ServeOptions
+    from servesim.sim.config import make_engine_config
+    from servesim.sim.gpus import get_gpu
+    from servesim.sim.model_catalog import get_model
+
+    with ServeProcess(speed=50) as proc:
+        with socket.create_connection(("127.0.0.1", int(proc.url.rsplit(":", 1)[1])), timeout=15) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")  # and never the rest
+            t0 = time.monotonic()
+            assert sock.recv(100) == b""  # the server hung up
+            assert time.monotonic() - t0 < 12
+
+    class NeverDrains:
+        async def write(self, data: bytes) -> None:
+            await asyncio.Event().wait()
+
+    cfg = make_engine_config(get_model(MODEL), get_gpu("h100-sxm"), max_model_len=4096)
+
+    async def main() -> float:
+        app = ServeApp(cfg, ServeOptions(served_model_name=MODEL, stream_write_timeout_s=0.2, log_stats=False))
+        t0 = time.monotonic()
+        with pytest.raises(asyncio.TimeoutError):
+            await app._write(NeverDrains(), b"data: x\n\n")
+        return time.monotonic() - t0
+
+    assert 0.15 < asyncio.run(main()) < 2.0
+
+
+def test_low_fd_limit_does_not_flood_the_log():
+    import resource
+    import subprocess
+    import sys
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+
+    proc = subprocess.Popen([sys.executable, "-m", "servesim", "serve", "--port", "0", "--max-model-len", "4096"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=limit)
+    try:
+        line, deadline = "", time.monotonic() + 30
+        while "Serving" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+        port = int(line.rsplit(":", 1)[1])
+        socks = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(80)]
+        time.sleep(3)
+        for s in socks:
+            s.close()
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=15)
+    assert "cannot accept connections: Too many open files" in out
+    assert len(out) < 5000, f"{len(out)} bytes of log in 3 s"
