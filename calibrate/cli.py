@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from .. import argtypes as at
+
 
 def register(sub) -> None:
     p = sub.add_parser("calibrate", help="fit a profile from measurements",
@@ -20,8 +22,8 @@ def register(sub) -> None:
     p.add_argument("--params", help="comma-separated step coefficients to fit end to end "
                    "(default step_overhead_s,per_seq_overhead_s,eff_attn_decode)")
     p.add_argument("--start", help="starting values of the end-to-end fit, e.g. step_overhead_s=0.02,per_seq_overhead_s=3e-4")
-    p.add_argument("--workers", type=int, help="simulation processes (default: all cores)")
-    p.add_argument("--max-nfev", type=int, default=30, help="most evaluations of the end-to-end fit")
+    p.add_argument("--workers", type=at.POSITIVE_INT, help="simulation processes (default: all cores)")
+    p.add_argument("--max-nfev", type=at.POSITIVE_INT, default=30, help="most evaluations of the end-to-end fit")
     p.set_defaults(func=cmd_calibrate)
 
     v = sub.add_parser("validate", help="compare a measured run with its simulation",
@@ -32,16 +34,16 @@ def register(sub) -> None:
     v.add_argument("--model", help="model (default: from the measured file)")
     v.add_argument("--gpu", default="h100-sxm")
     v.add_argument("--engine", default="vllm-v1", choices=["vllm-v1", "vllm-v0"])
-    v.add_argument("--tp", type=int, default=1)
-    v.add_argument("--max-num-seqs", type=int)
-    v.add_argument("--max-num-batched-tokens", type=int)
-    v.add_argument("--max-model-len", type=int)
-    v.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    v.add_argument("--num-gpu-blocks", type=int)
-    v.add_argument("--request-rate", type=float, help="override the file's request rate (inf: burst)")
-    v.add_argument("--burstiness", type=float)
-    v.add_argument("--max-concurrency", type=int)
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--tp", type=at.POSITIVE_INT, default=1)
+    v.add_argument("--max-num-seqs", type=at.POSITIVE_INT)
+    v.add_argument("--max-num-batched-tokens", type=at.POSITIVE_INT)
+    v.add_argument("--max-model-len", type=at.int_range(2))
+    v.add_argument("--gpu-memory-utilization", type=at.FRACTION, default=0.9)
+    v.add_argument("--num-gpu-blocks", type=at.POSITIVE_INT)
+    v.add_argument("--request-rate", type=at.RATE, help="override the file's request rate (inf: burst)")
+    v.add_argument("--burstiness", type=at.float_range(0.0, allow_inf=True))
+    v.add_argument("--max-concurrency", type=at.POSITIVE_INT)
+    v.add_argument("--seed", type=at.SEED, default=0)
     v.add_argument("--point", help="run directories: only this probe point (default: every load point)")
     v.add_argument("--json", action="store_true", help="print the comparison as JSON")
     v.set_defaults(func=cmd_validate)
@@ -51,7 +53,9 @@ def cmd_calibrate(args) -> int:
     from .pipeline import calibrate
     from .report import write_report
     params = tuple(p.strip() for p in args.params.split(",")) if args.params else None
-    start = dict((k, float(v)) for k, v in (item.split("=") for item in args.start.split(","))) if args.start else None
+    start = _start_values(args.start) if args.start else None
+    out_dir = Path(args.output).parent
+    at.check_writable_dir(out_dir if str(out_dir) else ".", "-o/--output")  # before the fit, not after
     data, table = calibrate(args.inputs, args.engine, args.gpu, args.base, params, args.workers, args.max_nfev,
                             start=start, log=lambda msg: print(msg, file=sys.stderr))
     out = Path(args.output)
@@ -62,6 +66,21 @@ def cmd_calibrate(args) -> int:
     report = write_report(data, table, out.with_suffix(""))
     print(f"wrote {out}; fit report in {report}")
     return 0
+
+
+def _start_values(text: str) -> dict[str, float]:
+    """``name=value,...`` as floats; raises ``ValueError`` quoting the text."""
+    out = {}
+    for item in text.split(","):
+        name, eq, value = item.partition("=")
+        try:
+            if not eq or not name.strip():
+                raise ValueError
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--start {text!r}: expected name=value pairs, e.g. step_overhead_s=0.02,"
+                             f"per_seq_overhead_s=3e-4 (bad item {item!r})") from None
+    return out
 
 
 def cmd_validate(args) -> int:

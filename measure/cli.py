@@ -35,17 +35,17 @@ def _add_measure(sub) -> None:
     h.add_argument("--resume", action="store_true", help="continue --out, skipping points already complete")
     h.add_argument("--launch", metavar="CMD", help='start the server with CMD if none answers, e.g. '
                    '"vllm serve meta-llama/Llama-3.1-8B-Instruct --port 8000"; stopped at the end')
-    h.add_argument("--launch-timeout", type=float, default=1800.0, help="seconds to wait for /health (default 1800)")
-    h.add_argument("--max-model-len", type=int, help="context length, if the server does not report it")
-    h.add_argument("--scrape-interval", type=float, default=0.2, help="seconds between /metrics scrapes (0.2)")
-    h.add_argument("--settle", type=float, default=1.0, help="idle seconds between probe points (default 1)")
+    h.add_argument("--launch-timeout", type=at.POSITIVE, default=1800.0, help="seconds to wait for /health (default 1800)")
+    h.add_argument("--max-model-len", type=at.int_range(2), help="context length, if the server does not report it")
+    h.add_argument("--scrape-interval", type=at.float_range(0.05, 60.0, lo_open=False), default=0.2, help="seconds between /metrics scrapes (0.2)")
+    h.add_argument("--settle", type=at.NON_NEGATIVE, default=1.0, help="idle seconds between probe points (default 1)")
     h.add_argument("--no-usage", action="store_true", help="do not ask for stream_options.include_usage")
     h.add_argument("--no-plots", action="store_true", help="skip the figures")
     h.add_argument("--dry-run", action="store_true", help="print the points the plan expands to and exit")
     k = p.add_argument_group("torch-kernels backend")
     k.add_argument("--device", default=None, help="cuda (default when available) or cpu")
     k.add_argument("--shapes", default="quick", choices=["tiny", "quick", "full"], help="shape grid (default quick)")
-    k.add_argument("--tp", type=int, action="append", help="TP shard sizes to time (repeatable; default 1)")
+    k.add_argument("--tp", type=at.int_range(1, 8), action="append", help="TP shard sizes to time (repeatable; default 1)")
     k.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="kernel dtype (default bf16)")
     p.set_defaults(func=cmd_measure)
 
@@ -66,8 +66,11 @@ def cmd_measure(args) -> int:
             print(f"{pt.point_id:<32} {pt.mode.value:<10} {len(pt.requests):>5} requests  {pt.params}")
         print(f"{len(points)} points, {sum(len(pt.requests) for pt in points)} requests; dropped (too long): {dropped}")
         return 0
-    if not 0.05 <= args.scrape_interval <= 60:
-        raise ValueError(f"--scrape-interval must be in [0.05, 60] s (got {args.scrape_interval})")
+    if args.resume:
+        if not Path(args.out).is_dir():
+            raise ValueError(f"--resume: {args.out} is not a measurement run directory (no such folder)")
+    else:
+        at.check_writable_dir(args.out)
     opts = MeasureOptions(url=args.url, out=Path(args.out), plan=plan, model=args.model, resume=args.resume,
                           launch=args.launch, launch_timeout_s=args.launch_timeout, max_model_len=args.max_model_len,
                           scrape_interval_s=args.scrape_interval, settle_s=max(args.settle, 0.0),

@@ -244,11 +244,17 @@ def load_plan(name_or_path: str) -> Plan:
     path = shipped.get(name_or_path, Path(name_or_path))
     if not path.is_file():
         raise ValueError(f"plan {name_or_path!r} is neither a shipped plan ({sorted(shipped)}) nor a file")
+    from ..argtypes import yaml_error
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as exc:
-        raise ValueError(f"plan {path} is not valid YAML: {exc}") from None
-    return plan_from_dict(raw, default_name=path.stem)
+        raise ValueError(f"plan {path} is not valid YAML: {yaml_error(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"plan {path} is not UTF-8 text ({exc.reason})") from None
+    try:
+        return plan_from_dict(raw, default_name=path.stem)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def plan_from_dict(raw: dict, default_name: str = "plan") -> Plan:

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import argtypes as at
 from .loader import load_scenario, parse_slo, scenario_to_dict, shipped_scenarios
 from .schema import SLO, ArrivalKind, Costs, ScenarioFile, WorkloadSection
 
@@ -26,7 +27,7 @@ def register(sub) -> None:
     p.add_argument("--out", help="output folder (default sweeps/<scenario name>)")
     p.add_argument("--executor", choices=["local", "dask"], default="local",
                    help="local processes (default) or a Dask distributed cluster")
-    p.add_argument("--workers", type=int, help="processes (default: every core) or LocalCluster workers")
+    p.add_argument("--workers", type=at.POSITIVE_INT, help="processes (default: every core) or LocalCluster workers")
     p.add_argument("--dask-address", help="scheduler of an existing Dask cluster (default: start a LocalCluster)")
     p.add_argument("--variant", action="append", help="run only this variant (repeatable)")
     p.add_argument("--no-report", action="store_true", help="skip report.html/report.md")
@@ -52,7 +53,7 @@ def register(sub) -> None:
     q = sub.add_parser("plan", help="cheapest GPU x TP x replicas x max_num_seqs meeting SLOs at a demand",
                        description="Search deployments for the cheapest that meets the SLOs at --demand req/s, "
                                    "simulating one replica at demand/replicas.")
-    q.add_argument("--demand", type=float, required=True, help="total request rate (req/s)")
+    q.add_argument("--demand", type=at.POSITIVE, required=True, help="total request rate (req/s)")
     q.add_argument("--model", default="llama-3.1-8b")
     q.add_argument("--workload", default="fixed:1024:256",
                    help="fixed:IN:OUT, random:IN:OUT[:RATIO], sharegpt, dist:IN_DIST,OUT_DIST, "
@@ -64,19 +65,19 @@ def register(sub) -> None:
     q.add_argument("--engine", default="vllm-v1", choices=["vllm-v1", "vllm-v0"])
     q.add_argument("--dtype", help="weight dtype (default: the checkpoint's)")
     q.add_argument("--kv-cache-dtype", default="auto")
-    q.add_argument("--max-model-len", type=int, help="default: the workload's longest request (fixed/random "
+    q.add_argument("--max-model-len", type=at.int_range(2), help="default: the workload's longest request (fixed/random "
                                                       "lengths), else 16384, capped at the model's context")
-    q.add_argument("--burstiness", type=float, default=1.0, help="gamma shape of arrivals (1 = Poisson)")
+    q.add_argument("--burstiness", type=at.float_range(0.0, allow_inf=True), default=1.0, help="gamma shape of arrivals (1 = Poisson)")
     q.add_argument("--gpu-price", action="append", default=[], metavar="GPU=USD",
                    help="rental price per GPU-hour (repeatable); defaults are illustrative list prices")
-    q.add_argument("--energy-price", type=float, default=0.0, help="USD per kWh (with --pue)")
-    q.add_argument("--pue", type=float, default=1.0)
-    q.add_argument("--duration", type=float, default=60.0, help="simulated seconds of arrivals per check")
-    q.add_argument("--slack", type=float, default=0.3, help="also search pairs whose bound is within this "
+    q.add_argument("--energy-price", type=at.NON_NEGATIVE, default=0.0, help="USD per kWh (with --pue)")
+    q.add_argument("--pue", type=at.float_range(1.0, 10.0, lo_open=False), default=1.0)
+    q.add_argument("--duration", type=at.float_range(0.0, 1e7), default=60.0, help="simulated seconds of arrivals per check")
+    q.add_argument("--slack", type=at.NON_NEGATIVE, default=0.3, help="also search pairs whose bound is within this "
                                                             "fraction of the best cost (ranked alternatives)")
-    q.add_argument("--top", type=int, default=10)
-    q.add_argument("--workers", type=int)
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--top", type=at.POSITIVE_INT, default=10)
+    q.add_argument("--workers", type=at.POSITIVE_INT)
+    q.add_argument("--seed", type=at.SEED, default=0)
     q.set_defaults(func=cmd_plan)
 
 
@@ -111,7 +112,7 @@ def cmd_sweep(args) -> int:
     if args.variant:
         chosen = tuple(sf.variant(v) for v in args.variant)
         sf = replace(sf, variants=chosen)
-    out = Path(args.out or Path("sweeps") / sf.name)
+    out = at.check_writable_dir(args.out or Path("sweeps") / sf.name)  # before the sweep, not after
     try:
         result = run_sweep(sf, SweepOptions(out_dir=out, executor=args.executor, workers=args.workers,
                                             dask_address=args.dask_address, progress=not args.quiet,
@@ -148,6 +149,12 @@ def cmd_regions(args) -> int:
     from .schema import Axis, Scenario, Sweep
     from .sweep import analyse, load_sweep_dir, write_outputs
     folder = Path(args.dir)
+    slos = _slos(args.slo) if args.slo else None  # a typo fails before any folder is read
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}; expected a folder "
+                         "written by `servesim sweep` or a measured sweep")
+    if args.out:
+        at.check_writable_dir(args.out)
     measured = not (folder / "scenario.json").exists()
     override = load_scenario(args.scenario) if args.scenario else None
     if measured:
@@ -176,8 +183,8 @@ def cmd_regions(args) -> int:
                 replace(v, economics=by_name.get(v.name, override.variants[0]).economics,
                         slos=by_name.get(v.name, override.variants[0]).slos,
                         regions=by_name.get(v.name, override.variants[0]).regions) for v in sf.variants))
-    if args.slo:
-        sf = replace(sf, variants=tuple(replace(v, slos=_slos(args.slo)) for v in sf.variants))
+    if slos:
+        sf = replace(sf, variants=tuple(replace(v, slos=slos) for v in sf.variants))
     if curve.empty:
         raise ValueError(f"{folder}: no finished points")
     curve, regions = analyse(sf, curve)
@@ -222,6 +229,9 @@ def plan_workload(text: str, duration_s: float, burstiness: float) -> WorkloadSe
             i, o = rest.split(",")
             return WorkloadSection(kind=kind, dataset="dist", input_dist=i, output_dist=o, **common)
         if head in ("trace", "shared"):
+            if head == "trace" and not Path(rest).expanduser().is_file():
+                raise ValueError(f"{rest} {'is a directory' if Path(rest).is_dir() else 'not found'}; "
+                                 "expected a trace file")
             return WorkloadSection(kind=ArrivalKind.TRACE, trace=rest if head == "trace" else text, **common)
     except ValueError as exc:
         raise ValueError(f"--workload {text!r}: {exc}") from None
@@ -250,9 +260,12 @@ def cmd_plan(args) -> int:
         raise ValueError(f"no price for {missing}; give --gpu-price {missing[0]}=USD_PER_GPU_HOUR")
     def ints(text: str, flag: str) -> tuple[int, ...]:
         try:
-            return tuple(int(x) for x in text.split(",") if x.strip())
+            values = tuple(int(x) for x in text.split(",") if x.strip())
         except ValueError:
             raise ValueError(f"{flag} {text!r}: expected comma-separated integers") from None
+        if not values or min(values) < 1:
+            raise ValueError(f"{flag} {text!r}: expected comma-separated integers >= 1")
+        return values
 
     req = PlanRequest(model=args.model, demand_rps=args.demand,
                       workload=plan_workload(args.workload, args.duration, args.burstiness), slos=_slos(args.slo),

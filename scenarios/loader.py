@@ -234,6 +234,21 @@ def _check_names(sc: Scenario, where: str) -> None:
         get_gpu(dep.gpu)
     except (ValueError, FileNotFoundError) as exc:
         raise ScenarioError(f"{where}.deployment: {exc}") from None
+    from ..sim.config import ParallelConfig
+    try:  # what vLLM refuses outright is not a sweep result: TP that the heads or a node cannot take
+        model = get_model(str(model_path) if model_path.suffix == ".json" else dep.model)
+        if dep.model_overrides:
+            model = dataclasses.replace(model, **dict(dep.model_overrides))
+        ParallelConfig(dep.tp).verify_with_model(model)
+    except ValueError as exc:
+        raise ScenarioError(f"{where}.deployment.tp: {exc}") from None
+    trace = sc.workload.trace
+    if trace and not trace.startswith("shared:"):
+        path = Path(trace).expanduser()
+        path = path if path.is_absolute() else Path(sc.base_dir) / path
+        if not path.is_file():
+            raise ScenarioError(f"{where}.workload.trace: {trace!r} ({path}) "
+                                f"{'is a directory' if path.is_dir() else 'not found'}; expected a trace file")
     if dep.profile and dep.profile not in shipped_profiles() and not (Path(sc.base_dir) / dep.profile).exists():
         raise ScenarioError(f"{where}.deployment.profile: {dep.profile!r} is neither a shipped profile "
                             f"{sorted(shipped_profiles())} nor an existing file")
@@ -293,10 +308,15 @@ def load_scenario(path: str | Path) -> ScenarioFile:
             path = shipped[str(path)]
         else:
             raise FileNotFoundError(f"scenario file {path} not found; shipped scenarios: {sorted(shipped)}")
+    if path.is_dir():
+        raise ScenarioError(f"scenario {path} is a directory; expected a YAML file")
+    from ..argtypes import yaml_error
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8-sig"))
     except yaml.YAMLError as exc:
-        raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
+        raise ScenarioError(f"{path}: not valid YAML: {yaml_error(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text ({exc.reason})") from None
     return scenario_from_dict(data, str(path), str(path.resolve().parent))
 
 

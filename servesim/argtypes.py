@@ -103,5 +103,14 @@ def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
     return out
 
 
+def yaml_error(exc: Exception) -> str:
+    """A YAML parse error on one line: what, and where (``line L, column C``)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
 __all__ = ["FRACTION", "MAX_REQUESTS", "NON_NEGATIVE", "NON_NEGATIVE_INT", "PORT", "POSITIVE", "POSITIVE_INT",
-           "RATE", "REQUEST_COUNT", "SEED", "check_writable_dir", "float_range", "input_file", "int_range"]
+           "RATE", "REQUEST_COUNT", "SEED", "check_writable_dir", "float_range", "input_file", "int_range",
+           "yaml_error"]

@@ -207,6 +207,19 @@ def sharegpt_lengths(n: int, rng: np.random.Generator, path: str | Path | None =
 # ------------------------------------------------------------------------------------- loaders
 
 
+# Arrival times past this (~317 years) cannot be told apart at sub-millisecond resolution in
+# float64 (the spacing of doubles near 1e10 is ~2 us; near 1e13 it is ms): a timestamp this large
+# is a unit mix-up, not a trace.
+MAX_ARRIVAL_S = 1e10
+
+
+def _check_horizon(arrival_s: np.ndarray) -> np.ndarray:
+    if arrival_s.size and not float(arrival_s[-1] - arrival_s[0]) <= MAX_ARRIVAL_S:
+        raise ValueError(f"arrival times beyond {MAX_ARRIVAL_S:g} s after the first request (last at "
+                         f"{float(arrival_s[-1] - arrival_s[0]):g} s): check the timestamp unit")
+    return arrival_s
+
+
 def rescale_arrivals(arrival_s: np.ndarray, time_scale: float | None = None,
                      rate: float | None = None) -> np.ndarray:
     """Arrival times with every inter-arrival gap multiplied by one factor; the first is kept.
@@ -218,7 +231,7 @@ def rescale_arrivals(arrival_s: np.ndarray, time_scale: float | None = None,
     if time_scale is not None and rate is not None:
         raise ValueError("give time_scale or rate, not both")
     if time_scale is None and rate is None:
-        return arrival_s
+        return _check_horizon(arrival_s)
     if rate is not None:
         if not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f"rate must be a positive finite requests/s, got {rate}")
@@ -228,7 +241,7 @@ def rescale_arrivals(arrival_s: np.ndarray, time_scale: float | None = None,
         time_scale = (arrival_s.size - 1) / (span * rate)
     if not (time_scale > 0 and math.isfinite(time_scale)):
         raise ValueError(f"time_scale must be a positive finite factor, got {time_scale}")
-    return arrival_s[0] + (arrival_s - arrival_s[0]) * time_scale if arrival_s.size else arrival_s
+    return _check_horizon(arrival_s[0] + (arrival_s - arrival_s[0]) * time_scale if arrival_s.size else arrival_s)
 
 
 def load_azure_trace(path: str | Path, limit: int | None = None, time_scale: float | None = None,
