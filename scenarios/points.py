@@ -106,9 +106,16 @@ def trace_file(trace: str, base_dir: str = ".") -> Path:
 
 
 @functools.lru_cache(maxsize=4)
-def _full_trace(path: str) -> Workload:
+def _cached_trace(path: str, stamp: tuple[int, int]) -> Workload:
     from ..sim.traces import load_trace
     return load_trace(path)
+
+
+def _full_trace(path: str) -> Workload:
+    """The whole trace, cached per process by path *and* (mtime, size): a file edited in place
+    between two sweeps of one process is read again, never served stale."""
+    st = Path(path).stat()
+    return _cached_trace(path, (st.st_mtime_ns, st.st_size))
 
 
 def trace_window(path: Path, n: int, seed: int, rate: float | None) -> Workload:
