@@ -78,7 +78,27 @@ def cmd_measure(args) -> int:
     status = run_measurement(opts)
     print(f"servesim measure: run {'complete' if status == 0 else 'incomplete'} in {Path(args.out).resolve()}",
           file=sys.stderr)
+    _report_speed_overhead(Path(args.out))
     return status
+
+
+def _report_speed_overhead(out: Path) -> None:
+    """Against ``servesim serve --speed K`` (K > 1), say how much of the scaled client TTFT is the
+    server's real overhead counted K times (``scaled_client_overhead_s``, docs/serve.md)."""
+    from .rundir import load_requests, load_run
+    try:
+        scale = float(load_run(out).get("time_scale") or 1.0)
+    except ValueError:
+        return
+    if scale <= 1:
+        return
+    df = load_requests(out, complete_only=False)
+    if "scaled_client_overhead_s" not in df or df["scaled_client_overhead_s"].isna().all():
+        return
+    median_ms = float(df["scaled_client_overhead_s"].median()) * 1e3
+    print(f"servesim measure: the server ran at --speed {scale:g}: scaled client TTFTs include its real "
+          f"per-request overhead times {scale:g}, median {median_ms:.1f} simulated ms (column "
+          "scaled_client_overhead_s; server_ttft_s excludes it)", file=sys.stderr)
 
 
 # ----- serve -------------------------------------------------------------------------------------

@@ -202,7 +202,10 @@ class ServeApp:
         if top >= self.cfg.model.vocab_size:
             raise _Refused(error(f"Token id {top} is out of vocabulary", param="prompt"))
         max_len = self.cfg.scheduler.max_model_len
-        max_tokens = (req.max_completion_tokens or req.max_tokens) if chat else req.max_tokens
+        if chat:  # vLLM prefers max_completion_tokens (OpenAI's newer name)
+            max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        else:
+            max_tokens = req.max_tokens
         eos = None
         if max_tokens is None:  # vLLM: the rest of the context; a real model stops at EOS first
             max_tokens = max_len - prompt

@@ -71,6 +71,18 @@ def test_bad_bodies_are_400_before_submission(server, body, param, text):
     assert after.get(key, 0) == before.get(key, 0)
 
 
+@pytest.mark.parametrize("body, text", [
+    ({"messages": []}, "at least 1 item"),
+    ({"messages": "hi"}, "valid list"),
+    ({"messages": [{"content": "no role"}]}, "role"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 0}, "at least 1"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": 5000}, "maximum context length is 4096"),
+])
+def test_bad_chat_bodies_are_400(server, body, text):
+    r = requests.post(server.url + "/v1/chat/completions", json={"model": MODEL, **body}, timeout=10)
+    assert r.status_code == 400 and text in r.json()["error"]["message"], r.text
+
+
 def test_unknown_route_and_model_are_json_404(server):
     r = requests.get(server.url + "/v1/nothing", timeout=5)
     assert r.status_code == 404 and r.json()["error"]["code"] == 404
@@ -259,3 +271,19 @@ def test_low_fd_limit_does_not_flood_the_log():
         out, _ = proc.communicate(timeout=15)
     assert "cannot accept connections: Too many open files" in out
     assert len(out) < 5000, f"{len(out)} bytes of log in 3 s"
+
+
+def test_measure_reports_the_speed_inflation(server, tmp_path, capsys):
+    from servesim.cli import main
+    from servesim.measure.rundir import load_requests
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(json.dumps({"name": "p", "max_requests": 20,
+                                "families": {"prefill": {"prompt_lens": [16], "output_len": 2, "repeats": 3}}}))
+    code = main(["measure", "--url", server.url, "--plan", str(plan), "--out", str(tmp_path / "run"), "--no-plots",
+                 "--settle", "0"])
+    err = capsys.readouterr().err
+    assert code == 0 and "--speed 50: scaled client TTFTs include its real per-request overhead times 50" in err
+    df = load_requests(tmp_path / "run")
+    inflation = df["scaled_client_overhead_s"]
+    assert (inflation > 0).all()  # wall overhead, scaled by 50, never negative
+    assert ((df["scaled_ttft_s"] - inflation - df["server_ttft_s"]).abs() < 1e-9).all()
