@@ -104,6 +104,7 @@ class PushedSource:
         self.has_prefix_hashes = caching and cluster.arrivals.prefix is not None
         self.inbox: deque[Request] = deque()
         self._event: simpy.Event | None = None
+        self.num_reorders = 0
 
     def push(self, request: Request | None) -> None:
         """Hand ``request`` over now (``None``: only wake the engine, e.g. blocks were freed)."""
@@ -113,6 +114,21 @@ class PushedSource:
             self._event.succeed()
 
     def wait(self, env: simpy.Environment) -> simpy.Event:
+        """The event an idle engine sleeps on.  A decode replica idle with a recompute-preempted
+        request at the head of ``waiting`` that cannot fit, while requests whose KV landed hold
+        blocks behind it, would wait forever: those requests move to the front (in order) and the
+        engine goes on at once."""
+        if self.replica.role is ReplicaRole.DECODE:
+            waiting = self.replica.engine.scheduler.waiting
+            if waiting and waiting[0].num_computed_tokens == 0 and any(r.num_computed_tokens for r in waiting):
+                landed = [r for r in waiting if r.num_computed_tokens]
+                rest = [r for r in waiting if not r.num_computed_tokens]
+                waiting.clear()
+                waiting.extend(landed + rest)
+                self.num_reorders += 1
+                now = env.event()
+                now.succeed()
+                return now
         if self._event is None or self._event.triggered:
             self._event = env.event()
         return self._event

@@ -1,0 +1,83 @@
+"""``servesim simulate`` on a homogeneous cluster: ``--replicas N`` (collocated) or
+``--prefill-replicas P --decode-replicas D`` (disaggregated), with ``--router R``.
+
+:func:`add_cluster_arguments` adds the flags to the ``simulate`` parser; :func:`wants_cluster`
+says whether they ask for a cluster; :func:`cmd_simulate_cluster` runs it.  Heterogeneous
+clusters are described in a scenario's ``cluster:`` section (``docs/cluster.md``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .sim.router import RouterConfig, RouterKind
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster (docs/cluster.md)")
+    g.add_argument("--replicas", type=int, default=0, metavar="N", help="N collocated replicas behind --router")
+    g.add_argument("--prefill-replicas", type=int, default=0, metavar="P", help="P prefill replicas (disaggregated)")
+    g.add_argument("--decode-replicas", type=int, default=0, metavar="D", help="D decode replicas (disaggregated)")
+    g.add_argument("--router", default="round-robin",
+                   help=f"routing policy: {', '.join(k.value for k in RouterKind)} (default round-robin)")
+    g.add_argument("--router-staleness", type=float, default=1.0, metavar="S",
+                   help="seconds between the router's snapshots of replica state (0: fresh; default 1)")
+    g.add_argument("--kv-link", default="infiniband", help="KV transfer link: nvlink, infiniband, pcie")
+    g.add_argument("--power-cap", type=float, metavar="W", help="power cap per GPU (W)")
+    g.add_argument("--power-budget", type=float, metavar="W", help="cluster GPU power budget (W), split evenly")
+
+
+def wants_cluster(args) -> bool:
+    return bool(args.replicas or args.prefill_replicas or args.decode_replicas
+                or args.power_cap is not None or args.power_budget is not None)
+
+
+def cluster_config(args, engine):
+    from .sim.cluster_config import homogeneous_cluster
+    for name in ("replicas", "prefill_replicas", "decode_replicas"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(args, name)})")
+    replicas = args.replicas or (0 if args.prefill_replicas or args.decode_replicas else 1)
+    router = RouterConfig(args.router, staleness_s=args.router_staleness, seed=args.seed)
+    return homogeneous_cluster(engine, replicas, args.prefill_replicas, args.decode_replicas, router,
+                               link=args.kv_link, power_cap_w=args.power_cap, power_budget_w=args.power_budget)
+
+
+def print_cluster_summary(summary: dict, cfg, wall_s: float, file=sys.stdout) -> None:
+    from .cli import SUMMARY_ROWS
+    mode = "disaggregated" if summary["disaggregated"] else "collocated"
+    print(f"servesim cluster: {summary['num_replicas']} replicas ({mode}, {summary['num_gpus']} GPUs), "
+          f"router {summary['router']} (staleness {summary['router_staleness_s']:g} s)", file=file)
+    for key, label, fmt in SUMMARY_ROWS:
+        print(f"  {label:<46} {fmt.format(summary[key])}", file=file)
+    print(f"  {'energy per output token (J)':<46} {summary['energy_per_output_token_j']:.3f}", file=file)
+    print(f"  {'energy per request (J)':<46} {summary['energy_per_request_j']:.1f}", file=file)
+    if summary["disaggregated"]:
+        print(f"  {'KV transfer mean / p99 (ms)':<46} {summary['mean_kv_transfer_ms']:.2f} / "
+              f"{summary['p99_kv_transfer_ms']:.2f}", file=file)
+        print(f"  {'wait for decode blocks mean (ms)':<46} {summary['mean_kv_wait_ms']:.2f}", file=file)
+    print("  per replica: replica role completed p99_ttft_ms busy_fraction mean_gpu_power_w", file=file)
+    for r in summary["per_replica"]:
+        print(f"    {r['replica']:>4} {r['role']:<10} {r['completed']:>8d} {r['p99_ttft_ms']:>10.1f} "
+              f"{r['busy_fraction']:>8.1%} {r['mean_gpu_power_w']:>8.0f}", file=file)
+    print(f"  simulated in {wall_s:.2f} s wall ({summary['completed'] / max(wall_s, 1e-9):,.0f} req/s)", file=file)
+
+
+def cmd_simulate_cluster(args, engine, spec, workload) -> int:
+    from .sim.cluster_runner import simulate_cluster
+    from .sim.runner import SimOptions, write_results
+    cfg = cluster_config(args, engine)
+    result = simulate_cluster(cfg, workload, SimOptions(sample_interval_s=args.sample_interval, exact=args.exact,
+                                                        seed=args.seed))
+    if args.out:
+        write_results(result, args.out, {"workload": {k: (v.value if hasattr(v, "value") else v)
+                                                      for k, v in vars(spec).items()}})
+    if args.json:
+        print(json.dumps(result.summary, indent=2))
+    else:
+        print_cluster_summary(result.summary, cfg, result.wall_s)
+        if args.out:
+            print(f"  results written to {Path(args.out).resolve()}")
+    return 0
