@@ -182,7 +182,7 @@ def cmd_list(args) -> int:
 # (``servesim.calibrate.cli``: calibrate, validate; ``servesim.measure.cli``: measure, serve;
 # ``servesim.scenarios.cli``: sweep, regions, plan).  A command's handler is ``args.func(args)``
 # returning the exit status.
-COMMAND_MODULES = ("servesim.calibrate.cli", "servesim.measure.cli", "servesim.scenarios.cli")
+COMMAND_MODULES = ("servesim.calibrate.cli", "servesim.measure.cli", "servesim.scenarios.cli", "servesim.cluster_cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

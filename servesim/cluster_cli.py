@@ -81,3 +81,33 @@ def cmd_simulate_cluster(args, engine, spec, workload) -> int:
         if args.out:
             print(f"  results written to {Path(args.out).resolve()}")
     return 0
+
+
+def cmd_power_headroom(args) -> int:
+    import pandas as pd
+
+    from .scenarios.cluster_point import power_headroom
+    path = Path(args.sweep_dir) / "curve.csv"
+    if not path.exists():
+        raise FileNotFoundError(str(path))
+    table, answer = power_headroom(pd.read_csv(path), args.baseline, args.metric, args.max_slowdown, args.max_demand)
+    print(f"{args.metric} slowdown against {args.baseline} at the same demand (worst over the sweep):")
+    for r in table.itertuples():
+        print(f"  {r.variant:<20} {r.num_gpus:>5d} GPUs  worst {r.worst_slowdown:+8.1%} at {r.at_demand:g}  "
+              f"{'fits' if r.fits else 'exceeds'} {args.max_slowdown:.0%}")
+    print(f"most GPUs within {args.max_slowdown:.0%}: {answer or 'none'}")
+    return 0
+
+
+def register(sub) -> None:
+    """``servesim power-headroom``: the POLCA question on a finished sweep of cluster variants."""
+    p = sub.add_parser("power-headroom", help="how many servers fit a power budget within a p99 slowdown",
+                       description="Reads SWEEP_DIR/curve.csv of a sweep whose variants are clusters under one "
+                                   "power budget (e.g. the shipped polca-power-budget) and reports each variant's "
+                                   "worst slowdown against --baseline at the same demand (docs/cluster.md).")
+    p.add_argument("sweep_dir")
+    p.add_argument("--baseline", required=True, help="the variant to compare against (e.g. the uncapped one)")
+    p.add_argument("--metric", default="p99_e2el_ms", help="curve column (default p99_e2el_ms)")
+    p.add_argument("--max-slowdown", type=float, default=0.1, help="allowed slowdown, a fraction (default 0.1)")
+    p.add_argument("--max-demand", type=float, help="only demands up to this value")
+    p.set_defaults(func=cmd_power_headroom)
