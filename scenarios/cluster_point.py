@@ -53,8 +53,9 @@ def cluster_config(sc: Scenario, engine_config) -> ClusterConfig:
                   ReplicaGroup(base, c.decode_replicas, ReplicaRole.DECODE, "decode"))
     router = RouterConfig(c.router, staleness_s=c.router_staleness_s)
     decode = RouterConfig(c.decode_router, staleness_s=c.router_staleness_s) if c.decode_router else None
-    return ClusterConfig(groups, router, decode, get_link(c.kv_link), PowerCap(c.power_cap_w),
-                         c.server_power_cap_w, c.gpus_per_server, c.power_budget_w)
+    power = PowerCap(c.power_cap_w, c.power_clock_exponent, c.memory_clock_sensitivity)
+    return ClusterConfig(groups, router, decode, get_link(c.kv_link), power, c.server_power_cap_w,
+                         c.gpus_per_server, c.power_budget_w)
 
 
 def simulate_point(sc: Scenario, cfg: EngineConfig, workload, options: SimOptions, engine_config):
@@ -78,6 +79,8 @@ def cluster_columns(summary: dict) -> dict:
     row["replica_completed_cv"] = float(done.std() / done.mean()) if done.mean() > 0 else math.nan
     busy = [r["busy_fraction"] for r in summary["per_replica"]]
     row["replica_busy_min"], row["replica_busy_max"] = min(busy), max(busy)
+    caps = [r["gpu_power_cap_w"] for r in summary["per_replica"] if r["gpu_power_cap_w"] is not None]
+    row["gpu_power_cap_w"] = min(caps) if caps else math.nan
     return row
 
 
@@ -90,7 +93,7 @@ def power_headroom(curve, baseline: str, metric: str = "p99_e2el_ms", max_slowdo
     import pandas as pd
     if metric not in curve:
         raise ValueError(f"metric {metric!r} is not a curve column; try p99_e2el_ms, p99_ttft_ms, p99_tpot_ms")
-    ok = curve[curve["error"].fillna("") == ""] if "error" in curve else curve
+    ok = curve[curve["error"].isna() | (curve["error"].astype(str) == "")] if "error" in curve else curve
     means = ok.groupby(["variant", "demand"], sort=False)[[metric, "num_gpus_total"]].mean().reset_index()
     if max_demand is not None:
         means = means[means["demand"] <= max_demand]

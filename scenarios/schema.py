@@ -374,6 +374,8 @@ class ClusterSection:
     server_power_cap_w: float | None = None
     gpus_per_server: int = 8
     power_budget_w: float | None = None
+    power_clock_exponent: float = 1.0
+    memory_clock_sensitivity: float = 0.1
     demand_per_replica: bool = False
 
     def __post_init__(self) -> None:
