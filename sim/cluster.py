@@ -13,6 +13,10 @@ environment, fed by a per-replica source that the cluster fills:
 * **prefill** and **decode** replicas read a :class:`PushedSource` (the engine's live-source
   protocol): requests are pushed at the moment they arrive (prefill) or their KV lands (decode),
   and the push wakes an idle engine.  The transfer itself is :mod:`servesim.sim.kv_transfer`.
+* a **closed-loop** workload (users who send their next request a think time after the previous
+  one finished) is routed request by request as it is sent, and every replica reads a
+  :class:`PushedSource`; the router's snapshot is then refreshed at the first decision at least
+  ``staleness_s`` after the previous refresh.
 
 Every request finishes on exactly one replica (the decode replica when disaggregated); the records
 gain ``replica``, ``prefill_replica``, ``kv_wait_s`` and ``transfer_s`` columns.
@@ -34,118 +38,8 @@ from .metrics import RequestRecords
 from .power import CappedStepCostModel, PowerCap
 from .request import Request
 from .router import ReplicaLoad, Router, RouterKind, make_router
-from .sources import prompt_block_hashes
-
-
-class _Arrivals:
-    """The workload's columns as Python lists (cheap to index one at a time)."""
-
-    def __init__(self, workload) -> None:
-        if hasattr(workload, "num_users"):
-            raise ValueError("closed-loop workloads (--concurrency) are not supported on a cluster yet: "
-                             "use an open-loop workload (--rate, --burst, --trace)")
-        self.time = np.asarray(workload.arrival_s, dtype=np.float64).tolist()
-        self.input = np.asarray(workload.input_tokens, dtype=np.int64).tolist()
-        self.output = np.asarray(workload.output_tokens, dtype=np.int64).tolist()
-        self.prefix = workload.prefix_hashes
-        self.prefix_block_tokens = getattr(workload, "prefix_block_tokens", 512)
-        self.n = len(self.time)
-
-
-class RoutedSource:
-    """A collocated replica's share of the workload, routed ahead in windows (module docstring).
-
-    Invariant: ``inbox`` holds request indices in arrival order, all arriving before
-    ``cluster.routed_until``."""
-
-    live = False
-
-    def __init__(self, cluster: "Cluster", replica: "Replica", caching: bool) -> None:
-        self.cluster, self.replica = cluster, replica
-        self.inbox: deque[int] = deque()
-        a = cluster.arrivals
-        self.prefix = a.prefix if caching else None
-        self.has_prefix_hashes = self.prefix is not None
-        self.block_size = replica.group.engine.cache.block_size
-
-    def next_time(self) -> float | None:
-        c = self.cluster
-        if self.inbox:
-            return c.arrivals.time[self.inbox[0]]
-        return c.routed_until if c.next_index < c.arrivals.n else None
-
-    def pop_until(self, now: float) -> list[Request]:
-        c = self.cluster
-        if now >= c.routed_until and c.next_index < c.arrivals.n:
-            c.route(now)
-        a, inbox, out = c.arrivals, self.inbox, []
-        while inbox and a.time[inbox[0]] <= now:
-            i = inbox.popleft()
-            hashes = None
-            if self.prefix is not None and self.prefix[i]:
-                hashes = prompt_block_hashes(self.prefix[i], a.input[i], self.block_size, a.prefix_block_tokens)
-            out.append(Request(i, a.time[i], a.input[i], a.output[i], hashes))
-        return out
-
-    def on_finish(self, request: Request, now: float) -> None:
-        self.cluster.on_finish(self.replica, request, now)
-
-    def pending(self) -> int:
-        return len(self.inbox)
-
-
-class PushedSource:
-    """Requests pushed as they become available (live-source protocol: ``wait`` while empty)."""
-
-    live = True
-
-    def __init__(self, cluster: "Cluster", replica: "Replica", caching: bool) -> None:
-        self.cluster, self.replica = cluster, replica
-        self.has_prefix_hashes = caching and cluster.arrivals.prefix is not None
-        self.inbox: deque[Request] = deque()
-        self._event: simpy.Event | None = None
-        self.num_reorders = 0
-
-    def push(self, request: Request | None) -> None:
-        """Hand ``request`` over now (``None``: only wake the engine, e.g. blocks were freed)."""
-        if request is not None:
-            self.inbox.append(request)
-        if self._event is not None and not self._event.triggered:
-            self._event.succeed()
-
-    def wait(self, env: simpy.Environment) -> simpy.Event:
-        """The event an idle engine sleeps on.  A decode replica idle with a recompute-preempted
-        request at the head of ``waiting`` that cannot fit, while requests whose KV landed hold
-        blocks behind it, would wait forever: those requests move to the front (in order) and the
-        engine goes on at once."""
-        if self.replica.role is ReplicaRole.DECODE:
-            waiting = self.replica.engine.scheduler.waiting
-            if waiting and waiting[0].num_computed_tokens == 0 and any(r.num_computed_tokens for r in waiting):
-                landed = [r for r in waiting if r.num_computed_tokens]
-                rest = [r for r in waiting if not r.num_computed_tokens]
-                waiting.clear()
-                waiting.extend(landed + rest)
-                self.num_reorders += 1
-                now = env.event()
-                now.succeed()
-                return now
-        if self._event is None or self._event.triggered:
-            self._event = env.event()
-        return self._event
-
-    def next_time(self) -> float | None:
-        return self.cluster.env.now if self.inbox else None
-
-    def pop_until(self, now: float) -> list[Request]:
-        out = list(self.inbox)
-        self.inbox.clear()
-        return out
-
-    def on_finish(self, request: Request, now: float) -> None:
-        self.cluster.on_finish(self.replica, request, now)
-
-    def pending(self) -> int:
-        return len(self.inbox) + len(self.replica.reserve_queue)
+from .cluster_sources import PushedSource, RoutedSource, _Arrivals
+from .sources import ClosedLoopSource, prompt_block_hashes
 
 
 @dataclass(eq=False)
@@ -178,12 +72,18 @@ class Cluster:
 
     def __init__(self, cfg: ClusterConfig, workload, sample_interval_s: float = 0.2, exact: bool = False) -> None:
         self.cfg, self.env = cfg, simpy.Environment()
-        self.arrivals = a = _Arrivals(workload)
-        self.records = RequestRecords(a.n)
-        self.replica_of = np.full(a.n, -1, dtype=np.int32)
-        self.prefill_replica_of = np.full(a.n, -1, dtype=np.int32)
-        self.kv_wait_s = np.full(a.n, np.nan)
-        self.transfer_s = np.full(a.n, np.nan)
+        self.closed = hasattr(workload, "num_users")  # closed loop: users send their next request on a finish
+        if self.closed:
+            self.arrivals, self.users = None, ClosedLoopSource(workload, 16, False)
+            n, self.output_tokens = len(self.users), self.users.output_tokens.tolist()
+        else:
+            self.arrivals = _Arrivals(workload)
+            n, self.output_tokens = self.arrivals.n, self.arrivals.output
+        self.records = RequestRecords(n)
+        self.replica_of = np.full(n, -1, dtype=np.int32)
+        self.prefill_replica_of = np.full(n, -1, dtype=np.int32)
+        self.kv_wait_s = np.full(n, np.nan)
+        self.transfer_s = np.full(n, np.nan)
         self.next_index = 0
         self.routed_until = 0.0
         self.replicas: list[Replica] = []
@@ -197,11 +97,12 @@ class Cluster:
         self._held: dict[int, list[int] | None] = {}
         self.links = LinkSchedule([0.0] * len(self.replicas))
         self.num_rejected_at_router = 0
-        if not any(r.role is ReplicaRole.PREFILL for r in self.front):
+        if not self.closed and not any(r.role is ReplicaRole.PREFILL for r in self.front):
             self.env.process(self._refresher())  # first process: routes before any replica looks
         for rep in self.replicas:
             engine_cfg = rep.group.engine
-            source_cls = RoutedSource if rep.role is ReplicaRole.COLLOCATED else PushedSource
+            routed = rep.role is ReplicaRole.COLLOCATED and not self.closed
+            source_cls = RoutedSource if routed else PushedSource
             rep.source = source_cls(self, rep, engine_cfg.cache.enable_prefix_caching and rep.role is not ReplicaRole.DECODE)
             on_token = self._prefill_hook(rep) if rep.role is ReplicaRole.PREFILL else None
             rep.engine = LLMEngine(self.env, engine_cfg, rep.source, self.records, sample_interval_s, exact,
@@ -210,9 +111,13 @@ class Cluster:
                 rep.engine.cost = CappedStepCostModel(rep.engine.cost, engine_cfg.profile.power, rep.cap)
         self.router = self._make_router(cfg.router, self.front)
         self.decode_router = self._make_router(cfg.decode_router or cfg.router, self.back) if self.back else None
-        self._decode_refresh_at = 0.0
+        self._decode_refresh_at = self._front_refresh_at = 0.0
+        self.num_done = 0
         if self.back:
             self.max_decode_tokens = min(r.engine.max_request_tokens for r in self.back)
+        if self.closed:
+            self._schedule_arrival(0.0)
+        elif self.back:
             self.env.process(self._push_arrivals())
 
     @staticmethod
@@ -285,22 +190,61 @@ class Cluster:
 
     def _push_one(self, i: int) -> None:
         a = self.arrivals
-        prompt, out = a.input[i], a.output[i]
-        if prompt + out > self.max_decode_tokens:
+        self._push_request(Request(i, a.time[i], a.input[i], a.output[i]), a.prefix[i] if a.prefix is not None else None)
+
+    def _push_request(self, request: Request, hash_ids: tuple | None) -> None:
+        """Route ``request`` now and push it to its replica (a prefill replica runs it with
+        ``max_tokens = 1``, as vLLM's P/D proxy does)."""
+        rid, prompt, out = request.request_id, request.num_prompt_tokens, request.max_tokens
+        disaggregated = bool(self.back)
+        if disaggregated and prompt + out > self.max_decode_tokens:
             # The API server would refuse it: prompt plus max_tokens exceed the decode replicas' limit.
-            request = Request(i, a.time[i], prompt, out)
             self.records.record(request, status=2)
             self.num_rejected_at_router += 1
+            self._final(request, self.env.now)
             return
-        prefix = a.prefix if self.cfg.router.kind is RouterKind.PREFIX_AWARE else None
-        k = self.router.choose(prompt, 1, prefix[i] if prefix is not None else None)
-        rep = self.front[k]
-        hashes = None
-        if rep.source.has_prefix_hashes and a.prefix[i]:
-            hashes = prompt_block_hashes(a.prefix[i], prompt, rep.group.engine.cache.block_size, a.prefix_block_tokens)
-        rep.assigned_tokens += prompt + 1
-        self.prefill_replica_of[i] = rep.index
-        rep.source.push(Request(i, a.time[i], prompt, 1, hashes))  # the prefill runs with max_tokens = 1
+        prefix = hash_ids if self.cfg.router.kind is RouterKind.PREFIX_AWARE else None
+        rep = self.front[self.router.choose(prompt, 1 if disaggregated else out, prefix)]
+        if disaggregated:
+            hashes = None
+            if rep.source.has_prefix_hashes and hash_ids:
+                hashes = prompt_block_hashes(hash_ids, prompt, rep.group.engine.cache.block_size,
+                                             self.arrivals.prefix_block_tokens)
+            self.prefill_replica_of[rid] = rep.index
+            rep.assigned_tokens += prompt + 1
+            request = Request(rid, request.arrival_time, prompt, 1, hashes, request.user)
+        else:
+            self.replica_of[rid] = rep.index
+            rep.assigned_tokens += prompt + out
+        rep.source.push(request)
+
+    # ----- closed loops -------------------------------------------------------------------
+    def _schedule_arrival(self, t: float) -> None:
+        event = self.env.timeout(max(t - self.env.now, 0.0))
+        event.callbacks.append(self._dispatch_users)
+
+    def _dispatch_users(self, _event=None) -> None:
+        """Route the users' requests due now; the snapshot is refreshed at the first decision at
+        least ``staleness_s`` after the previous one (every decision when 0)."""
+        now = self.env.now
+        due = self.users.pop_until(now)
+        if not due:
+            return
+        rc = self.cfg.router
+        if rc.needs_state and (rc.staleness_s == 0 or now >= self._front_refresh_at):
+            self.router.refresh([r.load() for r in self.front])
+            self._front_refresh_at = now + rc.staleness_s
+        for request in due:
+            self._push_request(request, None)
+
+    def _final(self, request: Request, now: float) -> None:
+        """A request is done (finished or refused): a closed-loop user thinks, then sends the next."""
+        self.num_done += 1
+        if self.closed:
+            k = self.users.next_index
+            self.users.on_finish(request, now)
+            if self.users.next_index > k:
+                self._schedule_arrival(now + float(self.users.think[k]))
 
     # ----- finishes and KV transfers ----------------------------------------------------
     def on_finish(self, rep: Replica, request: Request, now: float) -> None:
@@ -309,11 +253,14 @@ class Cluster:
             held = self._held.pop(request.request_id, None)
             if held:
                 rep.engine.kv.block_pool.free_blocks(reversed(held))
+            self._final(request, now)
             return
         if rep.role is ReplicaRole.PREFILL:
             self._start_transfer(rep, request, now)
-        elif rep.role is ReplicaRole.DECODE:
+            return
+        if rep.role is ReplicaRole.DECODE:
             self._reserve(rep)
+        self._final(request, now)
 
     def _prefill_hook(self, rep: Replica):
         def on_token(request: Request, now: float) -> None:
@@ -330,9 +277,9 @@ class Cluster:
         if rc.needs_state and (rc.staleness_s == 0 or now >= self._decode_refresh_at):
             self.decode_router.refresh([r.load() for r in self.back])
             self._decode_refresh_at = now + rc.staleness_s
-        a = self.arrivals
-        drep = self.back[self.decode_router.choose(done.num_prompt_tokens, a.output[rid], None)]
-        request = Request(rid, done.arrival_time, done.num_prompt_tokens, a.output[rid])
+        out = self.output_tokens[rid]
+        drep = self.back[self.decode_router.choose(done.num_prompt_tokens, out, None)]
+        request = Request(rid, done.arrival_time, done.num_prompt_tokens, out, None, done.user)
         request.first_scheduled_time = done.first_scheduled_time
         request.num_cached_tokens = done.num_cached_tokens
         request.num_preemptions = done.num_preemptions
