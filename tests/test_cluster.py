@@ -178,6 +178,10 @@ def test_power_budget_splits_over_gpus_and_cap_below_idle_is_refused():
     cfg = tiny_config()
     cl = ClusterConfig((ReplicaGroup(cfg, 4),), power_budget_w=4 * 300.0)
     assert cl.gpu_cap_w(cl.groups[0]) == 300.0
+    # the lowest applicable cap wins: a server cap over its GPUs, a group cap, a global one
+    server = ClusterConfig((ReplicaGroup(cfg, 4), ReplicaGroup(cfg, 1, power_cap_w=250.0)),
+                           server_power_cap_w=8 * 400.0, power_budget_w=1e6)
+    assert [server.gpu_cap_w(g) for g in server.groups] == [400.0, 250.0]
     with pytest.raises(ValueError, match="idle power"):
         ClusterConfig((ReplicaGroup(cfg, 4),), power_budget_w=4 * 50.0)
 
@@ -264,3 +268,25 @@ def test_closed_loop_disaggregated():
     res = simulate_cluster(_disagg(1, 2, router=RouterConfig("lot", staleness_s=0.05)), wl)
     assert res.summary["completed"] == 40 and res.summary["num_kv_transfers"] == 40
     assert all(_all_blocks_free(r) for r in res.cluster.replicas)
+
+
+def test_blocks_held_on_both_sides_during_a_transfer_and_freed_after():
+    from servesim.sim.cluster import Cluster
+    from servesim.sim.gpus import LinkSpec
+    from servesim.sim.workload import Workload
+    cfg = tiny_config("vllm-v1", num_gpu_blocks=64, max_num_seqs=8, max_num_batched_tokens=256, max_model_len=512)
+    nbytes = kv_transfer_bytes(cfg.model, cfg.kv_dtype, 200)
+    slow = LinkSpec("slow", nbytes / 1.0, 1e-6)  # 200 tokens' KV take one second
+    cl = ClusterConfig((ReplicaGroup(cfg, 1, ReplicaRole.PREFILL), ReplicaGroup(cfg, 1, ReplicaRole.DECODE)),
+                       link=slow)
+    cluster = Cluster(cl, Workload(np.array([0.0]), np.array([200]), np.array([3])))
+    prefill, decode = cluster.replicas
+    full = 64 - 1  # v1 keeps a null block
+    cluster.env.run(until=0.5)  # the prefill (a few ms) is done, the KV is on the wire
+    assert prefill.engine.num_finished == 1 and decode.engine.num_finished == 0
+    assert prefill.engine.kv.num_free_blocks == full - 13  # cdiv(200, 16) blocks still held for the send
+    assert decode.engine.kv.num_free_blocks == full - 13   # and allocated for the receive
+    cluster.env.run()
+    assert prefill.engine.kv.num_free_blocks == full and decode.engine.kv.num_free_blocks == full
+    assert cluster.records.status[0] == 1 and cluster.transfer_s[0] == pytest.approx(1.0 + 1e-6)
+    assert cluster.records.cols["first_token_s"][0] > 1.0  # TTFT includes the transfer
