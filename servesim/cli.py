@@ -180,7 +180,7 @@ def cmd_list(args) -> int:
 
 # Each package that has commands of its own exposes ``register(subparsers)`` in its ``cli`` module
 # (``servesim.calibrate.cli``: calibrate, validate; ``servesim.measure.cli``: measure, serve;
-# ``servesim.scenarios.cli``: sweep, regions, plan).  A command's handler is ``args.func(args)``
+# ``servesim.scenarios.cli``: sweep, regions, plan; ``servesim.cluster_cli``: power-headroom).  A command's handler is ``args.func(args)``
 # returning the exit status.
 COMMAND_MODULES = ("servesim.calibrate.cli", "servesim.measure.cli", "servesim.scenarios.cli", "servesim.cluster_cli")
 
