@@ -61,6 +61,9 @@ def add_economics(curve: pd.DataFrame, economics: Economics | None, tp: int | No
         return out
     costs = economics.costs
     gpus = out["tensor_parallel_size"].to_numpy(dtype=float) if tp is None else np.full(len(out), float(tp))
+    if "num_gpus_total" in out:  # cluster points (docs/cluster.md) pay for every GPU of the cluster
+        total = out["num_gpus_total"].to_numpy(dtype=float)
+        gpus = np.where(np.isnan(total), gpus, total)
     input_tps = out.get("input_throughput", pd.Series(0.0, index=out.index)).fillna(0).to_numpy(dtype=float)
     output_tps = out["output_throughput"].to_numpy(dtype=float)
     power = out.get("mean_gpu_power_w", pd.Series(0.0, index=out.index)).fillna(0).to_numpy(dtype=float)

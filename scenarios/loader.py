@@ -30,9 +30,9 @@ from .schema import (SLO, Advice, Axis, Deployment, Economics, RegionRules, Scen
                      WorkloadSection, check_name)
 
 TOP_KEYS = ("name", "description", "base_variant", "run_base", "deployment", "workload", "sweep",
-            "economics", "slos", "regions", "advice", "exact", "sample_interval_s", "variants")
+            "economics", "slos", "regions", "advice", "exact", "sample_interval_s", "variants", "cluster")
 SECTION_KEYS = ("deployment", "workload", "sweep", "economics", "slos", "regions", "advice", "exact",
-                "sample_interval_s")
+                "sample_interval_s", "cluster")
 INTEGER_AXES = (Axis.BURST, Axis.CONCURRENCY, Axis.INPUT_LEN, Axis.OUTPUT_LEN)
 _SLO_TEXT = re.compile(r"^\s*(mean|median|p(\d+(?:\.\d+)?))_(ttft|tpot|e2el|itl)_ms\s*<=\s*([0-9.eE+]+)\s*$")
 

@@ -97,6 +97,10 @@ def metric_panels(curve: pd.DataFrame, scenarios: list[Scenario], regions: dict[
                                             ("num_preemptions", "preemptions")]),
         ("energy", "Power and energy", [("mean_gpu_power_w", "mean GPU power (W)"),
                                         ("energy_per_output_token_j", "J per output token")]),
+        # cluster points only (docs/cluster.md): how evenly the router spread the work
+        ("balance", "Load balance across replicas", [("replica_completed_cv", "CV of requests per replica"),
+                                                     ("replica_busy_min", "least busy replica"),
+                                                     ("replica_busy_max", "busiest replica")]),
     ]
     if curve.get("profit_per_h") is not None and curve["profit_per_h"].notna().any():
         panels.append(("economics", "Revenue, cost and profit",
@@ -202,6 +206,10 @@ def timeseries_figure(out: Path, sc: Scenario, r: Regions) -> Figure | None:
             ("vllm:kv_cache_usage_perc", "KV cache usage"))
     for i, p in enumerate(sorted(chosen)):
         frame = pd.read_parquet(series_path(out, sc.name, p, sc.sweep.axis.value))
+        if "replica" in frame:  # a cluster: requests summed over replicas, KV usage averaged
+            frame = frame.groupby("time_s", as_index=False).agg(
+                {"vllm:num_requests_running": "sum", "vllm:num_requests_waiting": "sum",
+                 "vllm:kv_cache_usage_perc": "mean"})
         for ax, (col, lab) in zip(axes, cols):
             ax.plot(frame["time_s"], frame[col], color=COLORS[i % len(COLORS)], lw=1,
                     label=f"{sc.sweep.axis.value}={p:g}")

@@ -27,8 +27,9 @@ from ..sim.gpus import get_gpu
 from ..sim.model_catalog import get_model
 from ..sim.models import ModelSpec
 from ..sim.profile import load_profile, shipped_profiles
-from ..sim.runner import SimOptions, simulate
+from ..sim.runner import SimOptions
 from ..sim.workload import ClosedLoop, Workload, WorkloadSpec, build_workload
+from .cluster_point import cluster_columns, point_demand, simulate_point
 from .schema import ArrivalKind, Axis, Deployment, Scenario
 
 MAX_SERIES_ROWS = 400
@@ -222,17 +223,17 @@ def run_point(task: PointTask) -> PointResult:
     percentiles = tuple(sorted(set(CURVE_PERCENTILES) | {s.percentile for s in sc.slos if s.percentile > 0}))
     try:
         cfg = engine_config(sc.deployment, sc.base_dir)
-        workload = point_workload(sc, task.demand, task.seed)
+        workload = point_workload(sc, point_demand(sc, task.demand), task.seed)
         options = SimOptions(sample_interval_s=sc.sample_interval_s, exact=sc.exact, seed=task.seed)
         try:
-            result = simulate(cfg, workload, options)
+            result = simulate_point(sc, cfg, workload, options, engine_config)  # a cluster: docs/cluster.md
         except (ValueError, FileNotFoundError):
             raise
         except Exception as exc:  # an engine failure on the fast path: re-run on the reference path
             if sc.exact:
                 raise
             row["fast_path_error"] = f"{type(exc).__name__}: {exc}"
-            result = simulate(cfg, workload, replace(options, exact=True))
+            result = simulate_point(sc, cfg, workload, replace(options, exact=True), engine_config)
     except (ValueError, FileNotFoundError) as exc:
         row["error"] = str(exc)
         row["wall_s"] = time.perf_counter() - t0
@@ -247,6 +248,7 @@ def run_point(task: PointTask) -> PointResult:
     tokens = s["total_input_tokens"] + s["total_output_tokens"]
     row["energy_per_token_j"] = s["gpu_energy_j"] / tokens if tokens else math.nan
     row["tensor_parallel_size"] = sc.deployment.tp
+    row.update(cluster_columns(s))  # economics counts num_gpus_total GPUs when present
     row["max_num_seqs"] = cfg.scheduler.max_num_seqs
     row["num_requests"] = len(workload)
     row.update(latency_columns(result.records.to_frame(), percentiles))

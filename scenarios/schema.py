@@ -12,6 +12,7 @@ section is documented in ``docs/scenarios.md``.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from enum import Enum
@@ -62,6 +63,7 @@ DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4")
 BILLABLE = ("total", "output", "input")
 SLO_METRICS = ("ttft", "tpot", "e2el", "itl")
 THROUGHPUTS = ("output_throughput", "total_token_throughput", "request_throughput")
+CLUSTER_ROLES = ("collocated", "prefill", "decode")
 
 
 def _check(ok: bool, message: str) -> None:
@@ -334,6 +336,83 @@ class Advice:
 
 
 @dataclass(frozen=True)
+class ClusterGroupSection:
+    """One replica group of a heterogeneous cluster: its role and count, and what differs from the
+    scenario's deployment (``gpu``, ``tp``, ``profile``, dtypes, engine ``knobs``)."""
+
+    replicas: int
+    role: str = "collocated"
+    name: str = ""
+    gpu: str | None = None
+    tp: int | None = None
+    profile: str | None = None
+    weight_dtype: str | None = None
+    kv_cache_dtype: str | None = None
+    knobs: tuple = ()
+    power_cap_w: float | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.replicas >= 1, f"replicas must be >= 1, got {self.replicas}")
+        _check(self.role in CLUSTER_ROLES, f"role must be one of {list(CLUSTER_ROLES)}, got {self.role!r}")
+        _check(self.tp is None or self.tp >= 1, f"tp must be >= 1, got {self.tp}")
+        knobs = self.knobs.items() if isinstance(self.knobs, dict) else self.knobs
+        knobs = tuple(sorted((str(k), v) for k, v in knobs))
+        allowed = [f.name for f in dataclasses.fields(EngineKnobs)]
+        bad = [k for k, _ in knobs if k not in allowed]
+        _check(not bad, f"unknown engine knob {bad[0] if bad else ''!r}; allowed: {allowed}")
+        object.__setattr__(self, "knobs", knobs)
+        _positive("power_cap_w", self.power_cap_w)
+
+
+@dataclass(frozen=True)
+class ClusterSection:
+    """Many replicas behind a router (``docs/cluster.md``): ``replicas`` collocated ones, or
+    ``prefill_replicas`` + ``decode_replicas``, or explicit ``groups``; power limits; and whether the
+    swept demand is per replica (``demand_per_replica``: a point's rate or burst is multiplied by
+    the number of replicas, so variants of different sizes see the same load per replica)."""
+
+    replicas: int = 0
+    prefill_replicas: int = 0
+    decode_replicas: int = 0
+    groups: tuple = ()
+    router: str = "round-robin"
+    router_staleness_s: float = 1.0
+    decode_router: str | None = None
+    kv_link: str = "infiniband"
+    power_cap_w: float | None = None
+    server_power_cap_w: float | None = None
+    gpus_per_server: int = 8
+    power_budget_w: float | None = None
+    power_clock_exponent: float = 1.0
+    memory_clock_sensitivity: float = 0.1
+    demand_per_replica: bool = False
+
+    def __post_init__(self) -> None:
+        groups = tuple(g if isinstance(g, ClusterGroupSection) else ClusterGroupSection(**g) for g in self.groups)
+        object.__setattr__(self, "groups", groups)
+        for name in ("replicas", "prefill_replicas", "decode_replicas"):
+            _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        ways = sum((bool(self.replicas), bool(self.prefill_replicas or self.decode_replicas), bool(groups)))
+        _check(ways == 1, "give exactly one of replicas, prefill_replicas + decode_replicas, or groups")
+        _check(bool(self.prefill_replicas) == bool(self.decode_replicas),
+               "prefill_replicas and decode_replicas go together (both >= 1)")
+        from ..sim.gpus import get_link
+        from ..sim.router import RouterKind
+        RouterKind.parse(self.router)
+        if self.decode_router is not None:
+            RouterKind.parse(self.decode_router)
+        get_link(self.kv_link)
+        _positive("router_staleness_s", self.router_staleness_s, allow_zero=True)
+        _check(self.gpus_per_server >= 1, f"gpus_per_server must be >= 1, got {self.gpus_per_server}")
+        for name in ("power_cap_w", "server_power_cap_w", "power_budget_w"):
+            _positive(name, getattr(self, name))
+
+    @property
+    def num_replicas(self) -> int:
+        return self.replicas + self.prefill_replicas + self.decode_replicas + sum(g.replicas for g in self.groups)
+
+
+@dataclass(frozen=True)
 class Scenario:
     """One sweep to run: a deployment, its traffic, the axis, and how to judge the results."""
 
@@ -349,6 +428,7 @@ class Scenario:
     exact: bool = False
     sample_interval_s: float = 0.2
     base_dir: str = "."
+    cluster: ClusterSection | None = None
 
     def __post_init__(self) -> None:
         check_name(self.name, "name")

@@ -221,4 +221,50 @@ def get_gpu(name: str) -> GPUSpec:
                          f"(aliases: {sorted(GPU_ALIASES)})") from None
 
 
-__all__ = ["GPUSpec", "GPU_CATALOG", "GPU_ALIASES", "INTERCONNECTS", "get_gpu", "list_gpus"]
+# ----- links between replicas (KV transfer of prefill/decode disaggregation) ----------------
+@dataclass(frozen=True)
+class LinkSpec:
+    """A GPU-to-GPU path a request's KV can take between replicas, per GPU and one direction.
+
+    ``latency_s`` is the fixed cost of one transfer (setup and first byte); the rest moves at
+    ``bandwidth_bytes_per_s``.  These are hardware peaks: no efficiency factor is applied, so
+    transfer times are a lower bound.  Invariant: both are > 0.
+    """
+
+    name: str
+    bandwidth_bytes_per_s: float
+    latency_s: float
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not (self.bandwidth_bytes_per_s > 0 and self.latency_s > 0):
+            raise ValueError(f"link {self.name}: bandwidth and latency must be > 0")
+
+
+LINK_CATALOG: dict[str, LinkSpec] = {link.name: link for link in (
+    # Within a node: NVLink4, 900 GB/s bidirectional per H100 SXM = 450 GB/s each way (H100
+    # datasheet).  Latency: NVLink hop is sub-microsecond; a one-sided copy's setup is a few us
+    # (NCCL's point-to-point small-message latency on H100 NVLink is ~ 2-5 us).
+    LinkSpec("nvlink", 450 * _GB, 3e-6, "NVIDIA H100 datasheet (NVLink4 900 GB/s bidirectional); NCCL p2p latency"),
+    # Between nodes: one ConnectX-7 NDR 400 Gb/s InfiniBand port per GPU, as in DGX H100 (DGX H100
+    # user guide), = 50 GB/s each way; the inter-node path Splitwise (Patel et al., ISCA 2024)
+    # assumes for H100 prompt/token machines.  RDMA write latency ~ 5 us through one switch.
+    LinkSpec("infiniband", 50 * _GB, 5e-6, "NVIDIA DGX H100 user guide (8x ConnectX-7 NDR 400 Gb/s); "
+             "Splitwise ISCA 2024"),
+    # Host-staged or PCIe peer copies: PCIe 5.0 x16, 64 GB/s each way (PCI-SIG 5.0 spec,
+    # 32 GT/s x16 with 128b/130b coding ~ 63 GB/s); ~10 us for a DMA setup through the host.
+    LinkSpec("pcie", 64 * _GB, 10e-6, "PCI-SIG PCIe 5.0 x16 (32 GT/s); H100 datasheet PCIe Gen5 128 GB/s bidirectional"),
+)}
+
+
+def get_link(name: str) -> LinkSpec:
+    """The :class:`LinkSpec` named ``name`` (``nvlink``, ``infiniband``, ``pcie``)."""
+    key = {"ib": "infiniband", "nvlink4": "nvlink"}.get(name.strip().lower(), name.strip().lower())
+    try:
+        return LINK_CATALOG[key]
+    except KeyError:
+        raise ValueError(f"unknown link {name!r}; valid: {sorted(LINK_CATALOG)}") from None
+
+
+__all__ = ["GPUSpec", "GPU_CATALOG", "GPU_ALIASES", "INTERCONNECTS", "LINK_CATALOG", "LinkSpec", "get_gpu",
+           "get_link", "list_gpus"]

@@ -87,6 +87,7 @@ def simulate(cfg: EngineConfig, workload, options: SimOptions = SimOptions()) ->
         "gpu_energy_j": energy,
         "mean_gpu_power_w": energy / duration / tp if duration > 0 else 0.0,
         "energy_per_output_token_j": energy / summary["total_output_tokens"] if summary["total_output_tokens"] else 0.0,
+        "energy_per_request_j": energy / summary["completed"] if summary["completed"] else 0.0,
         "seed": options.seed,
     })
     unfinished = int((records.status == 0).sum())

@@ -199,6 +199,11 @@ class Scheduler:
         while waiting and budget > 0 and len(self.running) < max_seqs:
             request = waiting[0]
             hits, num_cached = kv.get_computed_blocks(request)
+            if request.num_computed_tokens > num_cached:
+                # Hook for disaggregated decode (sim/kv_transfer.py): the KV of these tokens came from
+                # a prefill replica into blocks already allocated here; a waiting request otherwise
+                # always has num_computed_tokens == 0 (new, or reset by preemption).
+                hits, num_cached = [], request.num_computed_tokens
             num_new = min(request.num_tokens - num_cached, budget)
             if kv.allocate_slots(request, num_new, hits) is None:
                 break
