@@ -265,7 +265,8 @@ def scenario_from_dict(data: dict, source: str = "<dict>", base_dir: str = ".") 
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise ScenarioError(f"{source}: unknown top-level key {unknown[0]!r}; allowed: {list(TOP_KEYS)}")
-    name = str(data.get("name") or Path(source).stem)
+    # A scenario built in code (no file) and given no name is called "scenario", as resolved ones are.
+    name = str(data.get("name") or (Path(source).stem if source != "<dict>" else "scenario"))
     try:
         check_name(name, "name")
     except ValueError as exc:
