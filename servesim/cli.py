@@ -80,9 +80,9 @@ def _add_simulate(sub) -> None:
     r.add_argument("--json", action="store_true", help="print the summary JSON alone on stdout")
     r.add_argument("--sample-interval", type=at.float_range(1e-3, lo_open=False), default=0.2, help="time-series interval (simulated s)")
     r.add_argument("--exact", action="store_true", help="per-request reference path every step (slow)")
-    from .cluster_cli import add_cluster_arguments
-    add_cluster_arguments(p)
     p.set_defaults(func=cmd_simulate)
+    from .cluster_cli import add_cluster_arguments
+    add_cluster_arguments(p, sub)  # --replicas etc. (run by servesim/cluster_cli.py), power-headroom
 
 
 def workload_spec(args) -> WorkloadSpec:
@@ -152,9 +152,6 @@ def cmd_simulate(args) -> int:
     workload = build_workload(spec, seed=args.seed)
     if len(workload) == 0:
         raise ValueError(f"the workload has no requests ({spec.trace_path or spec.kind.value}): nothing to simulate")
-    from .cluster_cli import cmd_simulate_cluster, wants_cluster
-    if wants_cluster(args):
-        return cmd_simulate_cluster(args, cfg, spec, workload)
     progress = not args.json and sys.stderr.isatty()
     result = simulate(cfg, workload, SimOptions(sample_interval_s=args.sample_interval, exact=args.exact,
                                                 progress=progress, seed=args.seed))
@@ -197,9 +194,9 @@ def cmd_list(args) -> int:
 
 # Each package that has commands of its own exposes ``register(subparsers)`` in its ``cli`` module
 # (``servesim.calibrate.cli``: calibrate, validate; ``servesim.measure.cli``: measure, serve;
-# ``servesim.scenarios.cli``: sweep, regions, plan; ``servesim.cluster_cli``: power-headroom).  A command's handler is ``args.func(args)``
+# ``servesim.scenarios.cli``: sweep, regions, plan).  A command's handler is ``args.func(args)``
 # returning the exit status.
-COMMAND_MODULES = ("servesim.calibrate.cli", "servesim.measure.cli", "servesim.scenarios.cli", "servesim.cluster_cli")
+COMMAND_MODULES = ("servesim.calibrate.cli", "servesim.measure.cli", "servesim.scenarios.cli")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -15,7 +15,18 @@ from pathlib import Path
 from .sim.router import RouterConfig, RouterKind
 
 
-def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+def add_cluster_arguments(p: argparse.ArgumentParser, sub=None) -> None:
+    """The cluster flags of ``simulate``; a run that uses them goes to :func:`cmd_simulate_cluster`,
+    any other to the command already set on ``p``.  With the subparsers ``sub``, also registers
+    ``servesim power-headroom``."""
+    if sub is not None:
+        register(sub)
+    single = p.get_default("func")
+
+    def dispatch(args) -> int:
+        return cmd_simulate_cluster(args) if wants_cluster(args) else single(args)
+
+    p.set_defaults(func=dispatch)
     g = p.add_argument_group("cluster (docs/cluster.md)")
     g.add_argument("--replicas", type=int, default=0, metavar="N", help="N collocated replicas behind --router")
     g.add_argument("--prefill-replicas", type=int, default=0, metavar="P", help="P prefill replicas (disaggregated)")
@@ -65,10 +76,14 @@ def print_cluster_summary(summary: dict, cfg, wall_s: float, file=sys.stdout) ->
     print(f"  simulated in {wall_s:.2f} s wall ({summary['completed'] / max(wall_s, 1e-9):,.0f} req/s)", file=file)
 
 
-def cmd_simulate_cluster(args, engine, spec, workload) -> int:
+def cmd_simulate_cluster(args) -> int:
+    from .cli import engine_config, workload_spec
     from .sim.cluster_runner import simulate_cluster
     from .sim.runner import SimOptions, write_results
-    cfg = cluster_config(args, engine)
+    from .sim.workload import build_workload
+    spec = workload_spec(args)
+    cfg = cluster_config(args, engine_config(args))
+    workload = build_workload(spec, seed=args.seed)
     result = simulate_cluster(cfg, workload, SimOptions(sample_interval_s=args.sample_interval, exact=args.exact,
                                                         seed=args.seed))
     if args.out:
