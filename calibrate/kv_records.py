@@ -8,7 +8,7 @@ dtype and the vLLM defaults the row leaves blank, or a ``skip_reason`` saying wh
 predicted (multi-head latent attention, multimodal encoders, pipeline parallelism, ...).
 
 Engine versions are grouped into **eras**, the spans in which vLLM's profiling did not change in a
-way the records show (:class:`MemoryEra`): the dummy sampler's working set dropped from ~37 to ~15
+way the records show (:class:`MemoryEra`): the dummy sampler's working set dropped from ~36 to ~13
 bytes per logit between 0.16 and 0.17 (Qwen3-14B: activation 5.64 -> 2.23 GiB, same model and
 arguments), and v0 (0.2-0.6) counted memory its own way.
 """
@@ -32,8 +32,8 @@ _GIB = 2**30
 class MemoryEra(enum.Enum):
     """Spans of vLLM versions with one profiling behaviour (see the module docstring)."""
 
-    V1_017 = "v1-0.17+"        # vLLM 0.17-0.19: sorted-logit sampler warm-up (~15 B/logit)
-    V1_010 = "v1-0.10-0.16"    # vLLM 0.10-0.16: larger sampler working set (~37 B/logit)
+    V1_017 = "v1-0.17+"        # vLLM 0.17-0.19: sampler warm-up ~13 B/logit (Triton top-k/top-p, fp32 copies)
+    V1_010 = "v1-0.10-0.16"    # vLLM 0.10-0.16: sampler working set ~36 B/logit
     V0 = "v0"                  # vLLM 0.5-0.6 (v0 worker: determine_num_available_blocks)
 
 

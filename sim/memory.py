@@ -16,7 +16,8 @@ Each term here follows what vLLM measures (``docs/memory.md`` cites the source l
   plus a fitted load overhead.
 * **activation peak**: the torch allocator's peak during ``profile_run``: a forward pass of
   ``max_num_batched_tokens`` dummy tokens, then a dummy sampler run on ``min(max_num_seqs, tokens)``
-  rows of logits with top-k/top-p (a sort of the full vocabulary: fp32 values and int64
+  rows of full-vocabulary logits with temperature, top-k and top-p (fp32 working copies: logits,
+  probabilities, the random sampler's noise; older versions also sorted the vocabulary with int64
   indices).  The two are sequential, so the peak is the larger of
   ``tokens * act_bytes * (n_h * hidden + n_i * intermediate/tp)`` and
   ``rows * vocab * (sampler_bytes_per_logit + act_bytes) + tokens * hidden * act_bytes``.
