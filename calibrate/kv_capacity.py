@@ -90,8 +90,9 @@ def _unpack(x: np.ndarray, eras: list[MemoryEra]) -> dict[MemoryEra, MemoryCoeff
     return out
 
 
-def _residuals(rec: KvRecord, mem: MemoryCoefficients) -> list[float]:
-    """GiB residuals (predicted - logged) of every quantity the record carries."""
+def _residuals(rec: KvRecord, mem: MemoryCoefficients, kv: bool = True) -> list[float]:
+    """GiB residuals (predicted - logged) of every quantity the record carries (``kv=False``:
+    the logged components only, not the KV capacity)."""
     inp = memory_inputs(rec)
     out: list[float] = []
     if rec.weights_gib is not None:
@@ -101,7 +102,7 @@ def _residuals(rec: KvRecord, mem: MemoryCoefficients) -> list[float]:
         out.append(activation_peak_bytes(inp, mem) / GIB - rec.activation_peak_gib)
     if rec.non_torch_gib is not None:
         out.append(non_torch_bytes(rec.tp, mem) / GIB - rec.non_torch_gib)
-    available = _logged_available_gib(rec)
+    available = _logged_available_gib(rec) if kv else None
     if available is not None:
         out.append(memory_breakdown(inp, mem).available_kv_bytes / GIB - available)
     return out
@@ -115,13 +116,15 @@ def _logged_available_gib(rec: KvRecord) -> float | None:
     return rec.available_kv_gib if rec.failed_to_fit else None
 
 
-def fit_terms(records: list[KvRecord], start: FittedTerms | None = None) -> FittedTerms:
+def fit_terms(records: list[KvRecord], start: FittedTerms | None = None, kv: bool = True) -> FittedTerms:
     """Robust least squares of the shared and per-era terms on ``records`` (usable ones only).
 
     Without ``start`` the fit begins at the :class:`MemoryCoefficients` defaults, from two sampler
     starting points; with ``start`` (a previous fit, e.g. on all records) once, from its terms.
+    ``kv=False`` fits each component on its logged values alone (records without any are unused).
     """
-    usable = [r for r in records if r.usable]
+    usable = [r for r in records if r.usable and (kv or r.activation_peak_gib is not None
+                                                  or r.non_torch_gib is not None or r.weights_gib is not None)]
     if not usable:
         raise ValueError("no usable KV-capacity records to fit")
     eras = sorted({r.era for r in usable}, key=lambda e: list(MemoryEra).index(e))
@@ -134,7 +137,7 @@ def fit_terms(records: list[KvRecord], start: FittedTerms | None = None) -> Fitt
 
     def fun(x: np.ndarray) -> np.ndarray:
         coeffs = _unpack(x, eras)
-        return np.asarray([v for r in usable for v in _residuals(r, coeffs[r.era])])
+        return np.asarray([v for r in usable for v in _residuals(r, coeffs[r.era], kv)])
 
     # weight_overhead_bytes may be negative (the parameter count can over-count a little); the rest >= 0.
     # A TP term needs TP > 1 records: per-rank growth needs two distinct TP > 1 degrees, else it is
@@ -242,7 +245,10 @@ def evaluate(records: list[KvRecord]) -> dict:
     for era in sorted({r["era"] for r in in_sample}):
         by_era[era] = {"in_sample": summarize([r for r in in_sample if r["era"] == era]),
                        "leave_one_model_out": summarize([r for r in lomo if r["era"] == era])}
-    return {"terms": terms, "in_sample": in_sample, "leave_one_model_out": lomo,
+    components = fit_terms(usable, kv=False)
+    comp_rows = [_row(r, predict(r, components)) for r in usable if r.era in components.coefficients]
+    return {"terms": terms, "terms_components_only": components, "in_sample": in_sample,
+            "in_sample_components_only": summarize(comp_rows), "leave_one_model_out": lomo,
             "summary": {"in_sample": summarize(in_sample), "leave_one_model_out": summarize(lomo), "by_era": by_era},
             "skipped": [{"index": r.index, "model_id": r.model_id, "reason": r.skip_reason}
                         for r in records if not r.usable]}
@@ -265,6 +271,9 @@ def report_dict(result: dict, data_file: Path) -> dict:
             "terms": {era.value: {"values": asdict(c), "stderr": terms.stderr[era],
                                   "not_identified": list(terms.not_identified[era])}
                       for era, c in terms.coefficients.items()},
+            "terms_components_only": {era.value: {"values": asdict(c), "stderr": result["terms_components_only"].stderr[era]}
+                                      for era, c in result["terms_components_only"].coefficients.items()},
+            "kv_error_with_component_only_terms": result["in_sample_components_only"],
             "summary": result["summary"], "component_errors": _component_errors(result["in_sample"]),
             "in_sample": result["in_sample"], "leave_one_model_out": result["leave_one_model_out"],
             "skipped": result["skipped"]}
@@ -363,6 +372,11 @@ def _print(report: dict) -> None:
               f"{s['within_5pct']:.1%}), median |err| {s['median_abs_error']:.2%}, p95 {s['p95_abs_error']:.2%}, "
               f"max {s['max_abs_error']:.1%}; target (95% within 3%) {'met' if s['target_met'] else 'NOT met'}; "
               f"failures predicted {s['failures_predicted']}")
+    c = report["kv_error_with_component_only_terms"]
+    print(f"terms fitted on the logged components alone: KV tokens within 3% {c['within_3pct']:.1%} of {c['n']} "
+          f"(median |err| {c['median_abs_error']:.2%}); sampler_bytes_per_logit by era: "
+          + ", ".join(f"{e} {b['values']['sampler_bytes_per_logit']:.2f}"
+                      for e, b in report["terms_components_only"].items()))
     worst = sorted((r for r in report["leave_one_model_out"] if r["rel_error"] is not None),
                    key=lambda r: -abs(r["rel_error"]))[:8]
     print("worst leave-one-model-out records:")
