@@ -115,6 +115,10 @@ class Profile:
             raw = data.get(section, {})
             known = {f.name for f in fields(kind)}
             unknown = set(raw) - known
+            if section == "memory" and "activation_bytes_per_token_hidden" in unknown:
+                raise ValueError(f"profile {source_path or data.get('name')}: its memory section has the terms of the "
+                                 "old KV-capacity model (activation_bytes_per_token_hidden); rewrite it with "
+                                 "python -m servesim.calibrate.kv_capacity --write-profiles (docs/memory.md)")
             if unknown:
                 raise ValueError(f"profile {source_path or data.get('name')}: unknown {section} "
                                  f"{sorted(unknown)}; valid: {sorted(known)}")

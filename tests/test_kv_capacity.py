@@ -195,3 +195,20 @@ def test_real_memory_components_match_their_logged_values(real_result):
                               ("non_torch_gib", "non_torch_gib", 0.25)):
         errs = sorted(abs(r["predicted"][pred] - r["logged"][logged]) for r in rows if r["logged"][logged] is not None)
         assert errs and errs[len(errs) // 2] < 0.05 and errs[-1] < tol, logged
+
+
+def test_a_profile_with_the_old_memory_terms_is_refused_then_rewritten(tmp_path):
+    src = Path(__file__).resolve().parents[1] / "calibrate" / "profiles" / "h100-sxm_vllm-v1.json"
+    data = json.loads(src.read_text())
+    data["memory"] = {"non_torch_bytes": {"value": 1e9}, "activation_bytes_per_token_hidden": {"value": 18.0},
+                      "cuda_graph_bytes": {"value": 5e8}}
+    legacy = tmp_path / "legacy_vllm-v1.json"
+    legacy.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="--write-profiles"):
+        load_profile(legacy)
+    records = [_synthetic_record(i, m, tp, 8192, 1024, 0.95) for i, (m, tp) in enumerate(
+        [("llama-3.1-8b", 1), ("qwen2.5-7b", 2), ("codellama-7b", 4), ("gemma-2-9b", 1)])]
+    fake = tmp_path / "records.csv"
+    fake.write_text("synthetic\n")
+    write_profiles(report_dict(evaluate(records), fake), tmp_path)
+    assert load_profile(legacy).memory.sampler_bytes_per_logit == pytest.approx(20.0, abs=0.5)
