@@ -136,3 +136,29 @@ def test_real_logs_agree_with_the_independently_collected_records():
                          ("cuda_graph_gib", "cuda_graph_gib")):
             assert getattr(log, key) == pytest.approx(float(row[col]), abs=1e-9), (path.name, key)
     assert matched == 59
+
+
+def test_a_launched_server_that_fails_to_start_is_reported_with_its_root_cause(tmp_path):
+    """measure --launch: a server that exits while starting is an error naming vLLM's root cause."""
+    import asyncio
+    import socket
+    import sys
+
+    import aiohttp
+
+    from servesim.measure.launcher import Launcher
+
+    script = tmp_path / "fake_vllm.py"
+    script.write_text("import sys\nsys.stdout.write(" + repr(FAILED_LOG) + ")\nsys.exit(1)\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = Launcher(f"{sys.executable} {script}", tmp_path / "server.log", f"http://127.0.0.1:{port}")
+
+    async def start() -> None:
+        async with aiohttp.ClientSession() as session:
+            await launcher.ensure_running(session, timeout_s=30)
+
+    with pytest.raises(ValueError, match=r"insufficient_free_memory: Free memory on device cuda:1"):
+        asyncio.run(start())
+    assert launcher.kv_facts()["failure"]["kind"] == "insufficient_free_memory"
