@@ -52,6 +52,8 @@ _SCALE = {"weight_overhead_bytes": GIB, "non_torch_bytes": GIB, "non_torch_tp_by
 # records (Qwen3-30B-A3B, Qwen1.5-MoE, Mixtral) match sampler peak + workspaces within 0.05 GiB;
 # the older eras hold no MoE record, so their MoE peak is the forward pass alone.
 MOE_WORKSPACE_IN_PEAK = {MemoryEra.V1_017: 1.0, MemoryEra.V1_010: 0.0, MemoryEra.V0: 0.0}
+ERA_RECORDS = {MemoryEra.V1_017: "vLLM 0.17-0.19 start-ups", MemoryEra.V1_010: "vLLM 0.10-0.16 start-ups",
+               MemoryEra.V0: "two vLLM 0.6.5 start-ups of one model, Llama-3-8B TP1/TP2"}
 FIXED_SOURCES = {
     "activation_tensors_intermediate": "fixed, not fitted: gate/up output (2 x I/tp) and activation output (I/tp) "
                                        "live at the MLP's peak (vLLM SiluAndMul); see docs/memory.md",
@@ -318,7 +320,7 @@ def memory_section(report: dict, era: MemoryEra) -> dict:
     share = (f"{lomo['within_3pct']:.0%} of {lomo['n']} records" if lomo.get("n")
              else "not evaluated (no second model in this era)")
     src = (f"fit: servesim.calibrate.kv_capacity on {report['data']['file']} (sha256 "
-           f"{report['data']['sha256'][:12]}), era {era.value}, {date.today().isoformat()}; "
+           f"{report['data']['sha256'][:12]}), era {era.value} ({ERA_RECORDS[era]}), {date.today().isoformat()}; "
            f"KV tokens within 3% leave-one-model-out: {share}")
     out = {}
     for f in fields(MemoryCoefficients):
