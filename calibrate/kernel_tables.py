@@ -374,18 +374,14 @@ def coefficients(fits: dict[str, FitResult], engine: str) -> dict[str, dict]:
 
 
 def memory_priors(data_dir: str | Path) -> dict[str, dict]:
-    """MemoryCoefficients priors; the calibration issue fits them to vLLM's reported KV sizes."""
-    nccl = max(yaml.safe_load(hardware_yaml(data_dir).read_text())["misc"]["nccl_mem"].values())
-    other = 551 * 2**20  # h100_sxm.yaml misc.other_mem comment: "increase from 551MB to 3.5GB for safer deployment"
-    return {
-        "non_torch_bytes": {"value": float(other + nccl), "stderr": 5e8, "source": f"prior: {HARDWARE_YAML} misc: "
-                            f"original other_mem 551 MiB + nccl_mem {nccl} B (TP4/8; 0 at TP1)"},
-        "activation_bytes_per_token_hidden": {"value": 18.0, "stderr": 8.0, "source": "prior: per token per hidden "
-                                              "unit besides the gate+up output and logits sim/memory.py counts: SiLU "
-                                              "output 2*I (~7h), residual+normed 4h, qkv ~3h, allocator slack"},
-        "cuda_graph_bytes": {"value": 5e8, "stderr": 3e8, "source": "prior: vLLM logs 'Graph capturing finished ... "
-                             "took 0.2-1 GiB' for 7-70B models"},
-    }
+    """MemoryCoefficients priors (their defaults); ``python -m servesim.calibrate.kv_capacity
+    --write-profiles`` replaces them with the terms fitted on real vLLM start-up records."""
+    from dataclasses import asdict  # noqa: PLC0415
+
+    from ..sim.profile import MemoryCoefficients  # noqa: PLC0415
+    return {name: {"value": float(value), "stderr": None, "source": "prior: MemoryCoefficients default; fit with "
+                   "python -m servesim.calibrate.kv_capacity --write-profiles (docs/memory.md)"}
+            for name, value in asdict(MemoryCoefficients()).items()}
 
 
 def power_constants(power_yaml: Path) -> dict[str, dict]:

@@ -227,13 +227,17 @@ def _kv_memory(run: dict, cfg) -> tuple[dict, dict]:
         return {}, {"reported": False}
     mem = kv_capacity(dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, num_gpu_blocks_override=None)))
     kv_bytes = blocks * mem.kv_bytes_per_token * cfg.cache.block_size
-    non_torch = mem.budget_bytes - mem.weight_bytes - mem.activation_bytes - mem.cuda_graph_bytes - kv_bytes
+    # The TP communicator part of non-torch memory stays as the profile has it; only the base term is derived.
+    tp_part = mem.non_torch_bytes - cfg.profile.memory.non_torch_bytes
+    non_torch = (mem.budget_bytes - mem.weight_bytes - mem.activation_bytes - mem.cuda_graph_bytes - kv_bytes
+                 - tp_part)
     report = {"reported": True, "num_gpu_blocks": int(blocks), "kv_capacity_tokens": int(blocks * cfg.cache.block_size),
               "memory_model_blocks": mem.num_gpu_blocks, "derived_non_torch_bytes": float(non_torch)}
     if non_torch < 0:
         report["note"] = "negative: the activation/graph priors overestimate; non_torch_bytes not updated"
         return {}, report
-    prior_se = float(np.hypot(8.0 * cfg.model.hidden_size * cfg.scheduler.max_num_batched_tokens, 3e8))
+    prior_se = float(np.hypot(cfg.profile.uncertainty.get("sampler_bytes_per_logit", 1.0) * cfg.model.vocab_size
+                              * min(cfg.scheduler.max_num_seqs, cfg.scheduler.max_num_batched_tokens), 3e8))
     return {"non_torch_bytes": {"value": float(f"{non_torch:.4g}"), "stderr": float(f"{prior_se:.2g}"),
                                 "source": f"derived: reproduces num_gpu_blocks={blocks} reported by the server, "
                                           "given the activation and CUDA-graph priors"}}, report

@@ -1,8 +1,10 @@
 """GPU specifications: memory, bandwidth, peak FLOP/s, power and interconnect.
 
 Numbers are vendor datasheet values (dense, no sparsity) unless a comment says otherwise;
-``memory_bytes`` is what the driver reports as total memory (what vLLM's
-``gpu_memory_utilization`` multiplies), which is a little less than the marketing size.
+``memory_bytes`` is the total memory CUDA reports (``cudaMemGetInfo``, what vLLM's
+``gpu_memory_utilization`` multiplies), which is less than the marketing size and than nvidia-smi's
+total; it is taken from real vLLM start-up logs where they exist (H100 SXM, H200, A100 80GB) and is
+nvidia-smi's figure for the other GPUs (an over-estimate of a few hundred MiB).
 
 The catalogue :data:`GPU_CATALOG` is keyed by canonical name (``h100-sxm``, ``a100-80gb``, ...);
 :func:`get_gpu` also accepts the names other tools print, e.g. ``nvidia-smi``'s
@@ -66,9 +68,11 @@ class GPUSpec:
 
 H100_SXM = GPUSpec(
     name="h100-sxm",
-    # nvidia-smi on "NVIDIA H100 80GB HBM3": 81559 MiB total = 85,520,809,984 bytes.  (The
-    # aiconfigurator yaml uses the nominal 80 GiB = 85,899,345,920 bytes instead.)
-    memory_bytes=81559 * _MIB,
+    # What CUDA reports (cudaMemGetInfo total, which vLLM multiplies by gpu_memory_utilization):
+    # 79.19 GiB in all 59 successful vLLM 0.19 start-up logs of ../shared/data/kv_capacity
+    # ("worker init memory snapshot: ... total_memory=79.19GiB"); 81090 MiB rounds to it.  nvidia-smi
+    # shows 81559 MiB (the driver keeps ~470 MiB); the aiconfigurator yaml uses the nominal 80 GiB.
+    memory_bytes=81090 * _MIB,
     hbm_bandwidth_bytes_per_s=3.35 * _TB,     # datasheet; aiconfigurator h100_sxm.yaml mem_bw
     bf16_flops=989 * _TFLOPS,                 # datasheet 1,979 TF sparse; h100_sxm.yaml 989 TF
     fp8_flops=1979 * _TFLOPS,                 # datasheet 3,958 TF sparse; h100_sxm.yaml 1978 TF
@@ -96,7 +100,7 @@ H100_NVL = GPUSpec(
 
 H100_PCIE = GPUSpec(
     name="h100-pcie",
-    memory_bytes=81559 * _MIB,                # 80 GB HBM2e; same driver total as the SXM part
+    memory_bytes=81559 * _MIB,                # 80 GB HBM2e; nvidia-smi total (CUDA total not measured here)
     hbm_bandwidth_bytes_per_s=2.0 * _TB,
     bf16_flops=756 * _TFLOPS,                 # datasheet 1,513 TF sparse
     fp8_flops=1513 * _TFLOPS,                 # datasheet 3,026 TF sparse
@@ -109,8 +113,9 @@ H100_PCIE = GPUSpec(
 
 H200 = GPUSpec(
     name="h200",
-    # 141 GB HBM3e; nvidia-smi reports 143771 MiB on "NVIDIA H200".
-    memory_bytes=143771 * _MIB,
+    # 141 GB HBM3e; nvidia-smi reports 143771 MiB on "NVIDIA H200", CUDA 139.81 GiB (vLLM v0 log
+    # "total_gpu_memory" of an 8x H200 start-up, kv_capacity record 90); 143165 MiB rounds to it.
+    memory_bytes=143165 * _MIB,
     hbm_bandwidth_bytes_per_s=4.8 * _TB,
     bf16_flops=989 * _TFLOPS,                 # same compute die as H100 SXM
     fp8_flops=1979 * _TFLOPS,
@@ -123,7 +128,9 @@ H200 = GPUSpec(
 
 A100_80GB = GPUSpec(
     name="a100-80gb",
-    memory_bytes=81920 * _MIB,                # nvidia-smi on "NVIDIA A100-SXM4-80GB"
+    # nvidia-smi shows 81920 MiB on "NVIDIA A100-SXM4-80GB"; CUDA reports 79.15 GiB (Unsloth/vLLM
+    # banner "max memory: 79.15 GB", kv_capacity record 112); 81050 MiB rounds to it.
+    memory_bytes=81050 * _MIB,
     hbm_bandwidth_bytes_per_s=2.039 * _TB,
     bf16_flops=312 * _TFLOPS,
     # Ampere has no fp8 tensor cores.  vLLM runs fp8 checkpoints on Ampere as weight-only fp8

@@ -133,11 +133,57 @@ PHI_3_MEDIUM_4K = ModelSpec("phi-3-medium-4k", num_layers=40, hidden_size=5120, 
                             num_key_value_heads=10, head_dim=128, intermediate_size=17920, vocab_size=32064,
                             max_position_embeddings=4096, hf_id="microsoft/Phi-3-medium-4k-instruct")
 
+# Models of the KV-capacity start-up records (../shared/data/kv_capacity), from their public
+# config.json files.  CodeLlama-7b: the Llama-2-7B shape with a 32016-token vocabulary and 16k context.
+CODELLAMA_7B = ModelSpec("codellama-7b", num_layers=32, hidden_size=4096, num_attention_heads=32,
+                         num_key_value_heads=32, head_dim=128, intermediate_size=11008, vocab_size=32016,
+                         max_position_embeddings=16384, hf_id="codellama/CodeLlama-7b-hf")
+# Gemma-7B: 16 heads x 256 = 4096 > hidden 3072, MHA, GeGLU MLP, tied 256000-token vocabulary.
+GEMMA_7B = ModelSpec("gemma-7b", num_layers=28, hidden_size=3072, num_attention_heads=16, num_key_value_heads=16,
+                     head_dim=256, intermediate_size=24576, vocab_size=256000, max_position_embeddings=8192,
+                     tie_word_embeddings=True, hf_id="google/gemma-7b")
+# Granite 3.1: GQA, tied 49155-token vocabulary, 128k context.
+GRANITE_31_2B = ModelSpec("granite-3.1-2b", num_layers=40, hidden_size=2048, num_attention_heads=32,
+                          num_key_value_heads=8, head_dim=64, intermediate_size=8192, vocab_size=49155,
+                          max_position_embeddings=131072, tie_word_embeddings=True,
+                          hf_id="ibm-granite/granite-3.1-2b-instruct")
+GRANITE_31_8B = ModelSpec("granite-3.1-8b", num_layers=40, hidden_size=4096, num_attention_heads=32,
+                          num_key_value_heads=8, head_dim=128, intermediate_size=12800, vocab_size=49155,
+                          max_position_embeddings=131072, tie_word_embeddings=True,
+                          hf_id="ibm-granite/granite-3.1-8b-instruct")
+# Phi-2: plain GELU MLP (fc1/fc2), head_dim 2560/32 = 80, untied LM head, float16 checkpoint.
+PHI_2 = ModelSpec("phi-2", num_layers=32, hidden_size=2560, num_attention_heads=32, num_key_value_heads=32,
+                  head_dim=80, intermediate_size=10240, vocab_size=51200, max_position_embeddings=2048,
+                  mlp_gated=False, torch_dtype="fp16", hf_id="microsoft/phi-2")
+# Phi-4 (model_type phi3): GQA 40/10, 100352-token vocabulary, 16k context.
+PHI_4 = ModelSpec("phi-4", num_layers=40, hidden_size=5120, num_attention_heads=40, num_key_value_heads=10,
+                  head_dim=128, intermediate_size=17920, vocab_size=100352, max_position_embeddings=16384,
+                  hf_id="microsoft/phi-4")
+QWEN3_06B = ModelSpec("qwen3-0.6b", num_layers=28, hidden_size=1024, num_attention_heads=16, num_key_value_heads=8,
+                      head_dim=128, intermediate_size=3072, vocab_size=151936, max_position_embeddings=40960,
+                      tie_word_embeddings=True, hf_id="Qwen/Qwen3-0.6B")
+QWEN3_14B = ModelSpec("qwen3-14b", num_layers=40, hidden_size=5120, num_attention_heads=40, num_key_value_heads=8,
+                      head_dim=128, intermediate_size=17408, vocab_size=151936, max_position_embeddings=40960,
+                      hf_id="Qwen/Qwen3-14B")
+# Qwen3-30B-A3B: 128 experts of width 768, 8 active, no shared expert.
+QWEN3_30B_A3B = ModelSpec("qwen3-30b-a3b", num_layers=48, hidden_size=2048, num_attention_heads=32,
+                          num_key_value_heads=4, head_dim=128, intermediate_size=6144, vocab_size=151936,
+                          max_position_embeddings=40960, num_experts=128, num_experts_per_tok=8,
+                          moe_intermediate_size=768, hf_id="Qwen/Qwen3-30B-A3B")
+# Qwen1.5-MoE-A2.7B: 60 experts of width 1408, 4 active, plus a shared expert of width 5632.
+QWEN15_MOE_A27B = ModelSpec("qwen1.5-moe-a2.7b", num_layers=24, hidden_size=2048, num_attention_heads=16,
+                            num_key_value_heads=16, head_dim=128, intermediate_size=5632, vocab_size=151936,
+                            max_position_embeddings=8192, num_experts=60, num_experts_per_tok=4,
+                            moe_intermediate_size=1408, shared_expert_intermediate_size=5632,
+                            hf_id="Qwen/Qwen1.5-MoE-A2.7B")
+
 CATALOG: dict[str, ModelSpec] = {m.name: m for m in (
     LLAMA_3_8B, LLAMA_3_70B, LLAMA_31_8B, LLAMA_31_70B, LLAMA_31_405B, LLAMA_2_7B, LLAMA_2_13B, LLAMA_2_70B,
     MISTRAL_7B_V03, MISTRAL_7B_V02, MISTRAL_NEMO_12B, MISTRAL_LARGE_2407, MIXTRAL_8X7B, MIXTRAL_8X22B,
     QWEN15_14B, QWEN25_7B, QWEN25_32B, QWEN25_72B, QWEN3_8B, QWEN3_32B, DEEPSEEK_LLM_7B, GPT2_XL, FALCON_40B,
     GEMMA_2_2B, GEMMA_2_9B, GEMMA_2_27B, PHI_3_MINI_4K, PHI_3_SMALL_8K, PHI_3_MEDIUM_4K,
+    CODELLAMA_7B, GEMMA_7B, GRANITE_31_2B, GRANITE_31_8B, PHI_2, PHI_4, QWEN3_06B, QWEN3_14B, QWEN3_30B_A3B,
+    QWEN15_MOE_A27B,
 )}
 
 # Spellings that normalisation alone does not reach (keys already normalised).

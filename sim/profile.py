@@ -48,11 +48,38 @@ class StepCoefficients:
 
 @dataclass(frozen=True)
 class MemoryCoefficients:
-    """Terms of the KV-capacity memory model (see :mod:`servesim.sim.memory`)."""
+    """Terms of the KV-capacity memory model (see :mod:`servesim.sim.memory` for the formula).
 
-    non_torch_bytes: float = 1.0e9            # CUDA context, NCCL buffers, allocator slack
-    activation_bytes_per_token_hidden: float = 18.0  # peak activations: bytes per token per hidden unit
-    cuda_graph_bytes: float = 0.5e9           # captured graphs (outside the profiled peak in v0)
+    Fitted per engine version on real vLLM start-up records (``calibrate/kv_capacity.py``,
+    ``docs/memory.md``).  Invariant: every term is >= 0 except ``weight_overhead_bytes``
+    (a fit may find the parameter count a little high).
+    """
+
+    # Memory outside PyTorch's allocator that the profiling run adds (cuBLAS/attention workspaces);
+    # at TP > 1 also NCCL communicator and custom all-reduce buffers: tp_bytes + per_rank * tp.
+    non_torch_bytes: float = 0.26e9
+    non_torch_tp_bytes: float = 2.15e9
+    non_torch_per_rank_bytes: float = 0.03e9
+    # Forward peak of the dummy batch: live [tokens, hidden] and [tokens, intermediate/tp] tensors
+    # (counts of tensors in the activation dtype).
+    activation_tensors_hidden: float = 4.0
+    activation_tensors_intermediate: float = 3.0
+    # Dummy sampler run on min(max_num_seqs, tokens) rows of logits: fp32/int64 working set per
+    # (row, vocab entry), besides the logits themselves in the activation dtype.
+    sampler_bytes_per_logit: float = 12.5
+    # 1 where fused-MoE workspaces persist through the whole profile run (vLLM 0.17+ workspace
+    # manager: they add to the peak), 0 where they are freed after the forward pass.
+    moe_workspace_in_peak: float = 1.0
+    # Memory the weight load takes beyond the parameters (rotary caches, allocator rounding).
+    weight_overhead_bytes: float = 0.0
+    # CUDA-graph memory deducted from the KV budget: 0 where vLLM does not deduct it (v0; v1 up
+    # to 0.19 unless VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1), graphs then live in 1 - util.
+    cuda_graph_bytes: float = 0.0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name != "weight_overhead_bytes" and getattr(self, f.name) < 0:
+                raise ValueError(f"memory term {f.name}={getattr(self, f.name)} must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -88,6 +115,10 @@ class Profile:
             raw = data.get(section, {})
             known = {f.name for f in fields(kind)}
             unknown = set(raw) - known
+            if section == "memory" and "activation_bytes_per_token_hidden" in unknown:
+                raise ValueError(f"profile {source_path or data.get('name')}: its memory section has the terms of the "
+                                 "old KV-capacity model (activation_bytes_per_token_hidden); rewrite it with "
+                                 "python -m servesim.calibrate.kv_capacity --write-profiles (docs/memory.md)")
             if unknown:
                 raise ValueError(f"profile {source_path or data.get('name')}: unknown {section} "
                                  f"{sorted(unknown)}; valid: {sorted(known)}")

@@ -10,14 +10,12 @@ import numpy as np
 import pytest
 
 from servesim.calibrate import e2e_fit
-from servesim.calibrate.kv_capacity import CapacityObservation, fit_memory
 from servesim.calibrate.mlenergy import MLEnergyRow
 from servesim.calibrate.pipeline import classify
 from servesim.calibrate.validate import compare, format_table, load_bench_result, validate
 from servesim.cli import main
 from servesim.sim.config import make_engine_config
 from servesim.sim.gpus import get_gpu
-from servesim.sim.memory import kv_capacity
 from servesim.sim.model_catalog import get_model
 from servesim.sim.profile import MemoryCoefficients, Profile, StepCoefficients
 from servesim.sim.runner import simulate
@@ -38,24 +36,6 @@ TRUE_STEP = StepCoefficients(eff_bw=0.84, eff_mm=0.79, eff_attn_prefill=0.67, ef
 
 def _profile(step: StepCoefficients, memory: MemoryCoefficients = MemoryCoefficients()) -> Profile:
     return Profile(name="truth", engine="vllm-v0", engine_version="0.5.4", gpu="h100-sxm", step=step, memory=memory)
-
-
-def test_kv_capacity_fit_recovers_known_overheads():
-    truth = MemoryCoefficients(non_torch_bytes=1.7e9, activation_bytes_per_token_hidden=24.0)
-    obs = []
-    for model, tp, util, tokens in [("llama-3.1-8b", 1, 0.9, 8192), ("llama-3.1-8b", 1, 0.8, 2048),
-                                    ("qwen2.5-32b", 2, 0.9, 8192), ("llama-3.1-70b", 4, 0.95, 16384),
-                                    ("mistral-7b-v0.3", 1, 0.9, 32768), ("qwen2.5-7b", 1, 0.85, 4096)]:
-        cfg = make_engine_config(get_model(model), get_gpu("h100-sxm"), "vllm-v0", tp=tp, profile=_profile(TRUE_STEP, truth),
-                                 gpu_memory_utilization=util, max_num_batched_tokens=tokens, max_model_len=min(tokens, 4096))
-        blocks = kv_capacity(cfg).num_gpu_blocks
-        guess = replace(cfg, profile=_profile(TRUE_STEP))  # fit starts from the default priors
-        obs.append(CapacityObservation(guess, blocks, f"{model}@tp{tp}"))
-    fit = fit_memory(obs)
-    # tolerance: block rounding (one block = 2 MiB for Llama-8B) limits the recovery
-    assert fit["values"]["non_torch_bytes"] == pytest.approx(1.7e9, rel=0.02)
-    assert fit["values"]["activation_bytes_per_token_hidden"] == pytest.approx(24.0, rel=0.02)
-    assert max(abs(o["rel_error"]) for o in fit["observations"]) < 1e-3
 
 
 def _synthetic_rows(truth: Profile, rng: np.random.Generator, noise: float) -> list[MLEnergyRow]:

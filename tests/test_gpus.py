@@ -17,7 +17,8 @@ def test_catalogue_covers_the_required_gpus() -> None:
 
 def test_h100_sxm_facts() -> None:
     gpu = get_gpu("h100-sxm")
-    assert gpu.memory_bytes == 81559 * 2**20 == 85520809984  # nvidia-smi total
+    # CUDA total as vLLM logs it (total_memory=79.19GiB in the 59 real vLLM 0.19 start-ups), not nvidia-smi 81559 MiB
+    assert gpu.memory_bytes == 81090 * 2**20 and round(gpu.memory_bytes / 2**30, 2) == 79.19
     assert gpu.hbm_bandwidth_bytes_per_s == 3.35e12
     assert gpu.bf16_flops == 989e12 and gpu.fp8_flops == 1979e12
     assert (gpu.tdp_w, gpu.idle_w) == (700, 75)              # Splitwise idle power

@@ -28,8 +28,11 @@ STEP = StepCoefficients(eff_bw=0.84, eff_mm=0.79, eff_attn_prefill=0.67, eff_att
                         ar_latency_s=5.2e-6, ar_bandwidth_bytes_per_s=207e9, layer_overhead_s=2.7e-5,
                         step_overhead_s=3e-3, per_seq_overhead_s=4e-5, per_token_overhead_s=2e-7,
                         swap_bandwidth_bytes_per_s=25e9)
-MEMORY = MemoryCoefficients(non_torch_bytes=1.2e9, activation_bytes_per_token_hidden=18.0,
-                            cuda_graph_bytes=0.5e9)
+# Memory terms close to the KV-capacity fit for vLLM 0.17-0.19 (docs/memory.md), frozen here.
+MEMORY = MemoryCoefficients(non_torch_bytes=0.27e9, non_torch_tp_bytes=1.9e9, non_torch_per_rank_bytes=0.044e9,
+                            activation_tensors_hidden=3.9, activation_tensors_intermediate=3.0,
+                            sampler_bytes_per_logit=12.84, moe_workspace_in_peak=1.0, weight_overhead_bytes=0.039e9,
+                            cuda_graph_bytes=0.0)
 POWER = PowerCoefficients(idle_w=75.0, prefill_w=700.0, decode_w=380.0)
 
 
