@@ -47,6 +47,9 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap"],
                    help="vllm-v0 only: swap preempted requests' KV to CPU instead of recomputing")
     k.add_argument("--swap-space", type=float, default=4.0, help="CPU swap space per GPU, GiB (vllm-v0)")
+    k.add_argument("--num-scheduler-steps", type=int, default=1,
+                   help="vllm-v0 only (vLLM 0.6 multi-step): decode steps per scheduling pass; their tokens "
+                        "stream together at the end of the window (default 1)")
 
 
 def _add_simulate(sub) -> None:
@@ -111,7 +114,8 @@ def engine_config(args):
         max_model_len=args.max_model_len, enable_chunked_prefill=args.enable_chunked_prefill,
         enable_prefix_caching=args.enable_prefix_caching, block_size=args.block_size,
         gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_dtype=args.kv_cache_dtype,
-        num_gpu_blocks=args.num_gpu_blocks, preemption_mode=args.preemption_mode, swap_space_gib=args.swap_space)
+        num_gpu_blocks=args.num_gpu_blocks, preemption_mode=args.preemption_mode, swap_space_gib=args.swap_space,
+        num_scheduler_steps=args.num_scheduler_steps)
 
 
 SUMMARY_ROWS = (

@@ -14,6 +14,13 @@ efficiencies and overheads from a :class:`~servesim.sim.profile.Profile`.  Per G
 * CPU side: a fixed per-step overhead (plus one per extra TP rank: the step is broadcast to every
   worker) and per-sequence and per-token terms.
 
+Multi-step scheduling (vLLM 0.6 ``--num-scheduler-steps K``, :meth:`StepCostModel.window_time`):
+one scheduling pass runs K decode steps; the pass's own CPU work (``step_overhead_s``: schedule,
+prepare inputs, process outputs; ``per_seq_overhead_s``: per-sequence output processing and
+streaming) is paid once per window, while every inner step still pays the GPU terms, the
+per-layer launches, the all-reduces, the per-token input work and the per-rank broadcast (vLLM
+0.6 ``MultiStepWorker`` broadcasts the advanced model input to the TP workers every step).
+
 Nothing here knows about SimPy or the scheduler; the scheduler hands over a :class:`BatchShape`.
 """
 from __future__ import annotations
@@ -119,3 +126,17 @@ class StepCostModel:
         linear = max(self.weight_stream_s, self.linear_s_per_token * num_seqs + self.lm_head_s_per_seq * num_seqs)
         return (linear + self.prefill_s_per_pair * 0.0, self.decode_s_per_ctx_token, self.fixed_s,
                 self.per_token_s * num_seqs, self.coeffs.per_seq_overhead_s * num_seqs)
+
+    def window_time(self, num_seqs: int, decode_context_tokens: float, num_steps: int) -> float:
+        """Seconds a multi-step window of ``num_steps`` decode steps of ``num_seqs`` sequences takes,
+        the first step attending ``decode_context_tokens`` (each later one ``num_seqs`` more).
+
+        Every sequence scheduled in the window is computed for every step, also after it finished
+        (vLLM 0.6 drops its surplus tokens only when the window's outputs are processed)."""
+        if num_seqs <= 0:
+            return 0.0
+        total = 0.0
+        for j in range(num_steps):
+            total += self.step_time_of(num_seqs, num_seqs, 0.0, decode_context_tokens + j * num_seqs)
+        pass_cpu = self.coeffs.step_overhead_s + self.coeffs.per_seq_overhead_s * num_seqs
+        return total - (num_steps - 1) * pass_cpu
