@@ -11,7 +11,8 @@ def register(sub) -> None:
     p = sub.add_parser("calibrate", help="fit a profile from measurements",
                        description="Fit step-cost, KV-capacity and power coefficients from kernel tables, "
                                    "probe runs and end-to-end results (see docs/calibration.md).")
-    p.add_argument("inputs", nargs="+", help="kernel-table folders, ML.ENERGY CSV, probe run directories")
+    p.add_argument("inputs", nargs="+", help="kernel-table folders, ML.ENERGY CSV, probe run directories, "
+                   "vllm bench --save-result files (a folder or glob of them: one deployment)")
     p.add_argument("-o", "--output", required=True, help="profile JSON to write")
     p.add_argument("--engine", default="vllm-v0", choices=["vllm-v0", "vllm-v1"],
                    help="engine policy the measurements came from (default vllm-v0: ML.ENERGY used vLLM 0.5.4)")
@@ -22,6 +23,14 @@ def register(sub) -> None:
     p.add_argument("--start", help="starting values of the end-to-end fit, e.g. step_overhead_s=0.02,per_seq_overhead_s=3e-4")
     p.add_argument("--workers", type=int, help="simulation processes (default: all cores)")
     p.add_argument("--max-nfev", type=int, default=30, help="most evaluations of the end-to-end fit")
+    d = p.add_argument_group("deployment of bench results (what the files do not record)")
+    d.add_argument("--name", help="profile/deployment name (default: the output file's stem)")
+    d.add_argument("--engine-version", help="vLLM version the deployment ran, e.g. 0.6.1")
+    d.add_argument("--num-scheduler-steps", type=int, default=1, help="vLLM 0.6 multi-step decode steps per pass")
+    d.add_argument("--max-num-seqs", type=int, help="server's max_num_seqs (default: the engine's)")
+    d.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    d.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates over runs (0: none)")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_calibrate)
 
     v = sub.add_parser("validate", help="compare a measured run with its simulation",
@@ -52,9 +61,20 @@ def cmd_calibrate(args) -> int:
     from .report import write_report
     params = tuple(p.strip() for p in args.params.split(",")) if args.params else None
     start = dict((k, float(v)) for k, v in (item.split("=") for item in args.start.split(","))) if args.start else None
-    data, table = calibrate(args.inputs, args.engine, args.gpu, args.base, params, args.workers, args.max_nfev,
-                            start=start, log=lambda msg: print(msg, file=sys.stderr))
+    from .bench_runs import Deployment
+    from ..sim.gpus import get_gpu
     out = Path(args.output)
+    name = args.name or out.stem
+    dep = Deployment(name=name, engine=args.engine, engine_version=args.engine_version or "", gpu=get_gpu(args.gpu).name,
+                     num_scheduler_steps=args.num_scheduler_steps, max_num_seqs=args.max_num_seqs,
+                     gpu_memory_utilization=args.gpu_memory_utilization)
+    data, table = calibrate(args.inputs, args.engine, args.gpu, args.base, params, args.workers, args.max_nfev,
+                            start=start, log=lambda msg: print(msg, file=sys.stderr), deployment=dep,
+                            bootstrap=args.bootstrap, progress=not args.no_progress)
+    if args.name or "deployment" in data:
+        data["name"] = name
+    if args.engine_version:
+        data["engine_version"] = args.engine_version
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")

@@ -35,6 +35,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "tp_step_overhead_s": (0.0, 0.05),
     "per_seq_overhead_s": (0.0, 2e-3),
     "per_token_overhead_s": (0.0, 1e-4),
+    "per_prefill_token_overhead_s": (0.0, 5e-5),
     "layer_overhead_s": (0.0, 1e-3),
     "eff_attn_decode": (0.05, 1.0),
     "eff_attn_prefill": (0.05, 1.0),
@@ -93,14 +94,16 @@ class BenchTarget:
 
 
 class RowSimulator:
-    """Simulates many rows, in parallel worker processes when more than one core is available."""
+    """Simulates many rows on ``gpu``, in parallel worker processes when more than one core is available."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, gpu: str = "h100-sxm") -> None:
+        get_gpu(gpu)  # a GPU that does not exist is an error here, before any simulation
+        self.gpu = gpu
         self.workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
         self._pool = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
 
     def __call__(self, rows: list[MLEnergyRow], profile: Profile, engine: str = "vllm-v0") -> list[dict]:
-        tasks = [(row, profile, "h100-sxm", engine) for row in rows]
+        tasks = [(row, profile, self.gpu, engine) for row in rows]
         if self._pool is None:
             return [_simulate_task(t) for t in tasks]
         return list(self._pool.map(_simulate_task, tasks, chunksize=max(1, len(tasks) // (4 * self.workers))))

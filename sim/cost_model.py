@@ -105,10 +105,10 @@ class StepCostModel:
         """Seconds one step of ``batch`` takes (0 tokens costs nothing: no step is run)."""
         return self.step_time_of(batch.num_prefill_tokens + batch.num_decode_seqs,
                                  batch.num_prefill_seqs + batch.num_decode_seqs,
-                                 batch.prefill_attn_pairs, batch.decode_context_tokens)
+                                 batch.prefill_attn_pairs, batch.decode_context_tokens, batch.num_prefill_tokens)
 
     def step_time_of(self, num_tokens: int, num_seqs: int, prefill_pairs: float,
-                     decode_context_tokens: float) -> float:
+                     decode_context_tokens: float, num_prefill_tokens: int = 0) -> float:
         """:meth:`step_time` on plain numbers (the engine's hot path avoids building objects)."""
         if num_tokens <= 0:
             return 0.0
@@ -116,7 +116,8 @@ class StepCostModel:
         return (linear + self.prefill_s_per_pair * prefill_pairs
                 + self.decode_s_per_ctx_token * decode_context_tokens
                 + self.fixed_s + self.per_token_s * num_tokens
-                + self.coeffs.per_seq_overhead_s * num_seqs)
+                + self.coeffs.per_seq_overhead_s * num_seqs
+                + self.coeffs.per_prefill_token_overhead_s * num_prefill_tokens)
 
     def decode_terms(self, num_seqs: int) -> tuple[float, float, float, float, float]:
         """``(a, b, fixed, c1, c2)`` such that a decode-only step of ``num_seqs`` sequences with

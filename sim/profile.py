@@ -32,6 +32,8 @@ class StepCoefficients:
     tp_step_overhead_s: float = 0.0   # per step and extra TP rank: broadcasting the step to workers, sync
     per_seq_overhead_s: float = 0.0   # per sequence in the step: detokenise, stream, bookkeeping
     per_token_overhead_s: float = 0.0  # per scheduled token: input prep and sampling that scale with tokens
+    per_prefill_token_overhead_s: float = 0.0  # extra per prompt token of a prefill: v0's per-token Python
+    # input preparation (positions, slot mappings built as lists in ``ModelRunner._prepare_model_input``)
     # KV blocks copied to/from CPU on swap preemption (vLLM v0): block-by-block cudaMemcpyAsync over
     # PCIe 5 x16 (64 GB/s nominal); prior of 25 GB/s effective, not yet measured.
     swap_bandwidth_bytes_per_s: float = 25e9
