@@ -36,7 +36,8 @@ def register(sub) -> None:
     v = sub.add_parser("validate", help="compare a measured run with its simulation",
                        description="Simulate exactly the workload of a measured run and print measured vs "
                                    "simulated metrics with relative errors.")
-    v.add_argument("measured", help="vllm bench serve --save-result JSON, or a servesim measure run directory")
+    v.add_argument("measured", help="vllm bench serve --save-result JSON (with or without --save-detailed), a "
+                   "folder or glob of them (one row per run), or a servesim measure run directory")
     v.add_argument("-p", "--profile", help="profile JSON (default: the shipped one for --gpu/--engine)")
     v.add_argument("--model", help="model (default: from the measured file)")
     v.add_argument("--gpu", default="h100-sxm")
@@ -53,6 +54,8 @@ def register(sub) -> None:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--point", help="run directories: only this probe point (default: every load point)")
     v.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    v.add_argument("--num-scheduler-steps", type=int, help="vllm-v0 multi-step (default: the profile's deployment)")
+    v.add_argument("--plot", help="folders/globs: write the predicted-vs-measured plot here (default validate.png)")
     v.set_defaults(func=cmd_validate)
 
 
@@ -84,7 +87,50 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def _is_many_runs(measured: str) -> bool:
+    """A folder or glob of bench results, or one summary-only bench file: the per-run table path."""
+    path = Path(measured)
+    if any(c in measured for c in "*?[") and not path.exists():
+        return True
+    if path.is_dir():
+        return not (path / "run.json").exists()
+    if path.suffix == ".json" and path.exists():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return False
+        return isinstance(data, dict) and "input_lens" not in data
+    return False
+
+
+def cmd_validate_runs(args) -> int:
+    from ..sim.gpus import get_gpu
+    from ..sim.profile import load_profile
+    from .validate_runs import format_rows, median_abs_errors, plot_rows, run_validate
+    gpu = get_gpu(args.gpu).name
+    engine = load_profile(args.profile).engine if args.profile else args.engine
+    rows, skipped, dep, profile = run_validate(
+        [args.measured], args.profile, gpu, engine,
+        {"num_scheduler_steps": args.num_scheduler_steps, "max_num_seqs": args.max_num_seqs,
+         "gpu_memory_utilization": args.gpu_memory_utilization if args.gpu_memory_utilization != 0.9 else None})
+    if args.json:
+        print(json.dumps({"profile": profile.name, "deployment": dep.__dict__, "skipped": skipped, "runs": rows,
+                          "median_abs_rel_error": median_abs_errors(rows)}, indent=2, default=str))
+        return 0
+    print(f"validate {args.measured}: profile {profile.name}, {dep.engine} num_scheduler_steps={dep.num_scheduler_steps} "
+          f"max_num_seqs={dep.max_num_seqs or 'default'} gpu_memory_utilization={dep.gpu_memory_utilization}")
+    for reason in skipped:
+        print(f"  skipped {reason}")
+    print(format_rows(rows))
+    if len(rows) > 1 or args.plot:
+        png = plot_rows(rows, args.plot or "validate.png", f"{args.measured} vs {profile.name}")
+        print(f"plot: {png}")
+    return 0
+
+
 def cmd_validate(args) -> int:
+    if _is_many_runs(args.measured):
+        return cmd_validate_runs(args)
     from ..sim.config import make_engine_config
     from ..sim.gpus import get_gpu
     from ..sim.model_catalog import get_model

@@ -10,6 +10,7 @@ from typing import Callable
 
 import simpy
 
+from .api_server import ApiServerQueue
 from .config import EngineConfig, EngineVersion
 from .cost_model import StepCostModel
 from .kv_cache_manager import KVCacheManager
@@ -27,6 +28,9 @@ class LLMEngine:
                  sample_interval_s: float = 0.2, exact: bool = False,
                  on_progress: Callable[[int], None] | None = None,
                  on_token: Callable[[Request, float], None] | None = None, record_itl: bool = True) -> None:
+        api_s = cfg.profile.step.api_server_request_s
+        if api_s > 0 and not getattr(source, "live", False):
+            source = ApiServerQueue(source, api_s)  # requests reach the scheduler one after another
         self.env, self.cfg, self.source, self.records = env, cfg, source, records
         self.memory = kv_capacity(cfg)
         # Without prefix hashes in the workload no block can ever be hit: the cheaper pool behaves

@@ -34,6 +34,8 @@ class StepCoefficients:
     per_token_overhead_s: float = 0.0  # per scheduled token: input prep and sampling that scale with tokens
     per_prefill_token_overhead_s: float = 0.0  # extra per prompt token of a prefill: v0's per-token Python
     # input preparation (positions, slot mappings built as lists in ``ModelRunner._prepare_model_input``)
+    api_server_request_s: float = 0.0  # serial API-server work per request before the engine sees it
+    # (HTTP parsing, tokenisation on the server's one event loop; :mod:`servesim.sim.api_server`)
     # KV blocks copied to/from CPU on swap preemption (vLLM v0): block-by-block cudaMemcpyAsync over
     # PCIe 5 x16 (64 GB/s nominal); prior of 25 GB/s effective, not yet measured.
     swap_bandwidth_bytes_per_s: float = 25e9

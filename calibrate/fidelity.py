@@ -1,0 +1,145 @@
+"""Cross-validation of the Lambda deployment profiles; writes ``docs/fidelity.md`` and its plots.
+
+    python -m servesim.calibrate.fidelity [--out docs/fidelity.md] [--refit-nfev 0] [--workers 2]
+
+For each deployment (September: vLLM 0.6 with multi-step; August: vLLM 0.5.4-like), the shipped
+profile's coefficients are the starting point of an all-data fit of every term
+(:func:`~servesim.calibrate.deployment_fit.fit_deployment`, warm-started, a few evaluations), then
+each split holds out one group at a time: one TP, one burst size N, one model (September), one
+``max_model_len`` (August).  A fold is refitted without its runs by one damped Gauss-Newton step
+on the all-data Jacobian restricted to the training runs (a linearised refit; ``--refit-nfev N``
+runs a real warm-started refit of N evaluations instead), then the held-out runs are simulated
+exactly at the fold's coefficients.  Errors are simulated / measured - 1 on the held-out runs,
+pooled over the folds of a split.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from ..sim.profile import load_profile, shipped_profiles
+from ..sim.traces import find_shared_data
+from . import e2e_fit
+from .bench_runs import load_bench_runs
+from .deployment_fit import RunTarget, fit_deployment, gauss_newton_refit, simulate_run
+from .validate_runs import plot_rows, profile_deployment
+
+TARGET_METRICS = ("duration", "output_throughput", "median_tpot_ms", "median_ttft_ms")
+TARGETS = {"duration": 0.05, "output_throughput": 0.05, "median_tpot_ms": 0.10, "median_ttft_ms": 0.15}
+DATASETS = {
+    "lambda-sep2024": ("h100/lambda_sep2024", "h100-sxm_vllm-v0.6_lambda-sep2024", ("tp", "n", "model")),
+    "lambda-aug2024": ("h100/lambda_aug2024", "h100-sxm_vllm-v0.5_lambda-aug2024", ("tp", "n", "max_model_len")),
+}
+
+
+def group_of(run, split: str):
+    return {"tp": run.tp, "n": run.num_prompts, "model": run.model.split("/")[-1],
+            "max_model_len": run.max_model_len}[split]
+
+
+def run_errors(run, sim: dict) -> dict[str, float]:
+    return {m: sim[m] / run.measured[m] - 1 for m in TARGET_METRICS if run.measured.get(m, 0) > 0}
+
+
+def crossvalidate(name: str, workers: int | None, refit_nfev: int, all_nfev: int, log) -> dict:
+    folder, profile_name, splits = DATASETS[name]
+    profile = load_profile(shipped_profiles()[profile_name])
+    dep = profile_deployment(profile, profile.gpu, profile.engine)
+    runs, skipped = load_bench_runs([find_shared_data(folder)])
+    targets = [RunTarget(r, dep) for r in runs]
+    with e2e_fit.RowSimulator(workers, dep.gpu) as sim:
+        full = fit_deployment(targets, profile, sim, max_nfev=all_nfev, progress=False, bootstrap=0, desc=name)
+        base = replace(profile, step=replace(profile.step, **full.values))
+        in_sample = [dict(run=r.key, tp=r.tp, requests=r.num_requests, detailed=r.detailed,
+                          **_row(r, s)) for r, s in zip(runs, full.sims)]
+        out = {"name": name, "profile": profile_name, "runs": len(runs), "skipped": skipped, "values": full.values,
+               "in_sample": in_sample, "splits": {}}
+        for split in splits:
+            groups = sorted({group_of(r, split) for r in runs}, key=str)
+            held_rows, folds = [], []
+            for g in groups:
+                held = np.array([group_of(r, split) == g for r in runs])
+                train_w = (~held[full.row_run]).astype(np.float64)
+                if refit_nfev:
+                    fold = fit_deployment([t for t, h in zip(targets, held) if not h], base, sim,
+                                          max_nfev=refit_nfev, progress=False, bootstrap=0)
+                    values = fold.values
+                else:
+                    values = full.para.to_values(gauss_newton_refit(full, train_w))
+                prof = replace(profile, step=replace(profile.step, **values))
+                rows = [dict(run=r.key, tp=r.tp, requests=r.num_requests, detailed=r.detailed,
+                             **_row(r, simulate_run(r, dep, prof))) for r, h in zip(runs, held) if h]
+                held_rows.extend(rows)
+                folds.append((g, len(rows), _medians(rows)))
+                log(f"  {name} leave-one-{split}-out {g}: " + ", ".join(f"{k} {v:.1%}" for k, v in folds[-1][2].items()))
+            out["splits"][split] = {"rows": held_rows, "folds": folds, "pooled": _medians(held_rows)}
+    return out
+
+
+def _row(run, sim: dict) -> dict:
+    row = {}
+    for m, e in run_errors(run, sim).items():
+        row[f"{m}_measured"], row[f"{m}_simulated"], row[f"{m}_rel_error"] = run.measured[m], sim[m], e
+    return row
+
+
+def _medians(rows: list[dict]) -> dict[str, float]:
+    return {m: float(np.median([abs(r[f"{m}_rel_error"]) for r in rows if f"{m}_rel_error" in r]))
+            for m in TARGET_METRICS if any(f"{m}_rel_error" in r for r in rows)}
+
+
+def _cell(m: str, v: float) -> str:
+    return f"{v:.1%} {'met' if v <= TARGETS[m] else '**not met**'}"
+
+
+def render(results: list[dict], plots: Path, refit_nfev: int) -> list[str]:
+    lines = ["## Cross-validation of the Lambda deployments", "",
+             "Regenerate: `python -m servesim.calibrate.fidelity` (a few CPU-minutes; needs `../shared/data`). "
+             "Method: " + " ".join(__doc__.split("\n\n")[1].split()), "",
+             f"Fold refits: {'warm-started refits of %d evaluations' % refit_nfev if refit_nfev else 'linearised (one damped Gauss-Newton step)'}. "
+             "Targets: median |error| <= 5% duration and output throughput, <= 10% median TPOT, <= 15% median TTFT.", ""]
+    for res in results:
+        lines += [f"### {res['name']} (profile `{res['profile']}`, {res['runs']} runs)", ""]
+        if res["skipped"]:
+            lines += ["Skipped: " + "; ".join(res["skipped"]), ""]
+        lines += ["| split | runs | duration | output throughput | median TPOT | median TTFT |", "|---|---|---|---|---|---|"]
+        med = _medians(res["in_sample"])
+        lines.append(f"| in sample (all runs) | {len(res['in_sample'])} | " + " | ".join(_cell(m, med[m]) for m in TARGET_METRICS) + " |")
+        for split, s in res["splits"].items():
+            lines.append(f"| leave-one-{split}-out | {len(s['rows'])} | " + " | ".join(_cell(m, s['pooled'][m]) for m in TARGET_METRICS) + " |")
+        for split, s in res["splits"].items():
+            lines += ["", f"Per fold, leave-one-{split}-out (median |error| of the held-out runs):", "",
+                      "| held out | runs | duration | output throughput | median TPOT | median TTFT |", "|---|---|---|---|---|---|"]
+            for g, n, m in s["folds"]:
+                lines.append(f"| {g} | {n} | " + " | ".join(f"{m[k]:.1%}" for k in TARGET_METRICS) + " |")
+            png = plot_rows(s["rows"], plots / f"{res['name']}_leave-one-{split}-out.png",
+                            f"{res['name']}: held out, leave-one-{split}-out")
+            lines += ["", f"![{res['name']} leave-one-{split}-out]({png.parent.name}/{png.name})"]
+        lines.append("")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="docs/fidelity-crossval.md")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--refit-nfev", type=int, default=0, help="real refits per fold (default 0: linearised)")
+    ap.add_argument("--all-nfev", type=int, default=4, help="evaluations of the warm-started all-data fit")
+    ap.add_argument("--datasets", default=",".join(DATASETS))
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    plots = out.parent / "fidelity"
+    plots.mkdir(parents=True, exist_ok=True)
+    results = [crossvalidate(n, args.workers, args.refit_nfev, args.all_nfev, lambda m: print(m, file=sys.stderr))
+               for n in args.datasets.split(",")]
+    out.write_text("\n".join(render(results, plots, args.refit_nfev)) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
