@@ -36,6 +36,10 @@ from ..sim.workload import Workload, gamma_arrivals, spawn_streams
 # prefill stall, so it measures the tail of the length distribution more than the engine.
 DETAILED_METRICS = ("duration", "mean_ttft_ms", "median_ttft_ms", "median_tpot_ms", "median_itl_ms")
 SUMMARY_METRICS = ("duration", "mean_ttft_ms", "mean_tpot_ms")
+# A run at a finite request rate is replayed with freshly drawn send times (the file has none): its
+# duration follows the arrivals, and medians of a few requests move with the draw, so it is
+# fitted on latency means.
+OPEN_LOOP_METRICS = ("mean_ttft_ms", "mean_tpot_ms", "mean_itl_ms")
 MAX_FAILED_FRACTION = 0.5
 
 
@@ -89,7 +93,10 @@ class BenchRun:
 
     @property
     def metrics(self) -> tuple[str, ...]:
-        names = DETAILED_METRICS if self.detailed else SUMMARY_METRICS
+        if not math.isinf(self.request_rate):
+            names = OPEN_LOOP_METRICS
+        else:
+            names = DETAILED_METRICS if self.detailed else SUMMARY_METRICS
         return tuple(m for m in names if m in self.measured and self.measured[m] > 0)
 
     def workload(self) -> Workload:

@@ -9,7 +9,8 @@ medians, median ITL).  The coefficients:
   profile's kernel-table values are a *prior*, not a pin: a log-normal prior of ``PRIOR_REL_SD``
   relative spread enters as extra residuals ``log(eff / prior) / sd`` (a maximum-a-posteriori fit);
 * CPU-side terms (``step_overhead_s`` per scheduling pass, ``layer_overhead_s`` per layer and step
-  (launches), ``tp_step_overhead_s`` per step and extra rank, ``per_seq_overhead_s``, ``per_token_overhead_s``, ``per_prefill_token_overhead_s``):
+  (launches), ``prefill_layer_overhead_s`` per layer of a step holding a prefill (eager, no CUDA
+  graph), ``tp_step_overhead_s`` per step and extra rank, ``per_seq_overhead_s``, ``per_token_overhead_s``, ``per_prefill_token_overhead_s``):
   bounded below by 0, no prior.
 
 ``scipy.optimize.least_squares`` (trust region reflective) with finite differences on whole
@@ -37,7 +38,7 @@ from ..sim.runner import simulate
 from .bench_runs import BenchRun, Deployment
 
 EFFICIENCIES = ("eff_bw", "eff_mm", "eff_attn_prefill", "eff_attn_decode")
-CPU_TERMS = ("step_overhead_s", "layer_overhead_s", "tp_step_overhead_s", "per_seq_overhead_s", "per_token_overhead_s",
+CPU_TERMS = ("step_overhead_s", "layer_overhead_s", "prefill_layer_overhead_s", "tp_step_overhead_s", "per_seq_overhead_s", "per_token_overhead_s",
              "per_prefill_token_overhead_s", "api_server_request_s")
 FIT_PARAMS = EFFICIENCIES + CPU_TERMS
 # Kernel-table efficiencies were measured on vLLM 0.24's kernels; a 2024 deployment ran older ones.
@@ -45,10 +46,10 @@ PRIOR_REL_SD = 0.15
 EFF_BOUNDS = (0.05, 1.0)
 RESIDUAL_SD_FLOOR = 0.01
 # Units of the CPU terms in the optimiser (so variables are O(1)) and their physical upper bounds.
-CPU_SCALE = {"step_overhead_s": 1e-3, "layer_overhead_s": 1e-5, "tp_step_overhead_s": 1e-4, "per_seq_overhead_s": 1e-5,
+CPU_SCALE = {"step_overhead_s": 1e-3, "layer_overhead_s": 1e-5, "prefill_layer_overhead_s": 1e-4, "tp_step_overhead_s": 1e-4, "per_seq_overhead_s": 1e-5,
              "per_token_overhead_s": 1e-6, "per_prefill_token_overhead_s": 1e-6,
              "api_server_request_s": 1e-4}
-CPU_UPPER = {"step_overhead_s": 0.1, "layer_overhead_s": 1e-3, "tp_step_overhead_s": 0.05, "per_seq_overhead_s": 2e-3,
+CPU_UPPER = {"step_overhead_s": 0.1, "layer_overhead_s": 1e-3, "prefill_layer_overhead_s": 5e-3, "tp_step_overhead_s": 0.05, "per_seq_overhead_s": 2e-3,
              "per_token_overhead_s": 1e-4, "per_prefill_token_overhead_s": 5e-5,
              "api_server_request_s": 0.02}
 
@@ -255,7 +256,8 @@ def identifiability(fit: DeploymentFit) -> dict[str, str]:
     for i, p in enumerate(para.params):
         boot = fit.bootstrap.get(p, {})
         partner = [para.params[j] for j in range(len(sd)) if j != i and abs(corr[i, j]) > 0.95]
-        if fit.x[i] <= lo[i] + 1e-6 or fit.x[i] >= hi[i] - 1e-6:
+        tol = 1e-3 * (hi[i] - lo[i])
+        if fit.x[i] <= lo[i] + tol or fit.x[i] >= hi[i] - tol:
             out[p] = "not identified: at its bound" + (f" (confounded with {', '.join(partner)})" if partner else "")
         elif p in EFFICIENCIES and sd[i] >= 0.7 * PRIOR_REL_SD:
             out[p] = f"not identified: the prior dominates (posterior sd {sd[i]:.2f} vs prior {PRIOR_REL_SD})"

@@ -1,6 +1,10 @@
 """Cross-validation of the Lambda deployment profiles; writes ``docs/fidelity.md`` and its plots.
 
-    python -m servesim.calibrate.fidelity [--out docs/fidelity.md] [--refit-nfev 0] [--workers 2]
+    python -m servesim.calibrate.fidelity [--out docs/fidelity.md] [--refit-nfev 0] [--workers 2] [--write-profiles]
+
+The generated part of ``docs/fidelity.md`` lies between the ``<!-- fidelity:begin -->`` and
+``<!-- fidelity:end -->`` markers (the text around them is kept); ``--write-profiles`` stores the
+held-out errors in each shipped profile's ``measured_error`` (what ``servesim profiles`` prints).
 
 For each deployment (September: vLLM 0.6 with multi-step; August: vLLM 0.5.4-like), the shipped
 profile's coefficients are the starting point of an all-data fit of every term
@@ -26,13 +30,22 @@ from ..sim.traces import find_shared_data
 from . import e2e_fit
 from .bench_runs import load_bench_runs
 from .deployment_fit import RunTarget, fit_deployment, gauss_newton_refit, simulate_run
+from .infer_deployment import render_inference
 from .validate_runs import plot_rows, profile_deployment
 
 TARGET_METRICS = ("duration", "output_throughput", "median_tpot_ms", "median_ttft_ms")
 TARGETS = {"duration": 0.05, "output_throughput": 0.05, "median_tpot_ms": 0.10, "median_ttft_ms": 0.15}
+BEGIN, END = "<!-- fidelity:begin -->", "<!-- fidelity:end -->"
 DATASETS = {
     "lambda-sep2024": ("h100/lambda_sep2024", "h100-sxm_vllm-v0.6_lambda-sep2024", ("tp", "n", "model")),
     "lambda-aug2024": ("h100/lambda_aug2024", "h100-sxm_vllm-v0.5_lambda-aug2024", ("tp", "n", "max_model_len")),
+}
+# Settings the files do not record, tried against the chosen one (docs/fidelity.md, "What was inferred").
+CANDIDATES = {
+    "lambda-sep2024": [{"num_scheduler_steps": k} for k in (1, 8, 10, 12)]
+    + [{"max_num_seqs": 1024}, {"gpu_memory_utilization": 0.95}],
+    "lambda-aug2024": [{"num_scheduler_steps": k} for k in (1, 2, 4)]
+    + [{"max_num_seqs": 1024}, {"gpu_memory_utilization": 0.95}],
 }
 
 
@@ -57,7 +70,8 @@ def crossvalidate(name: str, workers: int | None, refit_nfev: int, all_nfev: int
         in_sample = [dict(run=r.key, tp=r.tp, requests=r.num_requests, detailed=r.detailed,
                           **_row(r, s)) for r, s in zip(runs, full.sims)]
         out = {"name": name, "profile": profile_name, "runs": len(runs), "skipped": skipped, "values": full.values,
-               "in_sample": in_sample, "splits": {}}
+               "in_sample": in_sample, "splits": {}, "deployment": dep,
+               "inference": render_inference(name, runs, dep, base, CANDIDATES[name])}
         for split in splits:
             groups = sorted({group_of(r, split) for r in runs}, key=str)
             held_rows, folds = [], []
@@ -106,6 +120,11 @@ def render(results: list[dict], plots: Path, refit_nfev: int) -> list[str]:
         lines += [f"### {res['name']} (profile `{res['profile']}`, {res['runs']} runs)", ""]
         if res["skipped"]:
             lines += ["Skipped: " + "; ".join(res["skipped"]), ""]
+        d = res["deployment"]
+        lines += [f"Deployment replayed: {d.engine} {d.engine_version}, num_scheduler_steps={d.num_scheduler_steps}, "
+                  f"max_num_seqs={d.max_num_seqs or 'vLLM default 256'}, gpu_memory_utilization={d.gpu_memory_utilization}. "
+                  "Evidence for the settings (at the all-data coefficients):", ""] + res["inference"] + [""]
+        lines += ["All-data coefficients: " + ", ".join(f"`{k}` {v:.4g}" for k, v in res["values"].items()), ""]
         lines += ["| split | runs | duration | output throughput | median TPOT | median TTFT |", "|---|---|---|---|---|---|"]
         med = _medians(res["in_sample"])
         lines.append(f"| in sample (all runs) | {len(res['in_sample'])} | " + " | ".join(_cell(m, med[m]) for m in TARGET_METRICS) + " |")
@@ -125,7 +144,8 @@ def render(results: list[dict], plots: Path, refit_nfev: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="docs/fidelity-crossval.md")
+    ap.add_argument("--out", default="docs/fidelity.md")
+    ap.add_argument("--write-profiles", action="store_true", help="store the held-out errors in the profiles")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--refit-nfev", type=int, default=0, help="real refits per fold (default 0: linearised)")
     ap.add_argument("--all-nfev", type=int, default=4, help="evaluations of the warm-started all-data fit")
@@ -136,9 +156,33 @@ def main(argv: list[str] | None = None) -> int:
     plots.mkdir(parents=True, exist_ok=True)
     results = [crossvalidate(n, args.workers, args.refit_nfev, args.all_nfev, lambda m: print(m, file=sys.stderr))
                for n in args.datasets.split(",")]
-    out.write_text("\n".join(render(results, plots, args.refit_nfev)) + "\n")
+    block = "\n".join(render(results, plots, args.refit_nfev))
+    text = out.read_text() if out.exists() else f"{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        text = text.rstrip() + f"\n\n{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    out.write_text(f"{head}{BEGIN}\n{block}\n{END}{tail}")
     print(f"wrote {out}")
+    if args.write_profiles:
+        for res in results:
+            write_measured_error(res, args.refit_nfev)
     return 0
+
+
+def write_measured_error(res: dict, refit_nfev: int) -> None:
+    """The held-out medians into the shipped profile (``servesim profiles`` prints them)."""
+    import datetime as dt
+    import json
+    path = shipped_profiles()[res["profile"]]
+    data = json.loads(path.read_text())
+    data["measured_error"] = {
+        "source": f"python -m servesim.calibrate.fidelity ({'refits' if refit_nfev else 'linearised refits'}), "
+                  f"{dt.date.today().isoformat()}; median |sim/meas - 1| of held-out runs",
+        "splits": {"in sample": _medians(res["in_sample"])}
+        | {f"leave-one-{k}-out": v["pooled"] for k, v in res["splits"].items()}}
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    print(f"wrote measured_error into {path}")
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def make_engine_config(model: ModelSpec, gpu: GPUSpec, engine: str = "vllm-v1", 
                        enable_prefix_caching: bool | None = None, block_size: int = 16,
                        gpu_memory_utilization: float = 0.9, kv_cache_dtype: str = "auto",
                        num_gpu_blocks: int | None = None, preemption_mode: str = "recompute",
-                       swap_space_gib: float = 4.0, num_scheduler_steps: int = 1) -> EngineConfig:
+                       swap_space_gib: float = 4.0, num_scheduler_steps: int | None = None) -> EngineConfig:
     """Resolve vLLM's defaults for ``engine`` on ``gpu`` and build the :class:`EngineConfig`."""
     try:
         version = EngineVersion(engine)
@@ -173,6 +173,9 @@ def make_engine_config(model: ModelSpec, gpu: GPUSpec, engine: str = "vllm-v1", 
         raise ValueError(f"unknown preemption_mode {preemption_mode!r}; valid: recompute, swap") from None
     if mode is PreemptionMode.SWAP and version is EngineVersion.V1:
         raise ValueError("vllm-v1 preempts by recompute only; swap preemption exists in vllm-v0")
+    if num_scheduler_steps is None:
+        # the profile's deployment (a fitted vLLM 0.6 deployment ran multi-step), else vLLM's default 1
+        num_scheduler_steps = int(profile.deployment.get("num_scheduler_steps", 1)) if version is EngineVersion.V0 else 1
     if num_scheduler_steps != 1 and version is EngineVersion.V1:
         raise ValueError(f"num_scheduler_steps={num_scheduler_steps}: multi-step scheduling is a vllm-v0 (vLLM 0.6) "
                          "option; vLLM v1 has no --num-scheduler-steps")

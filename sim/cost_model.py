@@ -12,7 +12,8 @@ efficiencies and overheads from a :class:`~servesim.sim.profile.Profile`.  Per G
 * decode attention: KV bytes read, ``kv_bytes_per_token * context``, over ``BW * eff_attn_decode``;
 * tensor parallelism: two all-reduces per layer of ``tokens * hidden * 2`` bytes;
 * CPU side: a fixed per-step overhead (plus one per extra TP rank: the step is broadcast to every
-  worker) and per-sequence and per-token terms.
+  worker) and per-sequence and per-token terms; a step holding a prefill adds a per-layer term
+  (prefill runs without CUDA graphs) and a per-prompt-token one.
 
 Multi-step scheduling (vLLM 0.6 ``--num-scheduler-steps K``, :meth:`StepCostModel.window_time`):
 one scheduling pass runs K decode steps; the pass's own CPU work (``step_overhead_s``: schedule,
@@ -100,6 +101,7 @@ class StepCostModel:
         self.fixed_s = (c.step_overhead_s + c.tp_step_overhead_s * (tp - 1)
                         + c.layer_overhead_s * model.num_layers + self.comm_fixed_s)
         self.per_token_s = c.per_token_overhead_s + self.comm_s_per_token
+        self.prefill_fixed_s = c.prefill_layer_overhead_s * model.num_layers  # eager (graph-less) prefill
 
     def step_time(self, batch: BatchShape) -> float:
         """Seconds one step of ``batch`` takes (0 tokens costs nothing: no step is run)."""
@@ -117,7 +119,8 @@ class StepCostModel:
                 + self.decode_s_per_ctx_token * decode_context_tokens
                 + self.fixed_s + self.per_token_s * num_tokens
                 + self.coeffs.per_seq_overhead_s * num_seqs
-                + self.coeffs.per_prefill_token_overhead_s * num_prefill_tokens)
+                + self.coeffs.per_prefill_token_overhead_s * num_prefill_tokens
+                + (self.prefill_fixed_s if num_prefill_tokens else 0.0))
 
     def decode_terms(self, num_seqs: int) -> tuple[float, float, float, float, float]:
         """``(a, b, fixed, c1, c2)`` such that a decode-only step of ``num_seqs`` sequences with
