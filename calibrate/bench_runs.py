@@ -86,6 +86,7 @@ class BenchRun:
     burstiness: float = 1.0
     seed: int = 0
     notes: list[str] = field(default_factory=list)
+    origin: dict = field(default_factory=dict)   # the file's own ``source`` record, when it has one
 
     @property
     def num_requests(self) -> int:
@@ -208,7 +209,8 @@ def read_bench_run(path: str | Path, root: Path | None = None, seed: int = 0) ->
     run = BenchRun(key=key, path=str(path), sha256=_sha256(path), model=str(model), tp=int(tp),
                    max_model_len=int(max_len) if max_len else None, num_prompts=num_prompts, num_failed=failed,
                    measured=measured, input_lens=inputs, output_lens=outputs, detailed=detailed,
-                   request_rate=rate, burstiness=burstiness, seed=seed, notes=notes)
+                   request_rate=rate, burstiness=burstiness, seed=seed, notes=notes,
+                   origin=data["source"] if isinstance(data.get("source"), dict) else {})
     return run, ""
 
 

@@ -76,6 +76,9 @@ def cmd_calibrate(args) -> int:
                             bootstrap=args.bootstrap, progress=not args.no_progress)
     if args.name or "deployment" in data:
         data["name"] = name
+    import shlex
+    data["generated_by"] = "servesim " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["calibrate"] else \
+        data.get("generated_by", "")
     if args.engine_version:
         data["engine_version"] = args.engine_version
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,17 @@ from .bench_runs import Deployment, load_bench_runs
 from .deployment_fit import FIT_PARAMS, RunTarget, fit_deployment
 
 
+def _data_relative(path: str) -> str:
+    """A path under the shared data folder as ``<relative path>`` (machine-independent), else as given."""
+    from pathlib import Path
+    from ..sim.traces import find_shared_data
+    try:
+        root = Path(find_shared_data(".")).resolve()
+        return str(Path(path).resolve().relative_to(root))
+    except (FileNotFoundError, ValueError):
+        return path
+
+
 def residual_table(targets: list[RunTarget], sims: list[dict]) -> list[dict]:
     """One row per run: measured, simulated and relative error of each compared metric."""
     table = []
@@ -68,7 +79,7 @@ def calibrate_deployment(data: dict, base: Profile, inputs: list, dep: Deploymen
                           "num_scheduler_steps": dep.num_scheduler_steps, "max_num_seqs": dep.max_num_seqs,
                           "gpu_memory_utilization": dep.gpu_memory_utilization}
     for r in runs:
-        data["provenance"].append({"file": r.path, "sha256": r.sha256, "kind": "vllm bench serve result",
+        data["provenance"].append({"file": _data_relative(r.path), "sha256": r.sha256, "origin": r.origin, "kind": "vllm bench serve result",
                                    "model": r.model, "tp": r.tp, "max_model_len": r.max_model_len,
                                    "requests_replayed": r.num_requests, "failed_dropped": r.num_failed,
                                    "detailed": r.detailed, "notes": r.notes})
@@ -77,6 +88,11 @@ def calibrate_deployment(data: dict, base: Profile, inputs: list, dep: Deploymen
         "params": list(params), "nfev": fit.nfev, "message": fit.message, "runs": len(runs),
         "skipped": skipped, "median_abs_rel_error_in_sample": errs, "not_identified": unidentified,
         "bootstrap_replicates": bootstrap}
+    data["notes"] = (f"Deployment {dep.name}: {dep.engine} {dep.engine_version}, num_scheduler_steps="
+                     f"{dep.num_scheduler_steps}, fitted end to end on {len(runs)} of its own bench runs "
+                     f"(in-sample median |error| " + ", ".join(f"{k} {v:.1%}" for k, v in errs.items())
+                     + f"). Not identified by these runs: {', '.join(unidentified) or 'none'}. Memory and power "
+                     "terms are the base profile's (priors / ML.ENERGY fit), not this deployment's.")
     log("in-sample median |error|: " + ", ".join(f"{k} {v:.1%}" for k, v in errs.items()))
     for p in params:
         log(f"  {p:<30} {fit.values[p]:.4g}  sd {fit.bootstrap.get(p, {}).get('sd', float('nan')):.2g}  "

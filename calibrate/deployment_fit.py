@@ -268,3 +268,31 @@ def identifiability(fit: DeploymentFit) -> dict[str, str]:
         else:
             out[p] = "identified"
     return out
+
+
+def fit_at(targets: list[RunTarget], base: Profile, simulator, params: tuple[str, ...] = FIT_PARAMS,
+           step: float = 0.1) -> DeploymentFit:
+    """The :class:`DeploymentFit` of ``base``'s own coefficients, not refitted: residuals there and a
+    forward-difference Jacobian (``step`` in optimiser units; backwards at an upper bound).  For
+    cross-validating a shipped profile without paying for its fit again."""
+    engine = targets[0].deployment.engine
+    para = Parameterisation(params, {p: getattr(base.step, p) for p in params})
+    lo, hi = para.bounds()
+    x = para.to_x({p: getattr(base.step, p) for p in params})
+
+    def run(xv: np.ndarray) -> tuple[np.ndarray, list]:
+        prof = replace(base, step=replace(base.step, **para.to_values(xv)))
+        sims = simulator(targets, prof, engine)
+        return _residuals(targets, sims)[0], sims
+
+    r0, sims = run(x)
+    jac = np.zeros((len(r0), len(x)))
+    for j in range(len(x)):
+        h = step * max(1.0, abs(x[j]))
+        if x[j] + h > hi[j]:
+            h = -h
+        xj = x.copy()
+        xj[j] += h
+        jac[:, j] = (run(xj)[0] - r0) / h
+    _, owner = _residuals(targets, sims)
+    return DeploymentFit(para.to_values(x), sims, r0, owner, jac, x, para, len(x) + 1, "Jacobian at the given values")

@@ -1,7 +1,7 @@
 """Fit step-cost coefficients by simulation in the loop.
 
 Given measured end-to-end runs (*targets*: rows of :mod:`servesim.calibrate.mlenergy`, or
-``vllm bench serve`` results, :class:`BenchTarget`), choose the values of some
+``vllm bench serve`` runs, :class:`~servesim.calibrate.deployment_fit.RunTarget`), choose the values of some
 :class:`~servesim.sim.profile.StepCoefficients` so that simulating each run's workload and
 configuration reproduces what was measured (output throughput and mean TPOT; TTFT too for
 bench results).  A target has ``key``, ``fit_metrics()`` (name -> measured value) and
@@ -68,29 +68,6 @@ def _simulate_task(args) -> dict[str, float]:
     if isinstance(target, MLEnergyRow):
         return simulate_row(target, profile, gpu, engine)
     return target.simulate(profile, gpu, engine)
-
-
-@dataclass(frozen=True)
-class BenchTarget:
-    """A ``vllm bench serve`` result (or probe run) with the server settings it was measured under."""
-
-    key: str
-    run: object              # validate.MeasuredRun
-    model: str
-    tp: int = 1
-    knobs: tuple = ()        # extra make_engine_config keyword arguments, as (name, value) pairs
-
-    def fit_metrics(self) -> dict[str, float]:
-        m = self.run.summary
-        out = {k: m[k] for k in ("output_throughput", "mean_tpot_ms") if m.get(k)}
-        if m.get("mean_ttft_ms"):
-            out["mean_ttft_ms"] = m["mean_ttft_ms"]
-        return out
-
-    def simulate(self, profile: Profile, gpu: str, engine: str) -> dict[str, float]:
-        cfg = make_engine_config(get_model(self.model), get_gpu(gpu), engine, tp=self.tp, profile=profile,
-                                 **dict(self.knobs))
-        return simulate(cfg, self.run.workload).summary
 
 
 class RowSimulator:

@@ -54,3 +54,43 @@ def render_inference(name: str, runs: list[BenchRun], dep: Deployment, profile, 
     for row in candidate_table(runs, dep, profile, candidates):
         lines.append(f"| {row['setting']} | {row['cost']:.2f} | {row['itl_tpot_ratio']:.2f} | {row['preemptions']} |")
     return lines
+
+
+def decode_breakdown_ms(profile, model_name: str, tp: int, num_seqs: int, context: int) -> dict[str, float]:
+    """Per generated token of one sequence, in ms: what each term of ``profile`` contributes to a
+    decode step of ``num_seqs`` sequences at ``context`` tokens each (a multi-step deployment pays
+    its per-pass terms once per ``num_scheduler_steps`` tokens)."""
+    from ..sim.cost_model import StepCostModel
+    from ..sim.gpus import get_gpu
+    from ..sim.model_catalog import get_model
+    model = get_model(model_name)
+    cost = StepCostModel(model, get_gpu(profile.gpu), profile.step, tp)
+    c = profile.step
+    k = int(profile.deployment.get("num_scheduler_steps", 1) or 1)
+    gpu = max(cost.weight_stream_s, (cost.linear_s_per_token + cost.lm_head_s_per_seq) * num_seqs)
+    return {
+        "GPU: weights/GEMM": gpu * 1e3,
+        "GPU: KV read": cost.decode_s_per_ctx_token * num_seqs * context * 1e3,
+        "all-reduce": (cost.comm_fixed_s + cost.comm_s_per_token * num_seqs) * 1e3,
+        "per-layer launches": c.layer_overhead_s * model.num_layers * 1e3,
+        "per-rank (TP)": c.tp_step_overhead_s * (tp - 1) * 1e3,
+        "per-token CPU": c.per_token_overhead_s * num_seqs * 1e3,
+        "per-pass CPU (/K)": c.step_overhead_s / k * 1e3,
+        "per-sequence CPU (/K)": c.per_seq_overhead_s * num_seqs / k * 1e3,
+    }
+
+
+def render_breakdown(profiles: dict[str, object], model: str, tp_values: tuple[int, ...], num_seqs: int,
+                     context: int) -> list[str]:
+    lines = [f"Decode step of {model} with {num_seqs} running sequences at {context} tokens of context, "
+             "ms per step (a step yields one token per sequence; per-pass terms divided by the steps per pass):", "",
+             "| term | " + " | ".join(f"{name} TP{tp}" for name in profiles for tp in tp_values) + " |",
+             "|---|" + "---|" * (len(profiles) * len(tp_values))]
+    tables = {(n, tp): decode_breakdown_ms(p, model, tp, num_seqs, context) for n, p in profiles.items()
+              for tp in tp_values}
+    terms = next(iter(tables.values())).keys()
+    for term in terms:
+        lines.append(f"| {term} | " + " | ".join(f"{tables[(n, tp)][term]:.2f}" for n in profiles for tp in tp_values) + " |")
+    lines.append("| **total** | " + " | ".join(f"**{sum(tables[(n, tp)].values()):.2f}**" for n in profiles
+                                            for tp in tp_values) + " |")
+    return lines

@@ -88,6 +88,7 @@ def plot_rows(rows: list[dict], path: str | Path, title: str) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker.NullFormatter below)
     metrics = [m for m in dict.fromkeys(DETAILED_COMPARED + SUMMARY_COMPARED)
                if any(f"{m}_rel_error" in r for r in rows)]
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.3), squeeze=False)
@@ -102,6 +103,8 @@ def plot_rows(rows: list[dict], path: str | Path, title: str) -> Path:
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"{m}\nmedian |err| {np.median([abs(r[f'{m}_rel_error']) for r in sel]):.1%}", fontsize=8)
         ax.set_xlabel("measured", fontsize=7)
         ax.set_ylabel("simulated", fontsize=7)

@@ -266,6 +266,12 @@ class SchedulerV0(Scheduler):
                 continue
             n = min(k, request.max_tokens - request.num_output_tokens)
             request.num_computed_tokens += n
-            request.num_output_tokens += n - 1   # the last of the chunk is emitted below
-            self.generation_tokens_total += n - 1
+            if self.on_token is not None:        # a live stream gets every token of the chunk
+                for _ in range(n - 1):
+                    request.num_output_tokens += 1
+                    self.generation_tokens_total += 1
+                    self.on_token(request, now)
+            else:
+                request.num_output_tokens += n - 1   # the last of the chunk is emitted below
+                self.generation_tokens_total += n - 1
             self._emit_token(request, now)

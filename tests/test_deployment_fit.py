@@ -172,3 +172,23 @@ def test_calibrate_gpu_is_honoured_and_typos_are_errors(bench_folder, tmp_path, 
     # the A100 is slower per step: the same runs leave it less CPU time to explain
     assert (data["coefficients"]["step_overhead_s"]["value"]
             < json.loads(h100.read_text())["coefficients"]["step_overhead_s"]["value"])
+
+
+def test_profiles_lists_each_deployment_with_provenance_and_error(capsys):
+    from servesim.sim.profile import load_profile, shipped_profiles
+    assert main(["profiles"]) == 0
+    out = capsys.readouterr().out
+    for name in ("h100-sxm_vllm-v0", "h100-sxm_vllm-v0.5_lambda-aug2024", "h100-sxm_vllm-v0.6_lambda-sep2024"):
+        assert name in shipped_profiles() and name in out
+    assert "aliases: h100-sxm_vllm-v0.5_mlenergy" in out and out.count("measured error:") >= 3
+    assert "leave-one-tp-out" in out and "num_scheduler_steps=10" in out
+    # a shipped name or alias loads like a path; the default v0 profile is still the ML.ENERGY fit
+    assert load_profile("h100-sxm_vllm-v0.5_mlenergy").source_path == load_profile("h100-sxm_vllm-v0").source_path
+    sep = load_profile("h100-sxm_vllm-v0.6_lambda-sep2024")
+    from servesim.sim.config import make_engine_config
+    from servesim.sim.gpus import get_gpu
+    from servesim.sim.model_catalog import get_model
+    cfg = make_engine_config(get_model("llama-3-8b"), get_gpu("h100-sxm"), "vllm-v0", profile=sep)
+    assert cfg.scheduler.num_scheduler_steps == 10   # the deployment's multi-step setting comes with it
+    default = make_engine_config(get_model("llama-3-8b"), get_gpu("h100-sxm"), "vllm-v0")
+    assert default.scheduler.num_scheduler_steps == 1 and default.profile.name == "h100-sxm_vllm-v0"

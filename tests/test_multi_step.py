@@ -129,3 +129,16 @@ def test_multi_step_refusals():
         tiny_config("vllm-v1", num_scheduler_steps=4)
     with pytest.raises(ValueError, match="num_scheduler_steps must be an integer"):
         tiny_config("vllm-v0", num_scheduler_steps=0)
+
+
+def test_per_token_hook_sees_every_token_of_a_chunk():
+    """``servesim serve`` streams through the per-token hook: a chunk of K tokens is K calls at
+    the window's end."""
+    from conftest import build_engine
+    cfg = ms_config(4)
+    seen: list[float] = []
+    env, engine, records = build_engine(cfg, Workload(np.zeros(1), np.array([10]), np.array([7])), True, 0.2)
+    engine.scheduler.on_token = lambda request, now: seen.append(now)
+    env.run()
+    assert len(seen) == 7 and len(set(seen)) == 3          # first token, then chunks of 4 and 2
+    assert records.to_frame().output_tokens[0] == 7
