@@ -28,7 +28,7 @@ import sys
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy.optimize import least_squares
+from scipy.optimize import least_squares, lsq_linear
 
 from ..sim.config import make_engine_config
 from ..sim.gpus import get_gpu
@@ -165,7 +165,7 @@ def fit_deployment(targets: list[RunTarget], base: Profile, simulator, params: t
     bar = None
     if progress:
         from tqdm import tqdm
-        bar = tqdm(desc=desc, unit="eval", file=sys.stderr, mininterval=1.0, leave=False)
+        bar = tqdm(desc=desc, unit="eval", file=sys.stderr, mininterval=1.0, leave=False, disable=None)  # off when not a terminal
 
     def data_res(x: np.ndarray) -> np.ndarray:
         key = tuple(np.round(x, 12))
@@ -198,7 +198,7 @@ def fit_deployment(targets: list[RunTarget], base: Profile, simulator, params: t
 
 def gauss_newton_refit(fit: DeploymentFit, row_weights: np.ndarray, damping: float = 1e-2) -> np.ndarray:
     """Optimiser variables after one damped Gauss-Newton (Levenberg-Marquardt) step from the optimum
-    on the weighted linearised residuals plus the prior, clipped to the bounds.  The damping
+    on the weighted linearised residuals plus the prior, within the bounds.  The damping
     (``damping`` times each column's squared norm) keeps directions the data do not constrain where
     they are instead of letting them run to a bound."""
     para = fit.para
@@ -210,8 +210,10 @@ def gauss_newton_refit(fit: DeploymentFit, row_weights: np.ndarray, damping: flo
     norms = np.linalg.norm(np.vstack([fit.jac, jp]), axis=0) + 1e-12
     a = np.vstack([a, np.diag(math.sqrt(damping) * norms)])
     b = np.concatenate([b, np.zeros(len(fit.x))])
-    dx = np.linalg.lstsq(a, b, rcond=None)[0]
-    return np.clip(fit.x + dx, lo, hi)
+    # Bounded linear least squares: a term held at its bound stays there and the others are solved
+    # for with it held (clipping an unbounded step afterwards would keep their compensation for it).
+    res = lsq_linear(a, b, bounds=(np.minimum(lo - fit.x, 0.0), np.maximum(hi - fit.x, 0.0)))
+    return np.clip(fit.x + res.x, lo, hi)
 
 
 def bootstrap_runs(fit: DeploymentFit, num_runs: int, num_replicates: int, seed: int) -> dict[str, dict]:

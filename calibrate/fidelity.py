@@ -57,8 +57,10 @@ def run_errors(run, sim: dict) -> dict[str, float]:
     return {m: sim[m] / run.measured[m] - 1 for m in TARGET_METRICS if run.measured.get(m, 0) > 0}
 
 
-def crossvalidate(name: str, workers: int | None, refit_nfev: int, all_nfev: int, log) -> dict:
+def crossvalidate(name: str, workers: int | None, refit_nfev: int, all_nfev: int, log,
+                  only: set[str] | None = None) -> dict:
     folder, profile_name, splits = DATASETS[name]
+    splits = tuple(s for s in splits if only is None or s in only)
     profile = load_profile(shipped_profiles()[profile_name])
     dep = profile_deployment(profile, profile.gpu, profile.engine)
     runs, skipped = load_bench_runs([find_shared_data(folder)])
@@ -115,7 +117,7 @@ def _cell(m: str, v: float) -> str:
 def render(results: list[dict], plots: Path, refit_nfev: int) -> list[str]:
     lines = ["## Cross-validation of the Lambda deployments", "",
              "Regenerate: `python -m servesim.calibrate.fidelity` (a few CPU-minutes; needs `../shared/data`). "
-             "Method: " + " ".join(__doc__.split("\n\n")[1].split()), "",
+             "Method: " + " ".join(next(p for p in __doc__.split("\n\n") if p.startswith("For each")).split()), "",
              f"Fold refits: {'warm-started refits of %d evaluations' % refit_nfev if refit_nfev else 'linearised (one damped Gauss-Newton step)'}. "
              "Targets: median |error| <= 5% duration and output throughput, <= 10% median TPOT, <= 15% median TTFT.", ""]
     for res in results:
@@ -168,11 +170,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="refit the shipped profile on all runs first, this many evaluations (default 0: "
                          "take the shipped coefficients as the all-data fit)")
     ap.add_argument("--datasets", default=",".join(DATASETS))
+    ap.add_argument("--splits", help="only these splits (e.g. model), for a quick check with --refit-nfev")
     args = ap.parse_args(argv)
     out = Path(args.out)
     plots = out.parent / "fidelity"
     plots.mkdir(parents=True, exist_ok=True)
-    results = [crossvalidate(n, args.workers, args.refit_nfev, args.all_nfev, lambda m: print(m, file=sys.stderr))
+    only = set(args.splits.split(",")) if args.splits else None
+    results = [crossvalidate(n, args.workers, args.refit_nfev, args.all_nfev, lambda m: print(m, file=sys.stderr), only)
                for n in args.datasets.split(",")]
     block = "\n".join(render(results, plots, args.refit_nfev))
     text = out.read_text() if out.exists() else f"{BEGIN}\n{END}\n"
