@@ -1,7 +1,7 @@
 """Fit step-cost coefficients by simulation in the loop.
 
 Given measured end-to-end runs (*targets*: rows of :mod:`servesim.calibrate.mlenergy`, or
-``vllm bench serve`` results, :class:`BenchTarget`), choose the values of some
+``vllm bench serve`` runs, :class:`~servesim.calibrate.deployment_fit.RunTarget`), choose the values of some
 :class:`~servesim.sim.profile.StepCoefficients` so that simulating each run's workload and
 configuration reproduces what was measured (output throughput and mean TPOT; TTFT too for
 bench results).  A target has ``key``, ``fit_metrics()`` (name -> measured value) and
@@ -35,6 +35,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "tp_step_overhead_s": (0.0, 0.05),
     "per_seq_overhead_s": (0.0, 2e-3),
     "per_token_overhead_s": (0.0, 1e-4),
+    "per_prefill_token_overhead_s": (0.0, 5e-5),
     "layer_overhead_s": (0.0, 1e-3),
     "eff_attn_decode": (0.05, 1.0),
     "eff_attn_prefill": (0.05, 1.0),
@@ -69,38 +70,17 @@ def _simulate_task(args) -> dict[str, float]:
     return target.simulate(profile, gpu, engine)
 
 
-@dataclass(frozen=True)
-class BenchTarget:
-    """A ``vllm bench serve`` result (or probe run) with the server settings it was measured under."""
-
-    key: str
-    run: object              # validate.MeasuredRun
-    model: str
-    tp: int = 1
-    knobs: tuple = ()        # extra make_engine_config keyword arguments, as (name, value) pairs
-
-    def fit_metrics(self) -> dict[str, float]:
-        m = self.run.summary
-        out = {k: m[k] for k in ("output_throughput", "mean_tpot_ms") if m.get(k)}
-        if m.get("mean_ttft_ms"):
-            out["mean_ttft_ms"] = m["mean_ttft_ms"]
-        return out
-
-    def simulate(self, profile: Profile, gpu: str, engine: str) -> dict[str, float]:
-        cfg = make_engine_config(get_model(self.model), get_gpu(gpu), engine, tp=self.tp, profile=profile,
-                                 **dict(self.knobs))
-        return simulate(cfg, self.run.workload).summary
-
-
 class RowSimulator:
-    """Simulates many rows, in parallel worker processes when more than one core is available."""
+    """Simulates many rows on ``gpu``, in parallel worker processes when more than one core is available."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, gpu: str = "h100-sxm") -> None:
+        get_gpu(gpu)  # a GPU that does not exist is an error here, before any simulation
+        self.gpu = gpu
         self.workers = workers if workers is not None else min(os.cpu_count() or 1, 8)
         self._pool = ProcessPoolExecutor(self.workers) if self.workers > 1 else None
 
     def __call__(self, rows: list[MLEnergyRow], profile: Profile, engine: str = "vllm-v0") -> list[dict]:
-        tasks = [(row, profile, "h100-sxm", engine) for row in rows]
+        tasks = [(row, profile, self.gpu, engine) for row in rows]
         if self._pool is None:
             return [_simulate_task(t) for t in tasks]
         return list(self._pool.map(_simulate_task, tasks, chunksize=max(1, len(tasks) // (4 * self.workers))))

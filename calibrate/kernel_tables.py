@@ -57,10 +57,12 @@ CPU_PRIORS = {
     # multiprocessing/Ray executors pickle the step for every worker (larger).
     "vllm-v1": {"step_overhead_s": (1.5e-3, 1.0e-3), "tp_step_overhead_s": (2e-4, 2e-4),
                 "per_seq_overhead_s": (5e-6, 5e-6), "per_token_overhead_s": (0.0, 2e-7),
-                "swap_bandwidth_bytes_per_s": (25e9, 10e9)},
+                "per_prefill_token_overhead_s": (0.0, 1e-6), "prefill_layer_overhead_s": (0.0, 1e-4),
+                "api_server_request_s": (0.0, 1e-3), "swap_bandwidth_bytes_per_s": (25e9, 10e9)},
     "vllm-v0": {"step_overhead_s": (4e-3, 2e-3), "tp_step_overhead_s": (1e-3, 1e-3),
                 "per_seq_overhead_s": (4e-5, 3e-5), "per_token_overhead_s": (0.0, 5e-7),
-                "swap_bandwidth_bytes_per_s": (25e9, 10e9)},
+                "per_prefill_token_overhead_s": (0.0, 1e-6), "prefill_layer_overhead_s": (0.0, 1e-4),
+                "api_server_request_s": (0.0, 1e-3), "swap_bandwidth_bytes_per_s": (25e9, 10e9)},
 }
 
 

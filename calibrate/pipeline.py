@@ -24,13 +24,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
+from ..sim.gpus import get_gpu
 from ..sim.profile import Profile, default_profile, load_profile
 from . import e2e_fit
+from .bench_runs import Deployment
 from .kernel_tables import _sha256
 from .mlenergy import MLEnergyRow, load_mlenergy
 
@@ -39,6 +41,8 @@ def classify(path: Path) -> str:
     """The kind of a calibration input; ``ValueError`` naming the path if unknown."""
     if str(path) == "aiconfigurator-core":
         return "aiconfigurator_core"
+    if any(c in str(path) for c in "*?[") and not path.exists():
+        return "bench_json"   # a glob of bench results (expanded by bench_runs.expand_inputs)
     if path.is_dir():
         if any(path.glob("*gemm_perf.parquet")):
             return "kernel_tables"
@@ -46,7 +50,12 @@ def classify(path: Path) -> str:
             return "probe_run"
         if next(path.rglob("mlp.csv"), None) is not None:
             return "vidur"
-        raise ValueError(f"{path}: a folder, but neither kernel tables (*gemm_perf.parquet) nor a probe run (run.json)")
+        from .bench_runs import is_bench_result
+        first = next(path.rglob("*.json"), None)
+        if first is not None and is_bench_result(first):
+            return "bench_json"
+        raise ValueError(f"{path}: a folder, but neither kernel tables (*gemm_perf.parquet), a probe run "
+                         "(run.json) nor vllm bench --save-result files")
     if not path.exists():
         raise ValueError(f"calibration input {path} not found")
     if path.suffix == ".csv":
@@ -58,7 +67,7 @@ def classify(path: Path) -> str:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: invalid JSON ({exc})") from None
-        if isinstance(data, dict) and "input_lens" in data:
+        if isinstance(data, dict) and ("input_lens" in data or ("duration" in data and "total_input_tokens" in data)):
             return "bench_json"
     raise ValueError(f"{path}: not a recognised calibration input (kernel-table folder, ML.ENERGY CSV, "
                      "vllm bench --save-result JSON, or servesim measure run directory)")
@@ -116,13 +125,17 @@ def fit_power(rows: list[MLEnergyRow], sims: list[dict], idle_w: float, tdp_w: f
 
 def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base: str | Path | None = None,
               params: tuple[str, ...] | None = None, workers: int | None = None, max_nfev: int = 30,
-              start: dict[str, float] | None = None, log=print) -> tuple[dict, list[dict]]:
+              start: dict[str, float] | None = None, log=print, deployment: "Deployment | None" = None,
+              bootstrap: int = 200, progress: bool = True) -> tuple[dict, list[dict]]:
     """The fitted profile dict and the per-target residual table."""
+    get_gpu(gpu)  # an unknown GPU is an error naming the valid ones, not a silent H100 fit
     profile = load_profile(base) if base else default_profile(gpu, engine)
     data = _profile_dict(profile)
+    data["gpu"] = get_gpu(gpu).name
     provenance = data["provenance"]
     targets: list = []
     mlenergy_rows: list[MLEnergyRow] = []
+    bench_inputs: list = []
     for raw in inputs:
         path = Path(raw)
         kind = classify(path)
@@ -172,22 +185,23 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
                                "source": "ML.ENERGY leaderboard v2 chat, vLLM 0.5.4, NVIDIA H100 80GB HBM3",
                                "assumptions": "see servesim.calibrate.mlenergy docstring"})
         elif kind == "bench_json":
-            from .validate import load_bench_result
-            run = load_bench_result(path)
-            model = run.settings.get("model_id")
-            if not model:
-                raise ValueError(f"{path}: the result names no model_id; servesim calibrate needs it")
-            # Server settings are not in the file: one GPU and the engine's defaults are assumed.
-            targets.append(e2e_fit.BenchTarget(key=path.stem, run=run, model=model))
-            provenance.append({"file": str(path), "sha256": _sha256(path), "kind": "vllm bench serve result",
-                               "model": model, "assumptions": "TP 1 and the engine's default knobs",
-                               "date": run.settings.get("date")})
+            bench_inputs.append(raw)
     fitted = Profile.from_dict(data)
     table: list[dict] = []
-    if targets:
+    if bench_inputs and targets:
+        raise ValueError("calibrate fits either bench results of one deployment or ML.ENERGY rows end to end, "
+                         "not both in one run")
+    if bench_inputs:
+        from .deployment_calibrate import calibrate_deployment
+        dep = deployment or Deployment(engine=engine, gpu=get_gpu(gpu).name)
+        if dep.engine != engine or dep.gpu != get_gpu(gpu).name:
+            dep = replace(dep, engine=engine, gpu=get_gpu(gpu).name)
+        table = calibrate_deployment(data, fitted, bench_inputs, dep, params, workers, max_nfev, start,
+                                     bootstrap, log, progress)
+    elif targets:
         params = params or e2e_fit.DEFAULT_PARAMS
         log(f"end-to-end fit of {', '.join(params)} on {len(targets)} targets (simulation in the loop)")
-        with e2e_fit.RowSimulator(workers) as sim:
+        with e2e_fit.RowSimulator(workers, gpu) as sim:
             result = e2e_fit.fit(targets, fitted, params, simulator=sim, engine=engine, max_nfev=max_nfev, x0=start)
         for p in params:
             data["coefficients"][p] = {"value": result.values[p], "stderr": result.stderr[p],
@@ -216,7 +230,6 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
                          f"Still priors: {', '.join(remaining) or 'none'}.").strip()
         if mlenergy_rows:
             ml_sims = [s for t, s in zip(targets, result.sims) if isinstance(t, MLEnergyRow)]
-            from ..sim.gpus import get_gpu
             idle = data["power"]["idle_w"]["value"]
             pw = fit_power(mlenergy_rows, ml_sims, idle, get_gpu(gpu).tdp_w)
             for k in ("prefill_w", "decode_w"):

@@ -14,7 +14,7 @@ from . import argtypes as at
 from .sim.config import make_engine_config
 from .sim.gpus import get_gpu, list_gpus
 from .sim.model_catalog import get_model, list_models
-from .sim.profile import load_profile, shipped_profiles
+from .sim.profile import load_profile
 from .sim.runner import SimOptions, simulate, write_results
 from .sim.workload import WorkloadSpec, build_workload
 
@@ -48,6 +48,9 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     k.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap"],
                    help="vllm-v0 only: swap preempted requests' KV to CPU instead of recomputing")
     k.add_argument("--swap-space", type=at.NON_NEGATIVE, default=4.0, help="CPU swap space per GPU, GiB (vllm-v0)")
+    k.add_argument("--num-scheduler-steps", type=at.POSITIVE_INT,
+                   help="vllm-v0 only (vLLM 0.6 multi-step): decode steps per scheduling pass; their tokens "
+                        "stream together at the end of the window (default: the profile's deployment, else 1)")
 
 
 def _add_simulate(sub) -> None:
@@ -114,7 +117,8 @@ def engine_config(args):
         max_model_len=args.max_model_len, enable_chunked_prefill=args.enable_chunked_prefill,
         enable_prefix_caching=args.enable_prefix_caching, block_size=args.block_size,
         gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_dtype=args.kv_cache_dtype,
-        num_gpu_blocks=args.num_gpu_blocks, preemption_mode=args.preemption_mode, swap_space_gib=args.swap_space)
+        num_gpu_blocks=args.num_gpu_blocks, preemption_mode=args.preemption_mode, swap_space_gib=args.swap_space,
+        num_scheduler_steps=args.num_scheduler_steps)
 
 
 SUMMARY_ROWS = (
@@ -186,9 +190,8 @@ def cmd_list(args) -> int:
             print(f"{name:<12} {g.memory_bytes / 2**30:6.1f} GiB  {g.hbm_bandwidth_bytes_per_s / 1e12:4.2f} TB/s  "
                   f"{g.bf16_flops / 1e12:6.0f} TFLOP/s bf16  {g.tdp_w:5.0f} W")
     else:
-        for name, path in sorted(shipped_profiles().items()):
-            prof = load_profile(path)
-            print(f"{name:<24} engine {prof.engine} {prof.engine_version:<8} gpu {prof.gpu}  ({path})")
+        from .calibrate.profiles_list import describe_profiles
+        print(describe_profiles())
     return 0
 
 

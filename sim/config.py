@@ -10,6 +10,8 @@ given GPU, for the engine generation being mirrored:
 * ``vllm-v0`` (vLLM 0.5.4, the version of the ML.ENERGY H100 runs): ``max_num_seqs`` 256, chunked
   prefill off, ``max_num_batched_tokens = max(max_model_len, 2048)`` without chunking (512 with),
   watermark 1% of blocks, recompute preemption, prefix caching off, block size 16.
+  ``num_scheduler_steps`` (vLLM 0.6 multi-step scheduling, default 1) runs that many decode steps
+  per scheduling pass (:mod:`servesim.sim.scheduler_v0`).
 """
 from __future__ import annotations
 
@@ -60,8 +62,16 @@ class SchedulerConfig:
     enable_chunked_prefill: bool
     watermark: float = 0.01
     preemption_mode: PreemptionMode = PreemptionMode.RECOMPUTE
+    # vLLM 0.6 ``--num-scheduler-steps``: decode steps run per scheduling pass (v0 policy only).
+    num_scheduler_steps: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.num_scheduler_steps, bool) or not isinstance(self.num_scheduler_steps, int) \
+                or not 1 <= self.num_scheduler_steps <= 64:
+            raise ValueError(f"num_scheduler_steps must be an integer in [1, 64] (got {self.num_scheduler_steps!r})")
+        if self.num_scheduler_steps > 1 and self.enable_chunked_prefill:
+            raise ValueError(f"num_scheduler_steps={self.num_scheduler_steps} needs chunked prefill off: vLLM 0.6 "
+                             "refuses 'Chunked prefill is not supported with multi-step (--num-scheduler-steps > 1)'")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1 (got {self.max_num_seqs})")
         if self.max_num_batched_tokens < 1:
@@ -160,7 +170,7 @@ def make_engine_config(model: ModelSpec, gpu: GPUSpec, engine: str = "vllm-v1", 
                        enable_prefix_caching: bool | None = None, block_size: int = 16,
                        gpu_memory_utilization: float = 0.9, kv_cache_dtype: str = "auto",
                        num_gpu_blocks: int | None = None, preemption_mode: str = "recompute",
-                       swap_space_gib: float = 4.0) -> EngineConfig:
+                       swap_space_gib: float = 4.0, num_scheduler_steps: int | None = None) -> EngineConfig:
     """Resolve vLLM's defaults for ``engine`` on ``gpu`` and build the :class:`EngineConfig`."""
     try:
         version = EngineVersion(engine)
@@ -201,6 +211,12 @@ def make_engine_config(model: ModelSpec, gpu: GPUSpec, engine: str = "vllm-v1", 
         raise ValueError(f"unknown preemption_mode {preemption_mode!r}; valid: recompute, swap") from None
     if mode is PreemptionMode.SWAP and version is EngineVersion.V1:
         raise ValueError("vllm-v1 preempts by recompute only; swap preemption exists in vllm-v0")
+    if num_scheduler_steps is None:
+        # the profile's deployment (a fitted vLLM 0.6 deployment ran multi-step), else vLLM's default 1
+        num_scheduler_steps = int(profile.deployment.get("num_scheduler_steps", 1)) if version is EngineVersion.V0 else 1
+    if num_scheduler_steps != 1 and version is EngineVersion.V1:
+        raise ValueError(f"num_scheduler_steps={num_scheduler_steps}: multi-step scheduling is a vllm-v0 (vLLM 0.6) "
+                         "option; vLLM v1 has no --num-scheduler-steps")
     return EngineConfig(
         engine=version, model=model, gpu=gpu, profile=profile,
         cache=CacheConfig(block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
@@ -208,7 +224,7 @@ def make_engine_config(model: ModelSpec, gpu: GPUSpec, engine: str = "vllm-v1", 
                           num_gpu_blocks_override=num_gpu_blocks, swap_space_bytes=swap_space_gib * 2**30),
         scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                                   max_model_len=max_model_len, enable_chunked_prefill=chunked,
-                                  preemption_mode=mode),
+                                  preemption_mode=mode, num_scheduler_steps=num_scheduler_steps),
         parallel=ParallelConfig(tensor_parallel_size=tp),
         weight_dtype=weight_dtype or model.serving_dtype)
 

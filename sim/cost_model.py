@@ -12,7 +12,15 @@ efficiencies and overheads from a :class:`~servesim.sim.profile.Profile`.  Per G
 * decode attention: KV bytes read, ``kv_bytes_per_token * context``, over ``BW * eff_attn_decode``;
 * tensor parallelism: two all-reduces per layer of ``tokens * hidden * 2`` bytes;
 * CPU side: a fixed per-step overhead (plus one per extra TP rank: the step is broadcast to every
-  worker) and per-sequence and per-token terms.
+  worker) and per-sequence and per-token terms; a step holding a prefill adds a per-layer term
+  (prefill runs without CUDA graphs) and a per-prompt-token one.
+
+Multi-step scheduling (vLLM 0.6 ``--num-scheduler-steps K``, :meth:`StepCostModel.window_time`):
+one scheduling pass runs K decode steps; the pass's own CPU work (``step_overhead_s``: schedule,
+prepare inputs, process outputs; ``per_seq_overhead_s``: per-sequence output processing and
+streaming) is paid once per window, while every inner step still pays the GPU terms, the
+per-layer launches, the all-reduces, the per-token input work and the per-rank broadcast (vLLM
+0.6 ``MultiStepWorker`` broadcasts the advanced model input to the TP workers every step).
 
 Nothing here knows about SimPy or the scheduler; the scheduler hands over a :class:`BatchShape`.
 """
@@ -93,15 +101,16 @@ class StepCostModel:
         self.fixed_s = (c.step_overhead_s + c.tp_step_overhead_s * (tp - 1)
                         + c.layer_overhead_s * model.num_layers + self.comm_fixed_s)
         self.per_token_s = c.per_token_overhead_s + self.comm_s_per_token
+        self.prefill_fixed_s = c.prefill_layer_overhead_s * model.num_layers  # eager (graph-less) prefill
 
     def step_time(self, batch: BatchShape) -> float:
         """Seconds one step of ``batch`` takes (0 tokens costs nothing: no step is run)."""
         return self.step_time_of(batch.num_prefill_tokens + batch.num_decode_seqs,
                                  batch.num_prefill_seqs + batch.num_decode_seqs,
-                                 batch.prefill_attn_pairs, batch.decode_context_tokens)
+                                 batch.prefill_attn_pairs, batch.decode_context_tokens, batch.num_prefill_tokens)
 
     def step_time_of(self, num_tokens: int, num_seqs: int, prefill_pairs: float,
-                     decode_context_tokens: float) -> float:
+                     decode_context_tokens: float, num_prefill_tokens: int = 0) -> float:
         """:meth:`step_time` on plain numbers (the engine's hot path avoids building objects)."""
         if num_tokens <= 0:
             return 0.0
@@ -109,7 +118,9 @@ class StepCostModel:
         return (linear + self.prefill_s_per_pair * prefill_pairs
                 + self.decode_s_per_ctx_token * decode_context_tokens
                 + self.fixed_s + self.per_token_s * num_tokens
-                + self.coeffs.per_seq_overhead_s * num_seqs)
+                + self.coeffs.per_seq_overhead_s * num_seqs
+                + self.coeffs.per_prefill_token_overhead_s * num_prefill_tokens
+                + (self.prefill_fixed_s if num_prefill_tokens else 0.0))
 
     def decode_terms(self, num_seqs: int) -> tuple[float, float, float, float, float]:
         """``(a, b, fixed, c1, c2)`` such that a decode-only step of ``num_seqs`` sequences with
@@ -119,3 +130,17 @@ class StepCostModel:
         linear = max(self.weight_stream_s, self.linear_s_per_token * num_seqs + self.lm_head_s_per_seq * num_seqs)
         return (linear + self.prefill_s_per_pair * 0.0, self.decode_s_per_ctx_token, self.fixed_s,
                 self.per_token_s * num_seqs, self.coeffs.per_seq_overhead_s * num_seqs)
+
+    def window_time(self, num_seqs: int, decode_context_tokens: float, num_steps: int) -> float:
+        """Seconds a multi-step window of ``num_steps`` decode steps of ``num_seqs`` sequences takes,
+        the first step attending ``decode_context_tokens`` (each later one ``num_seqs`` more).
+
+        Every sequence scheduled in the window is computed for every step, also after it finished
+        (vLLM 0.6 drops its surplus tokens only when the window's outputs are processed)."""
+        if num_seqs <= 0:
+            return 0.0
+        total = 0.0
+        for j in range(num_steps):
+            total += self.step_time_of(num_seqs, num_seqs, 0.0, decode_context_tokens + j * num_seqs)
+        pass_cpu = self.coeffs.step_overhead_s + self.coeffs.per_seq_overhead_s * num_seqs
+        return total - (num_steps - 1) * pass_cpu

@@ -10,6 +10,7 @@ from typing import Callable
 
 import simpy
 
+from .api_server import ApiServerQueue
 from .config import EngineConfig, EngineVersion
 from .cost_model import StepCostModel
 from .kv_cache_manager import KVCacheManager
@@ -27,6 +28,9 @@ class LLMEngine:
                  sample_interval_s: float = 0.2, exact: bool = False,
                  on_progress: Callable[[int], None] | None = None,
                  on_token: Callable[[Request, float], None] | None = None, record_itl: bool = True) -> None:
+        api_s = cfg.profile.step.api_server_request_s
+        if api_s > 0 and not getattr(source, "live", False):
+            source = ApiServerQueue(source, api_s)  # requests reach the scheduler one after another
         self.env, self.cfg, self.source, self.records = env, cfg, source, records
         self.memory = kv_capacity(cfg)
         # Without prefix hashes in the workload no block can ever be hit: the cheaper pool behaves
@@ -58,7 +62,9 @@ class LLMEngine:
         # blocks left beside v1's null block.
         usable = (self.kv.block_pool.num_blocks - (1 if self.kv.null_block is not None else 0)) * self.kv.block_size
         self.max_request_tokens = min(cfg.scheduler.max_model_len, usable)
-        self.bulk = not exact and not getattr(source, "live", False)  # advance runs of decode steps at once
+        # advance runs of decode steps at once (a multi-step window is already run in one go)
+        self.bulk = not exact and not getattr(source, "live", False) and cfg.scheduler.num_scheduler_steps == 1
+        self.multi_step = cfg.engine is EngineVersion.V0 and cfg.scheduler.num_scheduler_steps > 1
         self.max_bulk_steps = 4096
         self.process = env.process(self.run())
 
@@ -134,6 +140,9 @@ class LLMEngine:
                 self.clock = next_t
                 yield env.timeout(max(next_t - env.now, 0.0))
                 continue
+            if self.multi_step and scheduler.is_window(out):
+                yield from self._run_window(out, now)
+                continue
             dt = cost.step_time(out)
             if out.swap_bytes:
                 dt += out.swap_bytes / self.cfg.profile.step.swap_bandwidth_bytes_per_s
@@ -152,6 +161,24 @@ class LLMEngine:
                 self.series.sample_before(end, self._state())
             yield env.timeout(max(end - env.now, 0.0))
             scheduler.update_from_output(out, end)
+
+    def _run_window(self, out, now: float):
+        """A multi-step decode pass (vLLM 0.6): K steps back to back, outputs applied at the end."""
+        k = self.cfg.scheduler.num_scheduler_steps
+        dt = self.cost.window_time(out.num_decode_seqs, out.decode_context_tokens, k)
+        if out.swap_bytes:
+            dt += out.swap_bytes / self.cfg.profile.step.swap_bandwidth_bytes_per_s
+        usage = self.kv.usage
+        if usage > self.peak_kv_usage:
+            self.peak_kv_usage = usage
+        self.running_integral += self.scheduler.num_running * dt
+        self.busy_s += dt
+        self.num_steps += k
+        end = self.clock = now + dt
+        if self.series.next_t < end:
+            self.series.sample_before(end, self._state())
+        yield self.env.timeout(max(end - self.env.now, 0.0))
+        self.scheduler.update_from_window(out, end)
 
     def abort(self, request_id: int) -> bool:
         """Abort a request (a client went away): free what it holds, record it as aborted.

@@ -32,6 +32,12 @@ class StepCoefficients:
     tp_step_overhead_s: float = 0.0   # per step and extra TP rank: broadcasting the step to workers, sync
     per_seq_overhead_s: float = 0.0   # per sequence in the step: detokenise, stream, bookkeeping
     per_token_overhead_s: float = 0.0  # per scheduled token: input prep and sampling that scale with tokens
+    per_prefill_token_overhead_s: float = 0.0  # extra per prompt token of a prefill: v0's per-token Python
+    # input preparation (positions, slot mappings built as lists in ``ModelRunner._prepare_model_input``)
+    prefill_layer_overhead_s: float = 0.0  # per layer in a step holding a prefill: prefill runs eagerly
+    # (vLLM captures CUDA graphs for decode batches only), so its kernels are launched one by one
+    api_server_request_s: float = 0.0  # serial API-server work per request before the engine sees it
+    # (HTTP parsing, tokenisation on the server's one event loop; :mod:`servesim.sim.api_server`)
     # KV blocks copied to/from CPU on swap preemption (vLLM v0): block-by-block cudaMemcpyAsync over
     # PCIe 5 x16 (64 GB/s nominal); prior of 25 GB/s effective, not yet measured.
     swap_bandwidth_bytes_per_s: float = 25e9
@@ -106,6 +112,9 @@ class Profile:
     provenance: list[dict[str, Any]] = field(default_factory=list)
     notes: str = ""
     source_path: str = ""
+    # The deployment a profile was fitted on (server settings its runs were replayed under, e.g.
+    # ``num_scheduler_steps``): engine defaults when a configuration does not set them.
+    deployment: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source_path: str = "") -> "Profile":
@@ -134,7 +143,8 @@ class Profile:
                        gpu=data["gpu"], step=values("coefficients", StepCoefficients),
                        memory=values("memory", MemoryCoefficients), power=values("power", PowerCoefficients),
                        uncertainty=uncertainty, provenance=list(data.get("provenance", [])),
-                       notes=data.get("notes", ""), source_path=source_path)
+                       notes=data.get("notes", ""), source_path=source_path,
+                       deployment=dict(data.get("deployment") or {}))
         except KeyError as exc:
             raise ValueError(f"profile {source_path}: missing required key {exc}") from None
 
@@ -144,10 +154,15 @@ def load_profile(path: str | Path) -> Profile:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"profile {path} is a directory; expected a profile JSON file")
+    if not path.exists() and path.suffix != ".json":
+        shipped = shipped_profiles()
+        if str(path) in shipped:   # a shipped profile's name (``servesim profiles`` lists them)
+            path = shipped[str(path)]
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
-        raise ValueError(f"profile file not found: {path}") from None
+        raise ValueError(f"profile file not found: {path} (nor a shipped profile name: "
+                         f"{sorted(shipped_profiles())})") from None
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
         raise ValueError(f"profile {path} is not a readable JSON file: {exc}") from None
     if not isinstance(data, dict):
@@ -159,9 +174,23 @@ def load_profile(path: str | Path) -> Profile:
 
 
 def shipped_profiles() -> dict[str, Path]:
-    """Shipped default profiles by name (``<gpu>_<engine>``), from ``calibrate/profiles``."""
+    """Shipped profiles by name, from ``calibrate/profiles``: each file under its stem (the engine
+    defaults are ``<gpu>_<engine>``; deployments ``<gpu>_<engine><version>_<deployment>``) and
+    under the ``aliases`` it lists."""
     folder = resources.files("servesim.calibrate") / "profiles"
-    return {Path(str(p)).stem: Path(str(p)) for p in folder.iterdir() if str(p).endswith(".json")}
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir(), key=str):
+        if not str(p).endswith(".json"):
+            continue
+        path = Path(str(p))
+        out[path.stem] = path
+        try:
+            aliases = json.loads(path.read_text()).get("aliases", [])
+        except (json.JSONDecodeError, OSError):
+            aliases = []
+        for alias in aliases:
+            out.setdefault(str(alias), path)
+    return out
 
 
 def default_profile(gpu: str, engine: str) -> Profile:

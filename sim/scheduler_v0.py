@@ -20,6 +20,24 @@ dropped; it waits in ``swapped`` and is swapped back in (FCFS, watermark permitt
 no preemption, resuming its decode without recompute.  While anything is swapped out, no new
 prefill is admitted (as in 0.5.x ``_schedule_default``).  The copies cost PCIe time in the step
 that makes them (``SchedulerOutput.swap_bytes``).  Running out of swap space is an error, as in vLLM.
+
+Multi-step scheduling (vLLM 0.6 ``--num-scheduler-steps K``; ``core/scheduler.py``,
+``engine/llm_engine.py``, ``engine/output_processor/multi_step.py`` of 0.6.1):
+
+* a prefill pass is one step (``init_multi_step(num_scheduler_steps=0 + 1)``: no lookahead for
+  prefills); a decode pass runs K steps back to back, the scheduler not being called again until
+  the window is over (``_has_remaining_steps``), so requests arriving meanwhile wait for its end;
+* a decode pass reserves KV room for the K tokens up front: ``append_slots(seq, K - 1)`` lookahead
+  slots, admitted by the v2 block manager's ``can_append_slots``: the blocks the K slots touch
+  (counting the partly filled last block as touched) must not exceed the free blocks, else the
+  newest running request is preempted;
+* the window's outputs are processed, and streamed, once at its end: the client gets one chunk of
+  up to K tokens per sequence (its ITL is the window, its TPOT the per-token time);
+* a sequence reaching ``max_tokens`` inside the window still runs the window's remaining steps
+  (the batch is fixed for the window); its surplus tokens are dropped when outputs are processed
+  and it finishes at the window's end.
+
+Multi-step needs chunked prefill off (vLLM 0.6 refuses the combination; so does the config).
 """
 from __future__ import annotations
 
@@ -27,6 +45,7 @@ from collections import deque
 
 from .config import PreemptionMode
 from .kv_cache_manager import cdiv
+from .metrics import NoLatencies
 from .request import Request, RequestStatus
 from .scheduler import Scheduler, SchedulerOutput
 
@@ -46,6 +65,9 @@ class SchedulerV0(Scheduler):
         self.swapped_blocks: dict[int, int] = {}
         self.num_swaps_out = 0
         self._swap_bytes = 0.0
+        self.num_scheduler_steps = self.sched.num_scheduler_steps
+        self.lookahead = self.num_scheduler_steps - 1  # lookahead slots of a decode pass
+        self._quiet = NoLatencies()
 
     def has_unfinished(self) -> bool:
         return super().has_unfinished() or bool(self.swapped)
@@ -95,7 +117,7 @@ class SchedulerV0(Scheduler):
             if kv.num_free_blocks - n_blocks - 1 < self.watermark_blocks:
                 break
             num_new = min(request.num_tokens - request.num_computed_tokens, budget)
-            if kv.allocate_slots(request, num_new) is None:  # its swapped blocks plus this step's tokens
+            if kv.allocate_slots(request, num_new + self.lookahead) is None:  # swapped blocks + this pass's tokens
                 break
             self.swapped.popleft()
             del self.swapped_blocks[request.request_id]
@@ -126,7 +148,10 @@ class SchedulerV0(Scheduler):
             if not self.swapped:
                 self._schedule_prefills(out, self.sched.max_num_batched_tokens, now, chunked=False)
             if out.is_empty:
-                self._schedule_batch(out, free_margin=1)
+                if self.lookahead:
+                    self._schedule_batch_window(out)
+                else:
+                    self._schedule_batch(out, free_margin=1)
                 budget = self._schedule_running(out, self.sched.max_num_batched_tokens)
                 if budget is not None and self.swapped:
                     self._schedule_swapped(out, budget - out.num_batch_decodes, now)
@@ -148,7 +173,9 @@ class SchedulerV0(Scheduler):
                 break
             queue.popleft()
             scheduled = True
-            while kv.num_free_blocks < 1:  # can_append_slots: one free block per running sequence
+            need = self._touched_blocks(request) if self.lookahead else 1
+            while kv.num_free_blocks < need:  # can_append_slots: one free block per running sequence (v1
+                # block manager); with lookahead the blocks the pass's slots touch (v2 block manager)
                 preempted = True
                 if queue:
                     self.preempt(queue.pop())
@@ -158,7 +185,7 @@ class SchedulerV0(Scheduler):
                     break
             if not scheduled:
                 break
-            if kv.allocate_slots(request, num_new) is None:
+            if kv.allocate_slots(request, num_new + self.lookahead) is None:
                 raise RuntimeError(f"request {request.request_id} passed can_append_slots but got no blocks "
                                    f"for {num_new} tokens: a scheduler bug")
             out.add(request, num_new)
@@ -186,3 +213,65 @@ class SchedulerV0(Scheduler):
             self._admit(request, now)
             out.add(request, num_new)
             budget -= num_new
+
+    # ----- multi-step scheduling (vLLM 0.6 --num-scheduler-steps) ------------------------------
+    def _touched_blocks(self, request: Request) -> int:
+        """Blocks a decode pass of K slots touches: ``BlockTable.get_num_blocks_touched_by_append_slots``
+        (the partly filled last block counts, as a worst-case copy-on-write)."""
+        bs = self.kv.block_size
+        first_chunk = bs - request.num_computed_tokens % bs
+        return 1 + max(0, cdiv(self.num_scheduler_steps - first_chunk, bs))
+
+    def _schedule_batch_window(self, out: SchedulerOutput) -> bool:
+        """The decode batch with K slots per member, when that surely passes ``can_append_slots``
+        for every member in turn; otherwise the members go to the per-request path."""
+        batch, kv = self.batch, self.kv
+        size = len(batch.members)
+        if not size:
+            return True
+        bs, g = batch.block_size, batch.g
+        needing = [r for j in range(self.num_scheduler_steps) for r in batch.buckets[-(g + j) % bs].values()]
+        # Sufficient for every member's check: all new blocks plus the most any one member touches.
+        if self.exact or len(needing) + 1 + cdiv(self.num_scheduler_steps, bs) > kv.num_free_blocks:
+            self.materialize()
+            return False
+        if needing:
+            kv.append_blocks(needing)
+        out.num_batch_decodes = size
+        out.num_decode_seqs += size
+        out.decode_context_tokens += batch.context_sum()
+        return True
+
+    def is_window(self, out: SchedulerOutput) -> bool:
+        """Whether ``out`` is a multi-step decode pass (K > 1 and no prefill in it)."""
+        return self.lookahead > 0 and out.num_prefill_seqs == 0 and out.num_decode_seqs > 0
+
+    def update_from_window(self, out: SchedulerOutput, now: float) -> None:
+        """Apply a K-step decode pass that ended at ``now``: every sequence gains up to K tokens,
+        all streamed at ``now`` as one chunk (one inter-token gap each); sequences reaching
+        ``max_tokens`` inside the window finish at ``now`` with exactly ``max_tokens`` tokens."""
+        k = self.num_scheduler_steps
+        batch = self.batch
+        if out.num_batch_decodes:
+            for j in range(k):
+                size = len(batch.members)
+                if not size:
+                    break
+                self.generation_tokens_total += size
+                for request in batch.advance(now, self.itl if j == 0 else self._quiet):
+                    batch.remove(request)
+                    self._finish(request, now)
+        for request, _ in out.scheduled:
+            if request.status is not RequestStatus.RUNNING:
+                continue
+            n = min(k, request.max_tokens - request.num_output_tokens)
+            request.num_computed_tokens += n
+            if self.on_token is not None:        # a live stream gets every token of the chunk
+                for _ in range(n - 1):
+                    request.num_output_tokens += 1
+                    self.generation_tokens_total += 1
+                    self.on_token(request, now)
+            else:
+                request.num_output_tokens += n - 1   # the last of the chunk is emitted below
+                self.generation_tokens_total += n - 1
+            self._emit_token(request, now)
