@@ -288,7 +288,7 @@ def _bootstrap(rows, x, jac, fun, params, lo, hi, n_boot: int, seed: int) -> tup
         if col[i] <= 1e-6 * max(float(col.max()), 1e-300):
             unidentified[p] = "the rows do not depend on it (zero sensitivity of every residual)"
         elif x[i] < 0.01 or x[i] > 0.99:
-            unidentified[p] = f"at its bound ({value[i]:.3g}; range {lo[i]:.3g}..{hi[i]:.3g})"
+            unidentified[p] = f"at or within 1% of a bound ({value[i]:.3g}; range {lo[i]:.3g}..{hi[i]:.3g})"
         elif len(reps) > 1:
             q_lo, q_hi = np.percentile(reps[:, i], [2.5, 97.5])
             if q_hi - q_lo > 0.5 * span[i]:
@@ -394,9 +394,23 @@ def update_profile(data: dict, f: SiliconFit, rows: list[SiliconRow], path: Path
         "client": {"kind": client.kind.value, **{k: f.values.get(k, getattr(client, k)) for k in CLIENT_BOUNDS}},
         "protocol": {"warmup_per_user": PROTOCOL.warmup_per_user, "counted_per_user": PROTOCOL.counted_per_user},
     }
+    annotate_notes(data)
     prov = provenance(path, rows)
     data["provenance"] = [p for p in data.get("provenance", []) if p.get("file") != prov["file"]] + [prov]
     return data
+
+
+def annotate_notes(data: dict) -> None:
+    """Say in the profile's notes which CPU-side terms the silicon fit set and which it could not."""
+    rep = data.get("fit_report", {}).get("silicon_vllm_0.12")
+    if not rep:
+        return
+    fitted = [p for p in rep["values"] if p in STEP_BOUNDS and p not in rep["not_identified"]]
+    marker = " Silicon fit (vLLM 0.12):"
+    notes = data.get("notes", "").split(marker)[0]
+    data["notes"] = (f"{notes}{marker} {', '.join(fitted) or 'nothing'} fitted end to end on the Qwen3-32B rows "
+                     f"(fit_report.silicon_vllm_0.12, docs/fidelity-v1.md); not identified there, so kept as priors: "
+                     f"{', '.join(p for p in rep['not_identified'] if p in STEP_BOUNDS) or 'none'}.")
 
 
 def calibrate_into(data: dict, path: Path, profile: Profile, engine: str, workers: int | None = None,
@@ -433,6 +447,8 @@ def main(argv: list[str] | None = None) -> int:
                     "the linearised refit from the all-rows fit")
     ap.add_argument("-o", "--output", help="with --fit: write the updated profile JSON here")
     ap.add_argument("--json", help="write the tables as JSON here")
+    ap.add_argument("--plot", help="write a simulated-vs-measured PNG of the profile (after --fit: the fitted one) "
+                    "and print the residuals by isl and concurrency")
     ap.add_argument("--max-nfev", type=int, default=30)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
@@ -473,6 +489,12 @@ def main(argv: list[str] | None = None) -> int:
                 tmp.write_text(json.dumps(data, indent=2) + "\n")
                 tmp.replace(out)
                 print(f"wrote {out}")
+        if args.plot:
+            prof, cl = apply(profile, client, f.values) if f is not None else (profile, client)
+            sims = sim(rows, prof, cl)
+            plot(rows, sims, Path(args.plot), f"{prof.name} + {cl.kind.value} client on {len(rows)} silicon rows")
+            print("median signed error TTFT / TPOT by isl (rows) and concurrency (columns):")
+            print(residual_table(rows, sims))
         if args.crossval:
             report["crossval"] = crossval(rows, profile, client, params, sim, args.max_nfev, full=f,
                                           exact=args.exact, log=log)
@@ -481,6 +503,49 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=float) + "\n")
     return 0
+
+
+def residual_table(rows: list[SiliconRow], sims: list[dict]) -> str:
+    """Median signed error of mean TTFT / TPOT by isl and concurrency (over TP and osl): where the
+    model is structurally off."""
+    e = errors(rows, sims)
+    conc = sorted({r.concurrency for r in rows})
+    lines = ["| isl | " + " | ".join(f"c{c}" for c in conc) + " |", "|---|" + "---|" * len(conc)]
+    for isl in sorted({r.isl for r in rows}):
+        cells = []
+        for c in conc:
+            idx = [i for i, r in enumerate(rows) if r.isl == isl and r.concurrency == c]
+            cells.append(f"{np.median(e['ttft'][idx]):+.0%} / {np.median(e['tpot'][idx]):+.0%}")
+        lines.append(f"| {isl} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[SiliconRow], sims: list[dict], path: Path, title: str) -> None:
+    """Simulated against measured mean TTFT and TPOT, one point per row (log axes), coloured by isl."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, key, meas in ((axes[0], "mean_ttft_ms", "ttft_ms"), (axes[1], "mean_tpot_ms", "tpot_ms")):
+        for isl, colour in ((1024, "tab:blue"), (4096, "tab:orange")):
+            pts = [(getattr(r, meas), s[key]) for r, s in zip(rows, sims) if r.isl == isl]
+            if pts:
+                m, p = zip(*pts)
+                ax.scatter(m, p, s=14, c=colour, label=f"isl {isl}")
+        lo_v = min(min(getattr(r, meas) for r in rows), min(s[key] for s in sims)) * 0.8
+        hi_v = max(max(getattr(r, meas) for r in rows), max(s[key] for s in sims)) * 1.25
+        ax.plot([lo_v, hi_v], [lo_v, hi_v], "k-", lw=0.8)
+        for f in (0.8, 1.25):
+            ax.plot([lo_v, hi_v], [lo_v * f, hi_v * f], "k:", lw=0.6)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"measured {key} (vLLM 0.12, H100)")
+        ax.set_ylabel(f"simulated {key}")
+        ax.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def format_folds(folds: list[dict], title: str) -> str:
