@@ -313,7 +313,7 @@ def median_abs(values: np.ndarray) -> float:
 
 def crossval(rows: list[SiliconRow], profile: Profile, client: ClientModel, params: tuple[str, ...],
              simulator: Simulator, max_nfev: int, full: SiliconFit | None = None, exact: bool = False,
-             log=print) -> list[dict]:
+             only: tuple[str, ...] = ("tp", "isl_osl"), log=print) -> list[dict]:
     """Refit ``params`` without each fold's rows and score the held-out rows by simulation.
 
     ``exact``: a full refit per fold from the prior (as :func:`fit`; minutes per fold).  Otherwise
@@ -328,6 +328,8 @@ def crossval(rows: list[SiliconRow], profile: Profile, client: ClientModel, para
     per_row = 2
     out = []
     for split, folds in splits(rows).items():
+        if split not in only:
+            continue
         for label, train, test in folds:
             log(f"{split}: holding out {label} ({len(test)} rows), refitting on {len(train)}")
             if exact or full is None:
@@ -443,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit", action="store_true", help="fit on every row")
     ap.add_argument("--crossval", action="store_true", help="leave-one-TP-out and leave-one-isl/osl-out")
     ap.add_argument("--evaluate", action="store_true", help="errors of the profile as it is, per fold")
+    ap.add_argument("--splits", default="tp,isl_osl", help="--crossval: which splits (tp, isl_osl)")
     ap.add_argument("--exact", action="store_true", help="--crossval: a full refit per fold (slow) instead of "
                     "the linearised refit from the all-rows fit")
     ap.add_argument("-o", "--output", help="with --fit: write the updated profile JSON here")
@@ -497,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             print(residual_table(rows, sims))
         if args.crossval:
             report["crossval"] = crossval(rows, profile, client, params, sim, args.max_nfev, full=f,
-                                          exact=args.exact, log=log)
+                                          exact=args.exact, only=tuple(args.splits.split(",")), log=log)
             kind = "full refit" if args.exact else "linearised refit"
             print(format_folds(report["crossval"], f"cross-validated ({kind} without the held-out rows)"))
     if args.json:

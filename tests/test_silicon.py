@@ -83,3 +83,22 @@ def test_bad_inputs_are_named(tmp_path):
     with pytest.raises(ValueError, match="cannot fit"):
         silicon.fit([], default_profile("h100-sxm", "vllm-v1"), client_preset("aiperf"), ("eff_mm",))
     assert silicon.main(["--params", "eff_mm", str(SHARED)]) == 2
+
+
+def test_calibrate_command_takes_a_silicon_csv(tmp_path, monkeypatch):
+    """`servesim calibrate SILICON.csv --engine vllm-v1`: recognised, fitted, written with provenance."""
+    from servesim.calibrate.pipeline import calibrate, classify
+    monkeypatch.setattr(silicon, "row_workload", _small_workload)
+    header = ("id,silicon_data_source,backend,backend_version,model_path,system,precision,mode,isl,osl,batch_size,"
+              "tp_size,pp_size,silicon_ttft_ms,silicon_tpot_ms\n")
+    path = tmp_path / "silicon.csv"
+    path.write_text(header + "a,x,vllm,0.12.0,Qwen/Qwen3-32B,h100_sxm,,agg,512,16,4.0,2.0,1.0,120.0,14.0\n"
+                             "b,x,vllm,0.12.0,Qwen/Qwen3-32B,h100_sxm,,agg,512,16,4.0,4.0,1.0,90.0,9.0\n")
+    assert classify(path) == "silicon"
+    data, _ = calibrate([path], "vllm-v1", workers=1, max_nfev=1, log=lambda m: None)
+    report = data["fit_report"]["silicon_vllm_0.12"]
+    assert set(report["values"]) == set(silicon.DEFAULT_PARAMS)
+    assert any(p.get("kind", "").startswith("end-to-end closed loop") for p in data["provenance"])
+    assert data["memory"] == calibrate([], "vllm-v1", log=lambda m: None)[0]["memory"]
+    with pytest.raises(ValueError, match="--engine vllm-v1"):
+        calibrate([path], "vllm-v0", workers=1, max_nfev=1, log=lambda m: None)
