@@ -53,6 +53,25 @@ PROTOCOL = Protocol()
 
 
 @dataclass(frozen=True)
+class Deployment:
+    """Server flags of the silicon runs, which the file does not record: inferred from the rows.
+
+    ``max_num_batched_tokens`` 2048 is vLLM's ``SchedulerConfig`` default, what an engine gets when
+    it is built under a usage context without its own default (``vllm serve`` on an 80 GB GPU sets
+    8192).  Replayed at 8192 the 1024-token rows keep all users' prefills in one step and TTFT comes
+    out 1.4-2x too high at every concurrency; at 2048 the structure goes (docs/fidelity-v1.md), so
+    2048 is the inferred value.  ``max_num_seqs`` 128 is the same default and the rows' largest
+    concurrency; it never binds here.
+    """
+
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 128
+
+
+DEPLOYMENT = Deployment()
+
+
+@dataclass(frozen=True)
 class SiliconRow:
     """One measured closed-loop run: ``concurrency`` users, fixed ``isl``/``osl``, on ``tp`` GPUs."""
 
@@ -113,28 +132,32 @@ def row_workload(row: SiliconRow, client: ClientModel, protocol: Protocol = PROT
 
 
 def simulate_row(row: SiliconRow, profile: Profile, client: ClientModel, protocol: Protocol = PROTOCOL,
-                 seed: int = 0) -> dict[str, float]:
+                 seed: int = 0, deployment: Deployment | None = None) -> dict[str, float]:
     """Mean TTFT and TPOT (ms) of the row's simulation, with KV capacity and preemptions."""
-    cfg = make_engine_config(get_model(row.model), get_gpu("h100-sxm"), "vllm-v1", tp=row.tp, profile=profile)
+    d = deployment or DEPLOYMENT
+    cfg = make_engine_config(get_model(row.model), get_gpu("h100-sxm"), "vllm-v1", tp=row.tp, profile=profile,
+                             max_num_batched_tokens=d.max_num_batched_tokens, max_num_seqs=d.max_num_seqs)
     s = simulate(cfg, row_workload(row, client, protocol, seed)).summary
     return {k: float(s[k]) for k in ("mean_ttft_ms", "mean_tpot_ms", "std_ttft_ms", "num_preemptions",
                                      "kv_capacity_tokens")}
 
 
 def _task(args) -> dict[str, float]:
-    return simulate_row(*args)
+    row, profile, client, deployment = args
+    return simulate_row(row, profile, client, deployment=deployment)
 
 
 class Simulator:
     """Simulates rows in ``workers`` processes (niced children; one process when ``workers`` is 1)."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, deployment: Deployment | None = None) -> None:
+        self.deployment = deployment or DEPLOYMENT
         self.workers = workers if workers is not None else max(1, min(2, os.cpu_count() or 1))
         self._pool = (ProcessPoolExecutor(self.workers, initializer=os.nice, initargs=(10,))
                       if self.workers > 1 else None)
 
     def __call__(self, rows: list[SiliconRow], profile: Profile, client: ClientModel) -> list[dict]:
-        tasks = [(r, profile, client) for r in rows]
+        tasks = [(r, profile, client, self.deployment) for r in rows]
         if self._pool is None:
             return [_task(t) for t in tasks]
         return list(self._pool.map(_task, tasks, chunksize=max(1, len(tasks) // (4 * self.workers))))
@@ -372,7 +395,9 @@ def provenance(path: Path, rows: list[SiliconRow]) -> dict:
             "framework": "vLLM 0.12.0 (v1 engine)", "gpu": "H100 SXM", "model": "Qwen/Qwen3-32B BF16",
             "origin": "ai-dynamo/aiconfigurator systems/silicon_sample.csv in the PyPI wheel aiconfigurator-core 0.12",
             "client_assumed": f"aiperf --concurrency N, {PROTOCOL.warmup_per_user}N warm-up requests "
-                              f"(drained), {PROTOCOL.counted_per_user}N counted"}
+                              f"(drained), {PROTOCOL.counted_per_user}N counted",
+            "server_flags_inferred": f"max_num_batched_tokens {DEPLOYMENT.max_num_batched_tokens}, "
+                                     f"max_num_seqs {DEPLOYMENT.max_num_seqs} (not recorded in the file)"}
 
 
 def update_profile(data: dict, f: SiliconFit, rows: list[SiliconRow], path: Path, client: ClientModel) -> dict:
@@ -395,6 +420,8 @@ def update_profile(data: dict, f: SiliconFit, rows: list[SiliconRow], path: Path
                                                                   "mean_tpot_ms": median_abs(e["tpot"])},
         "client": {"kind": client.kind.value, **{k: f.values.get(k, getattr(client, k)) for k in CLIENT_BOUNDS}},
         "protocol": {"warmup_per_user": PROTOCOL.warmup_per_user, "counted_per_user": PROTOCOL.counted_per_user},
+        "deployment_inferred": {"max_num_batched_tokens": DEPLOYMENT.max_num_batched_tokens,
+                                "max_num_seqs": DEPLOYMENT.max_num_seqs},
     }
     annotate_notes(data)
     prov = provenance(path, rows)

@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                     "and print the residuals by isl and concurrency")
     ap.add_argument("--max-nfev", type=int, default=30)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--max-num-batched-tokens", type=int, help="the runs' vLLM token budget per step "
+                    "(default: the inferred 2048; vllm serve's own default on H100 is 8192)")
     args = ap.parse_args(argv)
     try:
         path = Path(args.csv) if args.csv else find_shared_data(SILICON_FILE)
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
     report: dict = {}
-    with Simulator(args.workers) as sim:
+    from .silicon import DEPLOYMENT, Deployment
+    deployment = Deployment(args.max_num_batched_tokens or DEPLOYMENT.max_num_batched_tokens, DEPLOYMENT.max_num_seqs)
+    with Simulator(args.workers, deployment) as sim:
         if args.evaluate:
             report["evaluate"] = evaluate(rows, profile, client, sim)
             print(format_folds(report["evaluate"], f"profile {profile.name}, client {client.kind.value}, not refitted"))
