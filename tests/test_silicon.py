@@ -102,3 +102,15 @@ def test_calibrate_command_takes_a_silicon_csv(tmp_path, monkeypatch):
     assert data["memory"] == calibrate([], "vllm-v1", log=lambda m: None)[0]["memory"]
     with pytest.raises(ValueError, match="--engine vllm-v1"):
         calibrate([path], "vllm-v0", workers=1, max_nfev=1, log=lambda m: None)
+
+
+def test_rows_are_replayed_with_the_inferred_budget(monkeypatch):
+    monkeypatch.setattr(silicon, "row_workload", _small_workload)
+    base = default_profile("h100-sxm", "vllm-v1")
+    client = client_preset("aiperf", jitter_s=0.0)
+    row = silicon.SiliconRow("r", "qwen3-32b", 1024, 16, 8, 2, 1.0, 1.0)
+    small = silicon.simulate_row(row, base, client)
+    big = silicon.simulate_row(row, base, client, deployment=silicon.Deployment(8192, 1024))
+    assert silicon.DEPLOYMENT.max_num_batched_tokens == 2048
+    # Eight 1024-token prompts fit one 8192-token step: all wait for it; at 2048 two go per step.
+    assert small["mean_ttft_ms"] < big["mean_ttft_ms"]
