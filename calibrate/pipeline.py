@@ -177,7 +177,7 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
                                "source": "ML.ENERGY leaderboard v2 chat, vLLM 0.5.4, NVIDIA H100 80GB HBM3",
                                "assumptions": "see servesim.calibrate.mlenergy docstring"})
         elif kind == "silicon":
-            from .silicon import calibrate_into
+            from .silicon_cli import calibrate_into
             calibrate_into(data, path, Profile.from_dict(data), engine, workers, max_nfev, log=log)
         elif kind == "bench_json":
             from .validate import load_bench_result

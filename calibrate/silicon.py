@@ -386,80 +386,8 @@ def evaluate(rows: list[SiliconRow], profile: Profile, client: ClientModel, simu
     return out
 
 
-# ------------------------------------------------------------------------------ profile + command
-
-def provenance(path: Path, rows: list[SiliconRow]) -> dict:
-    from .kernel_tables import _sha256
-    return {"file": SILICON_FILE if str(path).endswith(SILICON_FILE) else str(path), "sha256": _sha256(path),
-            "rows": len(rows), "kind": "end-to-end closed loop (mean TTFT, mean TPOT)",
-            "framework": "vLLM 0.12.0 (v1 engine)", "gpu": "H100 SXM", "model": "Qwen/Qwen3-32B BF16",
-            "origin": "ai-dynamo/aiconfigurator systems/silicon_sample.csv in the PyPI wheel aiconfigurator-core 0.12",
-            "client_assumed": f"aiperf --concurrency N, {PROTOCOL.warmup_per_user}N warm-up requests "
-                              f"(drained), {PROTOCOL.counted_per_user}N counted",
-            "server_flags_inferred": f"max_num_batched_tokens {DEPLOYMENT.max_num_batched_tokens}, "
-                                     f"max_num_seqs {DEPLOYMENT.max_num_seqs} (not recorded in the file)"}
-
-
-def update_profile(data: dict, f: SiliconFit, rows: list[SiliconRow], path: Path, client: ClientModel) -> dict:
-    """Write the fitted step coefficients (value, bootstrap stderr, source) into a profile dict;
-    unidentified terms keep their previous value and say so; the memory section is not touched."""
-    src = (f"end-to-end fit on {len(rows)} vLLM 0.12 silicon rows (Qwen3-32B, TP 2/4/8), simulation in the "
-           f"loop with the aiperf client; stderr: row bootstrap")
-    for p, v in f.values.items():
-        if p not in STEP_BOUNDS:
-            continue
-        entry = data["coefficients"].setdefault(p, {})
-        if p in f.unidentified:
-            entry["source"] = f"{entry.get('source', 'prior')}; not identified by the silicon rows: {f.unidentified[p]}"
-            continue
-        data["coefficients"][p] = {"value": float(f"{v:.4g}"), "stderr": float(f"{f.stderr[p]:.2g}"), "source": src}
-    e = errors(rows, f.sims) if f.sims else {"ttft": np.array([]), "tpot": np.array([])}
-    data.setdefault("fit_report", {})["silicon_vllm_0.12"] = {
-        "values": f.values, "stderr": f.stderr, "not_identified": f.unidentified, "nfev": f.nfev,
-        "message": f.message, "in_sample_median_abs_rel_error": {"mean_ttft_ms": median_abs(e["ttft"]),
-                                                                  "mean_tpot_ms": median_abs(e["tpot"])},
-        "client": {"kind": client.kind.value, **{k: f.values.get(k, getattr(client, k)) for k in CLIENT_BOUNDS}},
-        "protocol": {"warmup_per_user": PROTOCOL.warmup_per_user, "counted_per_user": PROTOCOL.counted_per_user},
-        "deployment_inferred": {"max_num_batched_tokens": DEPLOYMENT.max_num_batched_tokens,
-                                "max_num_seqs": DEPLOYMENT.max_num_seqs},
-    }
-    annotate_notes(data)
-    prov = provenance(path, rows)
-    data["provenance"] = [p for p in data.get("provenance", []) if p.get("file") != prov["file"]] + [prov]
-    return data
-
-
-def annotate_notes(data: dict) -> None:
-    """Say in the profile's notes which CPU-side terms the silicon fit set and which it could not."""
-    rep = data.get("fit_report", {}).get("silicon_vllm_0.12")
-    if not rep:
-        return
-    fitted = [p for p in rep["values"] if p in STEP_BOUNDS and p not in rep["not_identified"]]
-    marker = " Silicon fit (vLLM 0.12):"
-    notes = data.get("notes", "").split(marker)[0]
-    data["notes"] = (f"{notes}{marker} {', '.join(fitted) or 'nothing'} fitted end to end on the Qwen3-32B rows "
-                     f"(fit_report.silicon_vllm_0.12, docs/fidelity-v1.md); not identified there, so kept as priors: "
-                     f"{', '.join(p for p in rep['not_identified'] if p in STEP_BOUNDS) or 'none'}.")
-
-
-def calibrate_into(data: dict, path: Path, profile: Profile, engine: str, workers: int | None = None,
-                   max_nfev: int = 30, log=print) -> None:
-    """The ``servesim calibrate`` hook: fit the silicon rows of ``path`` and write the result into
-    the profile dict ``data`` (coefficients, fit report, provenance)."""
-    if engine != "vllm-v1":
-        raise ValueError(f"{path}: the silicon rows are vLLM 0.12 (v1 engine) runs; calibrate them with "
-                         f"--engine vllm-v1 (got {engine})")
-    rows = load_silicon(path)
-    client = client_preset("aiperf")
-    log(f"silicon rows: {len(rows)}; fitting {', '.join(DEFAULT_PARAMS)} by simulation in the loop "
-        f"(aiperf client, {PROTOCOL.warmup_per_user}N warm-up + {PROTOCOL.counted_per_user}N counted)")
-    with Simulator(workers if workers is not None else 2) as sim:
-        f = fit(rows, profile, client, DEFAULT_PARAMS, sim, max_nfev=max_nfev, log=log)
-    update_profile(data, f, rows, path, client)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """The command line (:mod:`servesim.calibrate.silicon_cli`)."""
+    """The command line (:mod:`servesim.calibrate.silicon_cli`, which also writes profiles)."""
     from .silicon_cli import main as cli_main
     return cli_main(argv)
 
