@@ -13,8 +13,8 @@ def register(sub) -> None:
     p = sub.add_parser("calibrate", help="fit a profile from measurements",
                        description="Fit step-cost, KV-capacity and power coefficients from kernel tables, "
                                    "probe runs and end-to-end results (see docs/calibration.md).")
-    p.add_argument("inputs", nargs="+", help="kernel-table folders, ML.ENERGY CSV, probe run directories, "
-                   "vllm bench --save-result files (a folder or glob of them: one deployment)")
+    p.add_argument("inputs", nargs="+", help="kernel-table folders, ML.ENERGY CSV, aiconfigurator silicon CSV, "
+                   "probe run directories, vllm bench --save-result files (a folder or glob of them: one deployment)")
     p.add_argument("-o", "--output", required=True, help="profile JSON to write")
     p.add_argument("--engine", default="vllm-v0", choices=["vllm-v0", "vllm-v1"],
                    help="engine policy the measurements came from (default vllm-v0: ML.ENERGY used vLLM 0.5.4)")

@@ -10,6 +10,8 @@ Inputs are recognised by their contents:
   tables are given and reported beside them as a cross-check otherwise (:mod:`servesim.calibrate.vidur`);
 * the ML.ENERGY chat summary CSV: end-to-end rows (:mod:`servesim.calibrate.mlenergy`);
 * ``vllm bench serve --save-result`` JSON files: end-to-end targets;
+* an aiconfigurator silicon CSV (``silicon_ttft_ms``, ``silicon_tpot_ms``): vLLM v1 closed-loop rows,
+  fitted by :mod:`servesim.calibrate.silicon` (CPU-side terms and the client's request path);
 * a ``servesim measure`` probe run directory (``run.json``): probe fits
   (:mod:`servesim.calibrate.probe_fit`).
 
@@ -58,6 +60,9 @@ def classify(path: Path) -> str:
                          "(run.json) nor vllm bench --save-result files")
     if not path.exists():
         raise ValueError(f"calibration input {path} not found")
+    from .silicon import is_silicon_csv
+    if is_silicon_csv(path):
+        return "silicon"
     if path.suffix == ".csv":
         header = path.open(encoding="utf-8").readline()
         if "Token tput" in header and "Avg TPOT" in header:
@@ -184,6 +189,9 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
                                "rows": len(rows), "skipped": skipped,
                                "source": "ML.ENERGY leaderboard v2 chat, vLLM 0.5.4, NVIDIA H100 80GB HBM3",
                                "assumptions": "see servesim.calibrate.mlenergy docstring"})
+        elif kind == "silicon":
+            from .silicon_cli import calibrate_into
+            calibrate_into(data, path, Profile.from_dict(data), engine, workers, max_nfev, log=log)
         elif kind == "bench_json":
             bench_inputs.append(raw)
     fitted = Profile.from_dict(data)

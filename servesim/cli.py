@@ -69,6 +69,14 @@ def _add_simulate(sub) -> None:
     w.add_argument("--bench-rate", type=at.RATE, help="arrival rate for --bench-json (inf: burst)")
     w.add_argument("--burstiness", type=at.float_range(0.0, allow_inf=True), default=1.0, help="gamma shape for --rate (1 = Poisson)")
     w.add_argument("--think-time", type=at.NON_NEGATIVE, default=0.0, help="mean think time (s) for --concurrency")
+    c = p.add_argument_group("closed-loop client (--concurrency; docs/clients.md)")
+    c.add_argument("--client", default="ideal", choices=["ideal", "vllm-bench", "aiperf", "guidellm"],
+                   help="which benchmark client the users behave like (default ideal: no request overhead, "
+                        "users in lock-step)")
+    c.add_argument("--warmup-requests", type=at.NON_NEGATIVE_INT, help="warm-up requests before the counted ones (not in the summary)")
+    c.add_argument("--client-overhead", type=at.NON_NEGATIVE, help="fixed send-to-engine time per request, s")
+    c.add_argument("--client-jitter", type=at.NON_NEGATIVE, help="mean of the exponential extra delay per request, s")
+    c.add_argument("--ramp-up", type=at.NON_NEGATIVE, help="spread the users' first requests over this many s")
     w.add_argument("--num-requests", type=at.REQUEST_COUNT, help="requests to simulate (default 1000; traces: all rows)")
     w.add_argument("--dataset", choices=["fixed", "random", "sharegpt"], default=None,
                    help="lengths: fixed --input-len/--output-len (default), vLLM-style random around them, "
@@ -95,8 +103,12 @@ def workload_spec(args) -> WorkloadSpec:
     if args.burst is not None:
         return WorkloadSpec(kind="burst", num_requests=args.burst, **lengths)
     if args.concurrency is not None:
+        from .sim.clients import client_preset
+        client = client_preset(args.client, num_warmup_requests=args.warmup_requests,
+                               request_overhead_s=args.client_overhead, jitter_s=args.client_jitter,
+                               ramp_up_s=args.ramp_up)
         return WorkloadSpec(kind="closed", num_requests=n or 1000, num_users=args.concurrency,
-                            think_time_s=args.think_time, **lengths)
+                            think_time_s=args.think_time, client=client, **lengths)
     if args.trace:
         return WorkloadSpec(kind="trace", trace_path=args.trace, num_requests=n, time_scale=args.time_scale)
     if args.bench_json:

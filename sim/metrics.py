@@ -180,10 +180,18 @@ def latency_stats(prefix: str, values_ms: np.ndarray, weights: np.ndarray | None
     return out
 
 
-def summarize(records: RequestRecords, itl: InterTokenLatencies, percentiles: tuple[float, ...] = (99,)) -> dict:
-    """Summary with the keys of ``vllm bench serve --save-result`` (latencies in ms)."""
+def summarize(records: RequestRecords, itl: InterTokenLatencies, percentiles: tuple[float, ...] = (99,),
+              first_counted: int = 0) -> dict:
+    """Summary with the keys of ``vllm bench serve --save-result`` (latencies in ms).
+
+    Requests with ids below ``first_counted`` (a client's warm-up) are left out of every key but
+    the ITL ones (inter-token gaps are kept per step, not per request)."""
     c = records.cols
     done = records.status == 1
+    if first_counted:
+        done = done & (np.arange(records.n) >= first_counted)
+        c = {k: np.where(np.arange(records.n) >= first_counted, v, np.nan) if v.dtype.kind == "f" else v
+             for k, v in c.items()}
     arrival, first, finish = c["arrival_s"][done], c["first_token_s"][done], c["finish_s"][done]
     n_in, n_out = c["input_tokens"][done], c["output_tokens"][done]
     start = float(np.nanmin(c["arrival_s"])) if records.n and not np.all(np.isnan(c["arrival_s"])) else 0.0
@@ -193,7 +201,7 @@ def summarize(records: RequestRecords, itl: InterTokenLatencies, percentiles: tu
     rate = (lambda x: x / duration if duration > 0 else 0.0)
     summary: dict = {
         "duration": duration, "completed": completed,
-        "failed": int((records.status == 2).sum()),
+        "failed": int((records.status[first_counted:] == 2).sum()),
         "total_input_tokens": total_in, "total_output_tokens": total_out,
         "request_throughput": rate(completed), "output_throughput": rate(total_out),
         "total_token_throughput": rate(total_in + total_out),

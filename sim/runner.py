@@ -68,7 +68,7 @@ def simulate(cfg: EngineConfig, workload, options: SimOptions = SimOptions()) ->
     wall = time.perf_counter() - t0
     if bar is not None:
         bar.close()
-    summary = summarize(records, engine.itl)
+    summary = summarize(records, engine.itl, first_counted=getattr(workload, "num_warmup_requests", 0))
     tp = cfg.parallel.tensor_parallel_size
     duration = summary["duration"]
     power = cfg.profile.power

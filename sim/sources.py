@@ -65,9 +65,13 @@ class ClosedLoopSource:
     """``num_users`` users; each sends its next request a think time after the previous finished.
 
     Follows :class:`~servesim.sim.workload.ClosedLoop`'s contract: requests ``0..num_users-1`` go
-    out at t=0, one per user; each finish hands the next unassigned index ``k`` to that user, who
-    sends request ``k`` (lengths ``k``) at finish time + ``think_times()[k]``.  Finishes are
-    processed in the engine's deterministic order, so the run is reproducible.
+    out first, one per user (user ``u`` at ``u * ramp_up_s / num_users``); each finish hands the
+    next unassigned index ``k`` to that user, who sends request ``k`` (lengths ``k``) at finish
+    time + ``think_times()[k]``.  The engine sees request ``k`` ``overheads[k]`` after it was sent
+    (the client's request path); its ``arrival_time`` is the send time.  With a drained warm-up,
+    users that finish once every warm-up index is handed out wait until the last warm-up request
+    returns, then all send at that instant (the counted phase starts as a burst, as aiperf's does).
+    Finishes are processed in the engine's deterministic order, so the run is reproducible.
     """
 
     def __init__(self, closed_loop, block_size: int, enable_caching: bool) -> None:
@@ -75,25 +79,85 @@ class ClosedLoopSource:
         self.output_tokens = np.asarray(closed_loop.output_tokens, dtype=np.int64)
         self.n = len(self.input_tokens)
         self.think = np.asarray(closed_loop.think_times(self.n), dtype=np.float64)
-        users = min(closed_loop.num_users, self.n)
-        self.heap: list[tuple[float, int, int]] = [(0.0, u, u) for u in range(users)]  # (time, index, user)
-        self.next_index = users
+        client = getattr(closed_loop, "client", None)
+        self.overhead = None
+        if client is not None and not client.is_ideal:
+            # Latency part (parallel across requests) and the API server's serial part per request.
+            self.overhead = client.latencies(self.n, closed_loop.seed).tolist()
+            self.frontend = (client.per_prompt_token_s * self.input_tokens.astype(np.float64)).tolist()
+        self.pending: list[tuple[float, int, int]] = []  # sent, not yet through the front end: (send, index, user)
+        self.frontend_free_s = 0.0
+        self.num_warmup = closed_loop.num_warmup_requests if client is not None else 0
+        self.drain = bool(client is not None and client.drain_after_warmup and self.num_warmup > 0)
+        self.ramp_s = client.ramp_up_s if client is not None else 0.0
+        self.num_users = users = min(closed_loop.num_users, self.n)
+        self.heap: list[tuple[float, int, int, float]] = []  # (engine arrival, index, user, send time)
+        self.next_index = 0
+        self.warmup_left = self.num_warmup
+        self.parked: list[int] = []  # users waiting for the warm-up phase to drain
+        for u in range(users):
+            if self.drain and self.next_index >= self.num_warmup:
+                self.parked.append(u)
+            else:
+                self._send(u, self._ramp(u, 0.0))
+
+    def _ramp(self, user: int, start: float) -> float:
+        return start + self.ramp_s * user / self.num_users if self.ramp_s else start
+
+    def _send(self, user: int, send_time: float) -> None:
+        k = self.next_index
+        self.next_index += 1
+        if self.overhead is None:
+            heapq.heappush(self.heap, (send_time, k, user, send_time))
+        else:
+            heapq.heappush(self.pending, (send_time, k, user))
+
+    def _through_frontend(self, now: float) -> None:
+        """Pass the requests sent by ``now`` through the API server, one at a time in send order
+        (vLLM's front end tokenises on one event loop); a later send is never earlier than
+        ``now``, so their order is final."""
+        pending, free = self.pending, self.frontend_free_s
+        while pending and pending[0][0] <= now:
+            sent, k, user = heapq.heappop(pending)
+            free = max(free, sent) + self.frontend[k]
+            heapq.heappush(self.heap, (free + self.overhead[k], k, user, sent))
+        self.frontend_free_s = free
 
     def __len__(self) -> int:
         return self.n
 
     def next_time(self) -> float | None:
-        return self.heap[0][0] if self.heap else None
+        heap_t = self.heap[0][0] if self.heap else None
+        if not self.pending:
+            return heap_t
+        sent, k, _ = self.pending[0]
+        # A lower bound (the request's latency draw is >= 0); exact once it is through the front end.
+        bound = max(self.frontend_free_s, sent) + self.frontend[k]
+        return bound if heap_t is None else min(heap_t, bound)
 
     def pop_until(self, now: float) -> list[Request]:
         out = []
+        if self.pending:
+            self._through_frontend(now)
         while self.heap and self.heap[0][0] <= now:
-            t, k, user = heapq.heappop(self.heap)
-            out.append(Request(k, t, int(self.input_tokens[k]), int(self.output_tokens[k]), user=user))
+            _, k, user, sent = heapq.heappop(self.heap)
+            out.append(Request(k, sent, int(self.input_tokens[k]), int(self.output_tokens[k]), user=user))
         return out
 
     def on_finish(self, request: Request, now: float) -> None:
-        if request.user >= 0 and self.next_index < self.n:
-            k = self.next_index
-            self.next_index += 1
-            heapq.heappush(self.heap, (now + float(self.think[k]), k, request.user))
+        if request.user < 0:
+            return
+        if request.request_id < self.num_warmup:
+            self.warmup_left -= 1
+        if self.next_index >= self.n:
+            return
+        if self.drain and self.next_index >= self.num_warmup:
+            self.parked.append(request.user)
+            if self.warmup_left == 0:
+                parked, self.parked = sorted(self.parked), []
+                for i, user in enumerate(parked):
+                    if self.next_index < self.n:
+                        self._send(user, self._ramp(i, now))
+            return
+        k = self.next_index
+        self._send(request.user, now + float(self.think[k]))

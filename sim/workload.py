@@ -29,6 +29,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .arrivals import burst_arrivals, gamma_arrivals, poisson_arrivals  # noqa: F401 (re-exported)
+from .clients import ClientKind, ClientModel, client_preset  # noqa: F401 (re-exported)
 from .lengths import (DistKind, LengthDist, _enum, fixed_lengths, random_lengths,  # noqa: F401
                       sample_lengths)
 
@@ -159,6 +160,13 @@ class ClosedLoop:
     ``i < num_users`` of :meth:`think_times` are drawn but unused, so the think time of request
     ``i`` does not depend on ``num_users``.  Ties in finish time are the engine's to break
     deterministically.
+
+    ``client`` (:mod:`servesim.sim.clients`) adds what a real benchmark client does: request ``i``
+    reaches the engine ``client.overheads()[i]`` after it is sent (its recorded arrival is the send
+    time, so TTFT is the client's), the users' first requests are spread over ``ramp_up_s``, and
+    the first ``num_warmup_requests`` requests are warm-up (not counted; with
+    ``drain_after_warmup`` the counted ones start only once every warm-up request has returned).
+    The default client is the ideal one, for which the contract above holds exactly.
     """
 
     num_users: int
@@ -168,6 +176,7 @@ class ClosedLoop:
     think_time_dist: ThinkTimeDist = ThinkTimeDist.EXPONENTIAL
     seed: int = 0
     name: str = "closed_loop"
+    client: ClientModel = ClientModel()
 
     def __post_init__(self) -> None:
         if self.num_users < 1:
@@ -183,9 +192,16 @@ class ClosedLoop:
                              f"{inputs.size}, {outputs.size}")
         object.__setattr__(self, "input_tokens", inputs)
         object.__setattr__(self, "output_tokens", outputs)
+        if not isinstance(self.client, ClientModel):
+            raise ValueError(f"client must be a ClientModel, got {type(self.client).__name__}")
 
     def __len__(self) -> int:
         return int(self.input_tokens.size)
+
+    @property
+    def num_warmup_requests(self) -> int:
+        """Requests ``0 .. num_warmup_requests - 1`` are the client's warm-up, not counted."""
+        return min(self.client.num_warmup_requests, len(self))
 
     def think_times(self, n: int | None = None) -> np.ndarray:
         """The first ``n`` (default: one per request) think times in seconds, float64.
@@ -232,7 +248,9 @@ class WorkloadSpec:
     (format detected unless ``trace_kind``), keeping its first ``num_requests`` rows and
     rescaling by ``time_scale`` or to ``rate`` when given.  ``bench_json`` replays the lengths of
     a ``vllm bench serve`` result with arrivals at ``rate`` / ``burstiness`` (None = the values
-    recorded in the file).  ``closed`` builds a :class:`ClosedLoop` for ``num_users`` users.
+    recorded in the file).  ``closed`` builds a :class:`ClosedLoop` for ``num_users`` users,
+    driven as ``client`` drives them (default: the ideal client); its ``num_warmup_requests`` are
+    sent before the ``num_requests`` counted ones.
     """
 
     kind: WorkloadKind
@@ -254,6 +272,7 @@ class WorkloadSpec:
     think_time_s: float = 0.0
     think_time_dist: ThinkTimeDist = ThinkTimeDist.EXPONENTIAL
     name: str | None = None
+    client: ClientModel = ClientModel()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", _enum(WorkloadKind, self.kind, "kind"))
@@ -302,10 +321,12 @@ def build_workload(spec: WorkloadSpec, seed: int = 0) -> Workload | ClosedLoop:
         return traces.load_bench_json(spec.trace_path, rate=spec.rate, burstiness=spec.burstiness,
                                       seed=seed, limit=spec.num_requests, name=spec.name)
     n = int(spec.num_requests)
+    if spec.kind is WorkloadKind.CLOSED:
+        n += spec.client.num_warmup_requests
     inputs, outputs = _lengths(spec, n, streams.lengths)
     if spec.kind is WorkloadKind.CLOSED:
         return ClosedLoop(spec.num_users, inputs, outputs, spec.think_time_s, spec.think_time_dist,
-                          seed, name)
+                          seed, name, spec.client)
     if spec.kind is WorkloadKind.BURST:
         arrivals = burst_arrivals(n)
     else:

@@ -198,7 +198,7 @@ def test_shipped_profile_loads_with_sources(engine, version):
             assert name in profile.uncertainty
     for name in ("step_overhead_s", "per_seq_overhead_s", "per_token_overhead_s"):
         source = data["coefficients"][name]["source"]
-        assert source.startswith("prior") or (engine == "vllm-v0" and source.startswith("end-to-end fit")), name
+        assert source.startswith("prior") or source.startswith("end-to-end fit"), name
     for name in ("eff_bw", "eff_mm", "eff_attn_prefill", "eff_attn_decode", "ar_latency_s"):
         assert data["coefficients"][name]["source"].startswith("fit:"), name
     assert all(p["file"] and p["sha256"] for p in data["provenance"])
