@@ -35,7 +35,15 @@ def candidate_table(runs: list[BenchRun], dep: Deployment, profile, candidates: 
     for cand in candidates:
         d = replace(dep, **cand)
         targets = [RunTarget(r, d) for r in runs]
-        sims = [simulate_run(r, d, profile) for r in runs]
+        try:
+            sims = [simulate_run(r, d, profile) for r in runs]
+        except ValueError as exc:
+            # A setting under which a measured server could not even have started (the memory model
+            # leaves no KV cache) is ruled out by that run's existence: say so instead of a cost.
+            rows.append({"setting": ", ".join(f"{k}={v}" for k, v in cand.items()), "cost": float("inf"),
+                         "itl_tpot_ratio": float("nan"), "preemptions": -1,
+                         "infeasible": str(exc).split(":")[0]})
+            continue
         res, _ = _residuals(targets, sims)
         ratio = np.median([s["median_itl_ms"] / s["median_tpot_ms"] for r, s in zip(runs, sims)
                            if r.num_prompts == n_min and s["median_tpot_ms"] > 0])
@@ -52,6 +60,9 @@ def render_inference(name: str, runs: list[BenchRun], dep: Deployment, profile, 
              "| candidate setting | sum of squared log residuals | simulated ITL/TPOT at smallest N | preemptions (all runs) |",
              "|---|---|---|---|"]
     for row in candidate_table(runs, dep, profile, candidates):
+        if "infeasible" in row:
+            lines.append(f"| {row['setting']} | ruled out: {row['infeasible']} (a measured run exists) | | |")
+            continue
         lines.append(f"| {row['setting']} | {row['cost']:.2f} | {row['itl_tpot_ratio']:.2f} | {row['preemptions']} |")
     return lines
 
