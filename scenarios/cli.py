@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from .loader import load_scenario, parse_slo, scenario_to_dict, shipped_scenarios
+from ..sim.lengths import SHAREGPT_CONVERSATIONS_STATS, SHAREGPT_FIRST_TURN_STATS
 from .schema import SLO, ArrivalKind, Costs, ScenarioFile, WorkloadSection
 
 MEASURED = "measured"  # placeholder model name of a measured sweep read without a scenario
@@ -55,8 +56,10 @@ def register(sub) -> None:
     q.add_argument("--demand", type=float, required=True, help="total request rate (req/s)")
     q.add_argument("--model", default="llama-3.1-8b")
     q.add_argument("--workload", default="fixed:1024:256",
-                   help="fixed:IN:OUT, random:IN:OUT[:RATIO], sharegpt, dist:IN_DIST,OUT_DIST, "
-                        "trace:PATH (or shared:traces/FILE), or a scenario YAML (its workload)")
+                   help="fixed:IN:OUT, random:IN:OUT[:RATIO], sharegpt (first-turn prompts as `vllm bench serve` "
+                        f"sends them: {SHAREGPT_FIRST_TURN_STATS}), sharegpt-conversations (whole conversations: "
+                        f"{SHAREGPT_CONVERSATIONS_STATS}), dist:IN_DIST,OUT_DIST, trace:PATH (or "
+                        "shared:traces/FILE), or a scenario YAML (its workload)")
     q.add_argument("--slo", default="p99_ttft_ms<=2000,p99_tpot_ms<=100", help="comma-separated SLOs")
     q.add_argument("--gpus", default="h100-sxm,h200", help="comma-separated GPU names")
     q.add_argument("--tp", default="1,2,4,8", help="tensor-parallel sizes to try")
@@ -225,8 +228,8 @@ def plan_workload(text: str, duration_s: float | None, burstiness: float) -> Wor
             ratio = float(parts[2]) if len(parts) > 2 else 0.5
             return WorkloadSection(kind=kind, dataset="random", input_len=int(parts[0]), output_len=int(parts[1]),
                                    range_ratio=ratio, **common)
-        if head == "sharegpt":
-            return WorkloadSection(kind=kind, dataset="sharegpt", **common)
+        if head in ("sharegpt", "sharegpt-conversations") and not rest:
+            return WorkloadSection(kind=kind, dataset=head, **common)
         if head == "dist":
             i, o = rest.split(",")
             return WorkloadSection(kind=kind, dataset="dist", input_dist=i, output_dist=o, **common)
@@ -237,6 +240,7 @@ def plan_workload(text: str, duration_s: float | None, burstiness: float) -> Wor
     if text.endswith((".yaml", ".yml")) or text in shipped_scenarios():
         return load_scenario(text).variants[0].workload
     raise ValueError(f"--workload {text!r}: expected fixed:IN:OUT, random:IN:OUT[:RATIO], sharegpt, "
+                     "sharegpt-conversations, "
                      "dist:IN_DIST,OUT_DIST, trace:PATH, shared:traces/FILE or a scenario YAML")
 
 

@@ -195,6 +195,10 @@ def model_len(req: PlanRequest, context: int) -> int:
         need = w.input_len + w.output_len
     elif w.dataset == "random":
         need = math.ceil((w.input_len + w.output_len) * (1 + w.range_ratio)) + 2
+    elif w.dataset == "sharegpt" and w.kind is not ArrivalKind.TRACE:
+        from ..sim.lengths import first_turn_table
+        inputs, outputs = first_turn_table()
+        need = int((inputs + outputs).max())
     else:
         need = LONG_WORKLOAD_LEN
     return min(context, max(1024, need))
@@ -267,12 +271,12 @@ def evaluate(req: PlanRequest, sc: Scenario, r: int) -> Evaluation:
         seeds_v = [row.get(s.column, math.nan) for row in rows]
         draws_v = [d.get(s.column, math.nan) for d in draws]
         bound = combine(seeds_v, draws_v, one_sided)
-        intervals[s.column] = combine(seeds_v, draws_v, req.confidence)
+        intervals[s.column] = combine(seeds_v, draws_v, req.confidence, floor=0.0)
         meets_all &= bound.hi <= s.max_ms
         may_all &= bound.lo <= s.max_ms
     for col in INTERVAL_COLUMNS:
         intervals[col] = combine([row.get(col, math.nan) for row in rows], [d.get(col, math.nan) for d in draws],
-                                 req.confidence)
+                                 req.confidence, floor=0.0)
     reason = ""
     if bad:
         meets_all = False

@@ -56,7 +56,7 @@ AXIS_KINDS: dict[Axis, tuple[ArrivalKind, ...]] = {
     Axis.OUTPUT_LEN: (ArrivalKind.BURST, ArrivalKind.CLOSED, ArrivalKind.POISSON, ArrivalKind.GAMMA),
 }
 
-DATASETS = ("fixed", "random", "sharegpt", "dist")
+DATASETS = ("fixed", "random", "sharegpt", "sharegpt-conversations", "dist")
 ENGINES = ("vllm-v1", "vllm-v0")
 DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4")
 BILLABLE = ("total", "output", "input")

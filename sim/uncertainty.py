@@ -10,7 +10,7 @@ Two sources, kept apart because they behave differently:
   ``Normal(value, stderr)`` (independently: the profiles carry no covariances), truncated to its
   valid range (efficiencies in [0.01, 1.5], times and bytes >= 0), and re-simulates. The spread of
   the metric over draws does *not* shrink with more seeds: the true coefficients are one fixed
-  unknown, so its interval is ``+- z * sd(draws)``.
+  unknown, so its interval is ``+- t_{M-1} * sd(draws)`` over ``M`` draws.
 
 :func:`combine` joins them into one interval, ``mean +- sqrt(w^2 + p^2)`` (``w``, ``p`` the two
 half widths), and states the share of the variance each contributes.
@@ -110,19 +110,24 @@ class Interval:
 
 
 def combine(seed_values: Sequence[float], draw_values: Sequence[float] = (), confidence: float = 0.95,
-            center: float | None = None) -> Interval:
+            center: float | None = None, floor: float | None = None) -> Interval:
     """One interval from the seed replications (nominal profile) and the profile draws (one seed).
 
     ``value`` is the seed mean (or ``center``); the workload half width is the t half width of the
-    mean; the profile half width is ``z * sd(draws)`` (``z`` the normal quantile)."""
+    mean; the profile half width is ``t_{M-1} * sd(draws)`` over the ``M`` draws: under the
+    parametric bootstrap the prediction at the true coefficients differs from the nominal one by
+    a normal error whose sd the draws estimate, so the ratio is Student-t with ``M - 1`` degrees
+    of freedom (a normal quantile would under-cover with few draws).  ``floor`` clips the lower
+    end (0 for latencies and rates, which cannot be negative)."""
     from scipy import stats
     mean, lo, hi = t_interval(seed_values, confidence)
     w = (hi - lo) / 2 if math.isfinite(hi) else math.nan
     d = np.asarray([v for v in draw_values if v is not None and math.isfinite(v)], dtype=float)
-    p = float(stats.norm.ppf(0.5 + confidence / 2)) * float(d.std(ddof=1)) if d.size >= 2 else 0.0
+    p = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1)) * float(d.std(ddof=1)) if d.size >= 2 else 0.0
     value = mean if center is None else center
     half = math.sqrt((w if math.isfinite(w) else 0.0) ** 2 + p ** 2)
-    return Interval(value, value - half, value + half, w, p, confidence)
+    lo = value - half if floor is None else max(value - half, floor)
+    return Interval(value, lo, value + half, w, p, confidence)
 
 
 NOT_REPLICATED = ("seed", "kv_capacity_tokens", "num_gpu_blocks")
