@@ -26,7 +26,7 @@ Rules (constants from :class:`~.schema.RegionRules`; defaults in brackets):
   between the two points; the first point if profit is already >= 0 there.  **Upper
   break-even**: the first crossing back below 0 after the maximum-profit point.
 * **maximum profit**: the smallest ``d_i`` whose smoothed profit is within
-  ``saturation_tolerance * |max|`` of the maximum smoothed profit.
+  ``saturation_tolerance * |max|`` of the maximum smoothed profit, among the stable points.
 * **SLO limit**: the largest ``d_i`` such that every point up to and including it meets every
   SLO (the seed-mean of each SLO's percentile column at most its bound) and is stable.
 * **stability** (open-loop axes, :mod:`.stability`): a demand is unstable when any seed's achieved
@@ -313,8 +313,12 @@ def find_regions(curve: pd.DataFrame, rules: RegionRules | None = None, slos: Se
         return break_even(f["demand"].to_numpy(float), f["profit_per_h"].to_numpy(float))[int(upper)]
 
     def mp_rule(f: pd.DataFrame) -> float | None:
+        if not has_profit:
+            return None
+        unstable = first_unstable(f)  # profit a replica cannot sustain is no operating point
+        f = f[f["demand"] < unstable].reset_index(drop=True) if unstable is not None else f
         return at(f, max_profit_index(f["profit_per_h"].to_numpy(float), rules.saturation_tolerance)) \
-            if has_profit else None
+            if len(f) else None
 
     def slo_rule(f: pd.DataFrame) -> float | None:
         return at(f, slo_limit_index(f, slos)[0]) if slos else None

@@ -32,7 +32,7 @@ class Axis(str, Enum):
 
     @property
     def label(self) -> str:
-        return {Axis.BURST: "requests in the burst (N)", Axis.CONCURRENCY: "concurrent users",
+        return {Axis.BURST: "requests in the burst (N)", Axis.CONCURRENCY: "concurrent users (users)",
                 Axis.RATE: "request rate (req/s)", Axis.INPUT_LEN: "prompt length (tokens)",
                 Axis.OUTPUT_LEN: "output length (tokens)"}[self]
 
