@@ -99,6 +99,39 @@ def describe_lengths(stats: dict) -> str:
             f"{o['mean']:,.0f} / median {o['median']:,.0f} / p99 {o['p99']:,.0f} tokens")
 
 
+def plan_assumptions(req, best) -> dict:
+    """What a :class:`~.plan.PlanRequest`'s answer (its best :class:`~.plan.PlanOption`, or None)
+    rests on, for ``servesim plan`` (``docs/scenarios.md``, "servesim plan")."""
+    from .plan import _deployment, model_len
+    from .points import engine_config
+    from .stability import DEFAULT_TOLERANCE
+    gpu, tp = (best.gpu, best.tp) if best else (req.gpus[0], req.tps[0])
+    out: dict = {"workload": workload_assumptions(req.workload, req.base_dir, req.seed)}
+    try:
+        out["profile"] = profile_assumptions(engine_config(_deployment(req, gpu, tp, None), req.base_dir))
+    except ValueError as exc:
+        out["profile"] = {"error": str(exc)}
+    out["router"] = ("ideal random split: each of r replicas receives demand / r requests/s as its own "
+                     f"{'Poisson' if req.workload.kind is ArrivalKind.POISSON else req.workload.kind.value} "
+                     "stream; no load-aware routing, no routing delay, replicas independent")
+    fixed = bool(req.workload.num_requests or req.workload.duration_s)
+    c = req.convergence
+    out["run_length"] = ("fixed by the workload (--duration or num_requests)" if fixed else
+                         f"until every SLO percentile's {c.confidence:.0%} CI (sectioning, {c.sections} sections) "
+                         f"is within +-{c.relative_half_width:.0%} and the arrival span is >= "
+                         f"{c.service_multiple:g} x the longest service time; {c.min_requests} to "
+                         f"{c.max_requests} requests")
+    out["stability"] = (f"a run whose achieved rate falls short of the offered rate by more than "
+                        f"{DEFAULT_TOLERANCE:.0%} (second half of the arrivals), or whose queue grows by more than "
+                        f"{DEFAULT_TOLERANCE:.0%} of the offered rate, is refused")
+    out["confidence"] = {"level": req.confidence, "seeds": req.seeds, "profile_draws": req.profile_draws,
+                         "rule": "replicas meet the SLOs when the one-sided upper confidence bound of each SLO "
+                                 "metric (seed mean +- t interval, widened by the profile draws' spread) is "
+                                 "within the SLO"}
+    out["max_model_len"] = model_len(req, 1 << 30) if req.max_model_len else "workload's longest request"
+    return out
+
+
 def finite(x: float) -> float | None:
     """JSON-safe float (None for nan/inf)."""
     return float(x) if x is not None and math.isfinite(x) else None

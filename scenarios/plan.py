@@ -41,7 +41,7 @@ from ..sim.uncertainty import Interval, combine
 from .assumptions import finite
 from .economics import add_economics
 from .points import PointTask, engine_config, run_converged, run_point
-from .stability import DEFAULT_TOLERANCE, ConvergenceRule, describe_instability
+from .stability import ConvergenceRule, describe_instability, t_quantile
 from .schema import SLO, ArrivalKind, Axis, Costs, Deployment, Economics, EngineKnobs, Scenario, Sweep, WorkloadSection
 
 # Illustrative on-demand rental prices, USD per GPU-hour (2025 public cloud list prices, rounded);
@@ -115,6 +115,7 @@ class Evaluation:
     intervals: dict[str, Interval] = field(default_factory=dict)
     meets: bool = False
     may_meet: bool = False
+    early: bool = False  # stopped after a seed over an SLO, before the others ran (may_meet unknown)
 
     @property
     def num_simulations(self) -> int:
@@ -247,9 +248,10 @@ def probe(args: tuple[PlanRequest, str, int]) -> tuple[str, int, float, str]:
 INTERVAL_COLUMNS = ("request_throughput", "output_throughput", "mean_gpu_power_w")
 
 
-def evaluate(req: PlanRequest, sc: Scenario, r: int) -> Evaluation:
+def evaluate(req: PlanRequest, sc: Scenario, r: int, stop_early: bool = True) -> Evaluation:
     """Replications of ``sc`` at ``demand / r`` (see :class:`Evaluation`); stops at the first seed
-    that cannot be an answer, since one unstable replication already refuses the candidate."""
+    that cannot be an answer, since one unstable replication already refuses the candidate (and,
+    with ``stop_early``, at the first seed whose SLO metric alone decides it)."""
     rate = req.demand_rps / r
     fixed = bool(req.workload.num_requests or req.workload.duration_s)
 
@@ -257,12 +259,19 @@ def evaluate(req: PlanRequest, sc: Scenario, r: int) -> Evaluation:
         task = PointTask(sc, rate, seed, profile_draw=draw)
         return run_point(task).row if fixed else run_converged(task, req.convergence).row
 
+    # With t_{c, R-1} >= R - 1 (R <= 3 seeds at 95%), the one-sided upper bound is at least the
+    # largest seed's value (no sample lies more than (R-1)/sqrt(R) sd from the mean), so one seed
+    # over an SLO already decides that the candidate does not meet it with confidence.
+    decisive = t_quantile(req.confidence, req.seeds - 1, two_sided=False) >= req.seeds - 1
     rows: list[dict] = []
     for i in range(req.seeds):
         rows.append(run(req.seed + i, None))
         why = rejection(rows[-1])
+        if not why and stop_early and decisive and req.seeds > 1:
+            over = [s for s in req.slos if rows[-1].get(s.column, math.inf) > s.max_ms]
+            why = f"{over[0]} fails ({rows[-1].get(over[0].column, math.nan):,.0f})" if over else ""
         if why:
-            return Evaluation(r, rows, [], f"seed {req.seed + i}: {why}")
+            return Evaluation(r, rows, [], f"seed {req.seed + i}: {why}", early=not rejection(rows[-1]))
     draws = [run(req.seed, j) for j in range(req.profile_draws)]
     bad = [d for d in draws if rejection(d)]
     one_sided = 2 * req.confidence - 1  # the ends of this two-sided interval are one-sided bounds
@@ -325,7 +334,8 @@ def search_replicas(args: tuple[PlanRequest, str, int, int, int, int]
                 lo = mid
     r_may = hi
     while r_may > 1:
-        ok(r_may - 1)
+        if r_may - 1 not in evals or evals[r_may - 1].early:
+            evals[r_may - 1] = evaluate(req, sc, r_may - 1, stop_early=False)
         if not evals[r_may - 1].may_meet:
             break
         r_may -= 1
@@ -408,38 +418,9 @@ def plan(req: PlanRequest) -> PlanResult:
                 best = min(best, opt.cost_per_h)
     options.sort(key=lambda o: (o.cost_per_h, o.num_gpus, o.row.get("p99_ttft_ms", math.inf)))
     result = PlanResult(options, infeasible, pruned, sims, time.perf_counter() - t0, rejected=rejected, unmet=unmet)
+    from .assumptions import plan_assumptions
     result.assumptions = plan_assumptions(req, options[0] if options else None)
     return result
-
-
-def plan_assumptions(req: PlanRequest, best: PlanOption | None) -> dict:
-    """What the answer rests on (``docs/scenarios.md``, "What plan assumes")."""
-    from .assumptions import profile_assumptions, workload_assumptions
-    gpu, tp = (best.gpu, best.tp) if best else (req.gpus[0], req.tps[0])
-    out: dict = {"workload": workload_assumptions(req.workload, req.base_dir, req.seed)}
-    try:
-        out["profile"] = profile_assumptions(engine_config(_deployment(req, gpu, tp, None), req.base_dir))
-    except ValueError as exc:
-        out["profile"] = {"error": str(exc)}
-    out["router"] = ("ideal random split: each of r replicas receives demand / r requests/s as its own "
-                     f"{'Poisson' if req.workload.kind is ArrivalKind.POISSON else req.workload.kind.value} "
-                     "stream; no load-aware routing, no routing delay, replicas independent")
-    fixed = bool(req.workload.num_requests or req.workload.duration_s)
-    c = req.convergence
-    out["run_length"] = ("fixed by the workload (--duration or num_requests)" if fixed else
-                         f"until every SLO percentile's {c.confidence:.0%} CI (sectioning, {c.sections} sections) "
-                         f"is within +-{c.relative_half_width:.0%} and the arrival span is >= "
-                         f"{c.service_multiple:g} x the longest service time; {c.min_requests} to "
-                         f"{c.max_requests} requests")
-    out["stability"] = (f"a run whose achieved rate falls short of the offered rate by more than "
-                        f"{DEFAULT_TOLERANCE:.0%} (second half of the arrivals), or whose queue grows by more than "
-                        f"{DEFAULT_TOLERANCE:.0%} of the offered rate, is refused")
-    out["confidence"] = {"level": req.confidence, "seeds": req.seeds, "profile_draws": req.profile_draws,
-                         "rule": "replicas meet the SLOs when the one-sided upper confidence bound of each SLO "
-                                 "metric (seed mean +- t interval, widened by the profile draws' spread) is "
-                                 "within the SLO"}
-    out["max_model_len"] = model_len(req, 1 << 30) if req.max_model_len else "workload's longest request"
-    return out
 
 
 def add_economics_fixed(req: PlanRequest, gpu: str, tp: int) -> float:

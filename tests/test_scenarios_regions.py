@@ -217,3 +217,12 @@ def test_unstable_points_end_region_b_and_fail_the_slos() -> None:
     assert r.equilibrium.value is not None and r.equilibrium.value <= r.saturation.value
     stable_only = find_regions(curve.drop(columns=["stable"]), RegionRules(), (SLO("ttft", 1000.0, 99),))
     assert stable_only.saturation.value > mu        # without the rule region B runs on
+
+
+def test_break_even_below_the_sweep_is_not_called_the_first_point() -> None:
+    curve = make_curve(noise=0.0, seeds=1)
+    curve["profit_per_h"] = curve["output_throughput"] / 100.0  # profitable everywhere
+    r = find_regions(curve, RegionRules())
+    assert r.break_even.value == DEMANDS[0]
+    assert "already profitable at the lowest demand" in r.break_even.describe()
+    assert "up to the last point" in r.break_even_upper.describe()
