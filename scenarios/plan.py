@@ -254,10 +254,16 @@ def evaluate(req: PlanRequest, sc: Scenario, r: int, stop_early: bool = True) ->
     with ``stop_early``, at the first seed whose SLO metric alone decides it)."""
     rate = req.demand_rps / r
     fixed = bool(req.workload.num_requests or req.workload.duration_s)
+    rule = req.convergence
+    if sc.workload.kind is ArrivalKind.TRACE:  # seeds replay disjoint windows of the trace, or they are not independent
+        from .points import _full_trace, trace_file
+        rows = len(_full_trace(str(trace_file(sc.workload.trace, sc.base_dir))))
+        cap = max(rule.min_requests, rows // req.seeds)
+        rule = replace(rule, max_requests=min(rule.max_requests, cap), min_requests=min(rule.min_requests, cap))
 
     def run(seed: int, draw: int | None) -> dict:
         task = PointTask(sc, rate, seed, profile_draw=draw)
-        return run_point(task).row if fixed else run_converged(task, req.convergence).row
+        return run_point(task).row if fixed else run_converged(task, rule).row
 
     # With t_{c, R-1} >= R - 1 (R <= 3 seeds at 95%), the one-sided upper bound is at least the
     # largest seed's value (no sample lies more than (R-1)/sqrt(R) sd from the mean), so one seed

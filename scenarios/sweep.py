@@ -69,6 +69,8 @@ def fingerprint(sc: Scenario) -> str:
         data.pop(key, None)
     data["sweep"].pop("points", None)
     data["sweep"].pop("seeds", None)
+    if data.get("workload", {}).get("dataset") == "sharegpt":  # was whole conversations before first turns
+        data["workload"]["dataset"] = "sharegpt-first-turn"
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
