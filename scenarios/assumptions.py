@@ -120,10 +120,12 @@ def plan_assumptions(req, best) -> dict:
                          f"until every SLO percentile's {c.confidence:.0%} CI (sectioning, {c.sections} sections) "
                          f"is within +-{c.relative_half_width:.0%} and the arrival span is >= "
                          f"{c.service_multiple:g} x the longest service time; {c.min_requests} to "
-                         f"{c.max_requests} requests")
+                         f"{c.max_requests} requests"
+                         + (f" (a trace: at most its rows / {req.seeds} seeds, so windows are disjoint)"
+                            if req.workload.kind is ArrivalKind.TRACE else ""))
     out["stability"] = (f"a run whose achieved rate falls short of the offered rate by more than "
-                        f"{DEFAULT_TOLERANCE:.0%} (second half of the arrivals), or whose queue grows by more than "
-                        f"{DEFAULT_TOLERANCE:.0%} of the offered rate, is refused")
+                        f"{DEFAULT_TOLERANCE:.0%} plus chance (3 x sqrt(2) sd of its queue size over the window's "
+                        "arrivals), in the second half of the arrivals, or whose queue grows by as much, is refused")
     out["confidence"] = {"level": req.confidence, "seeds": req.seeds, "profile_draws": req.profile_draws,
                          "rule": "replicas meet the SLOs when the one-sided upper confidence bound of each SLO "
                                  "metric (seed mean +- t interval, widened by the profile draws' spread) is "
