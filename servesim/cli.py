@@ -159,6 +159,8 @@ def print_summary(summary: dict, cfg, wall_s: float, file=sys.stdout) -> None:
 
 
 def cmd_simulate(args) -> int:
+    if args.seeds < 1 or args.profile_draws < 0:
+        raise ValueError(f"--seeds must be >= 1 and --profile-draws >= 0, got {args.seeds}, {args.profile_draws}")
     cfg = engine_config(args)
     spec = workload_spec(args)
     workload = build_workload(spec, seed=args.seed)
@@ -185,8 +187,6 @@ def replications(args, cfg, spec: WorkloadSpec, first: dict) -> tuple[list[dict]
     from dataclasses import replace
 
     from .sim.uncertainty import perturb_profile, profile_rng
-    if args.seeds < 1 or args.profile_draws < 0:
-        raise ValueError(f"--seeds must be >= 1 and --profile-draws >= 0, got {args.seeds}, {args.profile_draws}")
     options = SimOptions(sample_interval_s=args.sample_interval, exact=args.exact)
     seeds = [first] + [simulate(cfg, build_workload(spec, seed=s), replace(options, seed=s)).summary
                        for s in range(args.seed + 1, args.seed + args.seeds)]
