@@ -31,13 +31,13 @@ def config(engine: str):
 
 
 def saturating_rate(engine: str, n: int, seed: int) -> float:
-    burst = build_workload(WorkloadSpec(kind="burst", num_requests=n, dataset="sharegpt"), seed=seed)
+    burst = build_workload(WorkloadSpec(kind="burst", num_requests=n, dataset="sharegpt-conversations"), seed=seed)
     return simulate(config(engine), burst).summary["request_throughput"]
 
 
 def run(engine: str, n: int, rate: float, seed: int) -> dict:
     t0 = time.perf_counter()
-    workload = build_workload(WorkloadSpec(kind="poisson", num_requests=n, rate=rate, dataset="sharegpt"), seed=seed)
+    workload = build_workload(WorkloadSpec(kind="poisson", num_requests=n, rate=rate, dataset="sharegpt-conversations"), seed=seed)
     t_build = time.perf_counter() - t0
     result = simulate(config(engine), workload, SimOptions(seed=seed))
     return {"requests": n, "rate": rate, "build_s": t_build, "simulate_s": result.wall_s,

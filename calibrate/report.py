@@ -14,8 +14,12 @@ def _scatter(df: pd.DataFrame, metric: str, label: str, path: Path) -> None:
     meas, sim = df[f"{metric}_measured"], df[f"{metric}_simulated"]
     fig, ax = plt.subplots(figsize=(5.5, 5))
     models = df["target"].str.split("@").str[0]
-    for model, group in df.groupby(models):
-        ax.scatter(group[f"{metric}_measured"], group[f"{metric}_simulated"], s=18, label=model)
+    # one colour per model: tab20 has 20 distinct colours (the default cycle repeats after 10);
+    # beyond 20 models the marker changes too, so no two models share colour and marker
+    cmap, markers = plt.get_cmap("tab20"), "osD^v"
+    for i, (model, group) in enumerate(df.groupby(models)):
+        ax.scatter(group[f"{metric}_measured"], group[f"{metric}_simulated"], s=18, label=model,
+                   color=cmap(i % 20), marker=markers[(i // 20) % len(markers)])
     lo, hi = min(meas.min(), sim.min()) * 0.9, max(meas.max(), sim.max()) * 1.1
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
     ax.set_xscale("log")

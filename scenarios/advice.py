@@ -85,14 +85,22 @@ def node_advice(sc: Scenario, regions: Regions, mean: pd.DataFrame) -> NodeAdvic
     cost = row.get("cost_per_1m_tokens", math.nan)
     profit = row.get("profit_per_h", math.nan)
     if pd.notna(cost):
-        lines.append(f"{name}: at the best point a node costs {row['cost_per_h']:.2f}/h, "
-                     f"{cost:.3f} per 1M tokens, and earns {profit:+.2f}/h.")
+        revenue = row.get("revenue_per_h", math.nan)
+        lines.append(f"{name}: at the best point a node costs {row['cost_per_h']:,.2f} USD/h "
+                     f"({cost:.3f} USD per 1M tokens), takes in {revenue:,.2f} USD/h and so "
+                     f"{'makes a profit of' if profit >= 0 else 'loses'} {abs(profit):,.2f} USD/h.")
     if admission is not None:
         lines.append(f"{name}: admit at most {admission} concurrent requests per node "
                      f"(max_num_seqs={admission}).")
     if replicas is not None:
         lines.append(f"{name}: for a demand of {target:g}{unit}, run {replicas} replica(s) "
                      f"({replicas * sc.deployment.tp} GPUs), each at {target / replicas:.3g}{unit}.")
+        if axis is Axis.RATE:
+            lines.append(f"{name}: this count divides the target by one replica's best point on this sweep's grid; "
+                         f"`servesim plan --demand {target:g}` answers the cheapest fleet whose replicas meet the "
+                         "SLOs with 95% confidence at target / replicas (rental prices, its own run lengths), so "
+                         "the two differ when the best point is profit- rather than SLO-bound or falls between "
+                         "grid points.")
     return NodeAdvice(name, best, basis, admission, replicas, float(row["output_throughput"]),
                       float(cost) if pd.notna(cost) else None, float(profit) if pd.notna(profit) else None,
                       tuple(lines))

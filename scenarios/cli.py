@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .. import argtypes as at
 from .loader import load_scenario, parse_slo, scenario_to_dict, shipped_scenarios
+from ..sim.lengths import SHAREGPT_CONVERSATIONS_STATS, SHAREGPT_FIRST_TURN_STATS
 from .schema import SLO, ArrivalKind, Costs, ScenarioFile, WorkloadSection
 
 MEASURED = "measured"  # placeholder model name of a measured sweep read without a scenario
@@ -56,8 +57,10 @@ def register(sub) -> None:
     q.add_argument("--demand", type=at.POSITIVE, required=True, help="total request rate (req/s)")
     q.add_argument("--model", default="llama-3.1-8b")
     q.add_argument("--workload", default="fixed:1024:256",
-                   help="fixed:IN:OUT, random:IN:OUT[:RATIO], sharegpt, dist:IN_DIST,OUT_DIST, "
-                        "trace:PATH (or shared:traces/FILE), or a scenario YAML (its workload)")
+                   help="fixed:IN:OUT, random:IN:OUT[:RATIO], sharegpt (first-turn prompts as `vllm bench serve` "
+                        f"sends them: {SHAREGPT_FIRST_TURN_STATS}), sharegpt-conversations (whole conversations: "
+                        f"{SHAREGPT_CONVERSATIONS_STATS}), dist:IN_DIST,OUT_DIST, trace:PATH (or "
+                        "shared:traces/FILE), or a scenario YAML (its workload)")
     q.add_argument("--slo", default="p99_ttft_ms<=2000,p99_tpot_ms<=100", help="comma-separated SLOs")
     q.add_argument("--gpus", default="h100-sxm,h200", help="comma-separated GPU names")
     q.add_argument("--tp", default="1,2,4,8", help="tensor-parallel sizes to try")
@@ -72,7 +75,14 @@ def register(sub) -> None:
                    help="rental price per GPU-hour (repeatable); defaults are illustrative list prices")
     q.add_argument("--energy-price", type=at.NON_NEGATIVE, default=0.0, help="USD per kWh (with --pue)")
     q.add_argument("--pue", type=at.float_range(1.0, 10.0, lo_open=False), default=1.0)
-    q.add_argument("--duration", type=at.float_range(0.0, 1e7), default=60.0, help="simulated seconds of arrivals per check")
+    q.add_argument("--duration", type=at.float_range(0.0, 1e7), help="fix the simulated seconds of arrivals per run (default: as long "
+                                                  "as the convergence rule asks, docs/scenarios.md)")
+    q.add_argument("--confidence", type=at.float_range(0.0, 1.0), default=0.95, help="the SLOs must hold with this confidence "
+                                                                  "(default 0.95)")
+    q.add_argument("--seeds", type=at.POSITIVE_INT, default=3, help="independent replications per candidate (default 3)")
+    q.add_argument("--profile-draws", type=at.NON_NEGATIVE_INT, default=3, help="parametric-bootstrap draws of the profile's "
+                                                                "coefficients per candidate (default 3; 0: none)")
+    q.add_argument("--json", action="store_true", help="print the answer as JSON (best, options, assumptions)")
     q.add_argument("--slack", type=at.NON_NEGATIVE, default=0.3, help="also search pairs whose bound is within this "
                                                             "fraction of the best cost (ranked alternatives)")
     q.add_argument("--top", type=at.POSITIVE_INT, default=10)
@@ -210,9 +220,11 @@ def cmd_regions(args) -> int:
 # ------------------------------------------------------------------------------------------- plan
 
 
-def plan_workload(text: str, duration_s: float, burstiness: float) -> WorkloadSection:
+def plan_workload(text: str, duration_s: float | None, burstiness: float) -> WorkloadSection:
+    """The workload of ``--workload``; ``duration_s`` None leaves the run length to the convergence rule."""
     kind = ArrivalKind.POISSON if burstiness == 1.0 else ArrivalKind.GAMMA
-    common = dict(duration_s=duration_s, min_requests=300, max_requests=3000, burstiness=burstiness)
+    common = dict(duration_s=duration_s, min_requests=300, max_requests=3000 if duration_s else None,
+                  burstiness=burstiness)
     head, _, rest = text.partition(":")
     try:
         if head == "fixed":
@@ -223,8 +235,8 @@ def plan_workload(text: str, duration_s: float, burstiness: float) -> WorkloadSe
             ratio = float(parts[2]) if len(parts) > 2 else 0.5
             return WorkloadSection(kind=kind, dataset="random", input_len=int(parts[0]), output_len=int(parts[1]),
                                    range_ratio=ratio, **common)
-        if head == "sharegpt":
-            return WorkloadSection(kind=kind, dataset="sharegpt", **common)
+        if head in ("sharegpt", "sharegpt-conversations") and not rest:
+            return WorkloadSection(kind=kind, dataset=head, **common)
         if head == "dist":
             i, o = rest.split(",")
             return WorkloadSection(kind=kind, dataset="dist", input_dist=i, output_dist=o, **common)
@@ -238,11 +250,13 @@ def plan_workload(text: str, duration_s: float, burstiness: float) -> WorkloadSe
     if text.endswith((".yaml", ".yml")) or text in shipped_scenarios():
         return load_scenario(text).variants[0].workload
     raise ValueError(f"--workload {text!r}: expected fixed:IN:OUT, random:IN:OUT[:RATIO], sharegpt, "
+                     "sharegpt-conversations, "
                      "dist:IN_DIST,OUT_DIST, trace:PATH, shared:traces/FILE or a scenario YAML")
 
 
 def cmd_plan(args) -> int:
     from .plan import DEFAULT_GPU_PRICES, PlanRequest, plan
+    from .plan_output import plan_json, print_plan
     t0 = time.perf_counter()
     prices = dict(DEFAULT_GPU_PRICES)
     for item in args.gpu_price:
@@ -272,29 +286,12 @@ def cmd_plan(args) -> int:
                       gpus=gpus, tps=ints(args.tp, "--tp"), max_num_seqs=ints(args.max_num_seqs, "--max-num-seqs"),
                       engine=args.engine, weight_dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype, costs=costs,
                       seed=args.seed, slack=args.slack, workers=args.workers, base_dir=str(Path.cwd()),
-                      max_model_len=args.max_model_len)
+                      max_model_len=args.max_model_len, confidence=args.confidence, seeds=args.seeds,
+                      profile_draws=args.profile_draws)
     result = plan(req)
-    print(f"servesim plan: {args.model}, {args.demand:g} req/s, workload {args.workload}, SLOs "
-          f"{', '.join(map(str, req.slos))}")
-    header = (f"  {'#':>2} {'GPU':<10} {'TP':>2} {'max_num_seqs':>12} {'replicas':>8} {'GPUs':>5} {'USD/h':>8} "
-              f"{'USD/1M tok':>10} {'USD/1M out':>10} {'req/s/node':>10} {'p99 TTFT':>9} {'p99 TPOT':>9} "
-              f"{'p95 running':>11}")
-    print(header)
-    for i, o in enumerate(result.options[:args.top], start=1):
-        print(f"  {i:>2} {o.gpu:<10} {o.tp:>2} {o.max_num_seqs:>12} {o.replicas:>8} {o.num_gpus:>5} "
-              f"{o.cost_per_h:>8.2f} {o.cost_per_1m_tokens:>10.4f} {o.cost_per_1m_output_tokens:>10.4f} "
-              f"{o.per_replica_rps:>10.3g} {o.row.get('p99_ttft_ms', float('nan')):>9.0f} "
-              f"{o.row.get('p99_tpot_ms', float('nan')):>9.1f} {o.row.get('p95_num_running', float('nan')):>11.0f}")
-    if not result.options:
-        print("  no deployment in the search space meets the SLOs")
-    for gpu, tp, why in result.infeasible:
-        print(f"  skipped {gpu} TP{tp}: {why}")
-    for gpu, tp, bound in result.pruned:
-        print(f"  pruned {gpu} TP{tp}: cost bound {bound:.2f} USD/h exceeds the best found by more than "
-              f"{args.slack:.0%}")
-    if result.options:
-        best = result.options[0]
-        print(f"  advice: {best.replicas} x {best.gpu} TP{best.tp} with max_num_seqs={best.max_num_seqs} "
-              f"(admission limit per node), {best.per_replica_rps:.3g} req/s per node")
+    if args.json:
+        print(json.dumps(plan_json(req, result), indent=2, default=str))
+        return 0 if result.options else 1
+    print_plan(args, req, result)
     print(f"  {result.num_simulations} simulations, wall time {time.perf_counter() - t0:.1f} s")
     return 0 if result.options else 1

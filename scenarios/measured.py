@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .points import CURVE_PERCENTILES, latency_columns, series_columns
+from .stability import stability_columns
 
 _NAME = re.compile(r"demand=([0-9.eE+-]+)(?:_seed=(\d+))?")
 REQUEST_COLUMNS = ("arrival_s", "first_token_s", "finish_s", "input_tokens", "output_tokens")
@@ -87,6 +88,10 @@ def run_row(folder: Path, root: Path | None = None) -> dict:
                 "mean_ttft_ms": float(((done["first_token_s"] - done["arrival_s"]) * 1e3).mean()),
                 "error": ""})
     row.update(latency_columns(done, CURVE_PERCENTILES))
+    # did the server keep up with the offered rate? (bursts and closed loops cannot fall behind one:
+    # their arrivals carry no rate, or follow the completions, so the rule finds nothing there)
+    row.update(stability_columns(req["arrival_s"].to_numpy(float),
+                                 np.where(req["status"] == "finished", req["finish_s"], np.nan)))
     for name in ("metrics.csv", "timeseries.csv"):
         if (folder / name).exists():
             series = pd.read_csv(folder / name)

@@ -2,8 +2,13 @@
 
 ``plan(PlanRequest(...))`` searches GPU type x tensor parallelism x ``max_num_seqs`` x replicas.
 A deployment of ``r`` replicas behind a router sees ``demand / r`` requests/s per replica, so one
-replica is simulated at that rate (Poisson or gamma arrivals, or a rescaled trace) and the option
-is feasible when the simulated latencies meet every SLO and no request is rejected.
+replica is simulated at that rate (Poisson or gamma arrivals, or a rescaled trace).  A candidate
+is evaluated by ``seeds`` independent replications and ``profile_draws`` parametric-bootstrap
+draws of the profile (:func:`evaluate`), each run as long as :class:`~.stability.ConvergenceRule`
+asks; it is feasible when every run rejected nothing and kept up with its offered rate
+(:mod:`.stability`: an unstable replica is refused whatever its percentiles say) and the
+one-sided upper ``confidence`` bound of every SLO metric is within the SLO.  The answer is the
+fewest such replicas, reported with the range down to the fewest that *may* meet the SLOs.
 
 Pruning keeps it interactive:
 
@@ -30,8 +35,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 
+import numpy as np
+
+from ..sim.uncertainty import Interval, combine
+from .assumptions import finite
 from .economics import add_economics
-from .points import PointTask, engine_config, run_point
+from .points import PointTask, engine_config, run_converged, run_point
+from .stability import ConvergenceRule, describe_instability, t_quantile
 from .schema import SLO, ArrivalKind, Axis, Costs, Deployment, Economics, EngineKnobs, Scenario, Sweep, WorkloadSection
 
 # Illustrative on-demand rental prices, USD per GPU-hour (2025 public cloud list prices, rounded);
@@ -63,6 +73,10 @@ class PlanRequest:
     workers: int | None = None
     base_dir: str = "."
     max_model_len: int | None = None    # None: what the workload needs (see model_len)
+    confidence: float = 0.95            # the SLOs must hold with this confidence
+    seeds: int = 3                      # independent replications per candidate (workload uncertainty)
+    profile_draws: int = 3              # parametric-bootstrap draws of the profile (0: nominal only)
+    convergence: ConvergenceRule = field(default_factory=ConvergenceRule)
 
     def __post_init__(self) -> None:
         if not (self.demand_rps > 0 and math.isfinite(self.demand_rps)):
@@ -71,6 +85,10 @@ class PlanRequest:
             raise ValueError("plan needs at least one SLO, e.g. --slo 'p99_ttft_ms<=2000,p99_tpot_ms<=100'")
         if self.workload.kind not in (ArrivalKind.POISSON, ArrivalKind.GAMMA, ArrivalKind.TRACE):
             raise ValueError(f"plan needs open-loop traffic (poisson, gamma or trace), got {self.workload.kind.value}")
+        if not 0.5 <= self.confidence < 1:
+            raise ValueError(f"--confidence must be in [0.5, 1), got {self.confidence}")
+        if self.seeds < 1 or self.profile_draws < 0:
+            raise ValueError(f"--seeds must be >= 1 and --profile-draws >= 0, got {self.seeds}, {self.profile_draws}")
 
     def costs_for(self, gpu: str) -> Costs:
         if gpu in self.costs:
@@ -81,20 +99,74 @@ class PlanRequest:
 
 
 @dataclass
+class Evaluation:
+    """``seeds`` replications (nominal profile) and ``profile_draws`` bootstrap draws of one
+    candidate: a (GPU, TP, ``max_num_seqs``) with ``replicas`` replicas.
+
+    ``meets``: every replication ran, rejected nothing and kept up with its offered rate, and the
+    one-sided upper ``confidence`` bound of every SLO's metric is within the SLO; ``may_meet``:
+    stable, and the one-sided *lower* bound is within every SLO (meeting cannot be ruled out).
+    ``intervals`` hold the two-sided ``confidence`` interval of each SLO column and throughput."""
+
+    replicas: int
+    rows: list[dict]
+    draws: list[dict]
+    reason: str
+    intervals: dict[str, Interval] = field(default_factory=dict)
+    meets: bool = False
+    may_meet: bool = False
+    early: bool = False  # stopped after a seed over an SLO, before the others ran (may_meet unknown)
+
+    @property
+    def num_simulations(self) -> int:
+        return len(self.rows) + len(self.draws)
+
+    def mean_row(self) -> dict:
+        """Seed mean of every numeric column (the first row's value for the others)."""
+        out = dict(self.rows[0])
+        for key, value in self.rows[0].items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                vals = [r.get(key, math.nan) for r in self.rows]
+                out[key] = float(np.mean(vals))
+        return out
+
+
+@dataclass
 class PlanOption:
+    """A deployment meeting the SLOs with ``confidence``: ``replicas`` (the count chosen) within
+    ``replicas_range`` (the fewest that may meet them .. the fewest that meet them with confidence)."""
+
     gpu: str
     tp: int
     max_num_seqs: int
     replicas: int
+    replicas_range: tuple[int, int]
     cost_per_h: float
+    cost_per_h_range: tuple[float, float]
     cost_per_1m_tokens: float
     cost_per_1m_output_tokens: float
     per_replica_rps: float
     row: dict
+    evaluation: Evaluation
 
     @property
     def num_gpus(self) -> int:
         return self.replicas * self.tp
+
+    def to_dict(self) -> dict:
+        """The option for machines (``servesim plan --json``): figures with their intervals."""
+        ivs = {k: iv.to_dict() for k, iv in self.evaluation.intervals.items()}
+        return {"gpu": self.gpu, "tp": self.tp, "max_num_seqs": self.max_num_seqs, "replicas": self.replicas,
+                "replicas_range": list(self.replicas_range), "num_gpus": self.num_gpus,
+                "num_gpus_range": [r * self.tp for r in self.replicas_range],
+                "cost_per_hour": self.cost_per_h, "cost_per_hour_range": list(self.cost_per_h_range),
+                "cost_per_1m_tokens": self.cost_per_1m_tokens,
+                "cost_per_1m_output_tokens": self.cost_per_1m_output_tokens,
+                "per_replica_rps": self.per_replica_rps, "predictions": ivs,
+                "stable": bool(all(r.get("stable", True) for r in self.evaluation.rows)),
+                "rate_shortfall": finite(self.row.get("rate_shortfall", math.nan)),
+                "num_requests_per_run": [int(r.get("num_requests", 0)) for r in self.evaluation.rows],
+                "converged": [bool(r.get("converged", True)) for r in self.evaluation.rows]}
 
 
 @dataclass
@@ -104,6 +176,9 @@ class PlanResult:
     pruned: list[tuple[str, int, float]]
     num_simulations: int
     wall_s: float
+    assumptions: dict = field(default_factory=dict)
+    rejected: list[tuple[str, int, int, int, str]] = field(default_factory=list)  # gpu, tp, mns, replicas, why
+    unmet: list[tuple[str, int, int, int, str]] = field(default_factory=list)  # searched, no answer up to replicas
 
 
 LONG_WORKLOAD_LEN = 16384  # max_model_len for workloads whose longest request is not known up front
@@ -121,6 +196,10 @@ def model_len(req: PlanRequest, context: int) -> int:
         need = w.input_len + w.output_len
     elif w.dataset == "random":
         need = math.ceil((w.input_len + w.output_len) * (1 + w.range_ratio)) + 2
+    elif w.dataset == "sharegpt" and w.kind is not ArrivalKind.TRACE:
+        from ..sim.lengths import first_turn_table
+        inputs, outputs = first_turn_table()
+        need = int((inputs + outputs).max())
     else:
         need = LONG_WORKLOAD_LEN
     return min(context, max(1024, need))
@@ -140,9 +219,19 @@ def _scenario(req: PlanRequest, gpu: str, tp: int, mns: int | None) -> Scenario:
                     sweep=Sweep(Axis.RATE, (1.0,), (req.seed,)), slos=req.slos, base_dir=req.base_dir)
 
 
+def rejection(row: dict) -> str:
+    """Why one simulated point cannot be an answer (empty: it can): an engine refusal, rejected
+    requests, or an unstable run (the achieved rate falls short of the offered one)."""
+    if row.get("error"):
+        return str(row["error"])
+    if row.get("failed", 0) > 0:
+        return f"{int(row['failed'])} request(s) rejected"
+    return describe_instability(row)
+
+
 def meets(row: dict, slos: tuple[SLO, ...]) -> bool:
-    """The simulated point ran, rejected nothing and meets every SLO."""
-    if row.get("error") or row.get("failed", 0) > 0:
+    """The simulated point ran, rejected nothing, kept up with its offered rate and meets every SLO."""
+    if rejection(row):
         return False
     return all(row.get(s.column, math.inf) <= s.max_ms for s in slos)
 
@@ -156,38 +245,107 @@ def probe(args: tuple[PlanRequest, str, int]) -> tuple[str, int, float, str]:
     return gpu, tp, float(row.get("request_throughput", 0.0) or 0.0), row.get("error", "")
 
 
-def search_replicas(args: tuple[PlanRequest, str, int, int, int, int]) -> tuple[int | None, dict, int]:
-    """Fewest replicas in ``[r_lo, r_cap]`` whose per-replica rate meets the SLOs; (r, row, simulations).
+INTERVAL_COLUMNS = ("request_throughput", "output_throughput", "mean_gpu_power_w")
 
-    ``r` is None when even ``r_cap`` replicas fail (``r_cap``: the most replicas that could still be
-    within the slack of the best cost found so far, or ``max_replicas``)."""
+
+def evaluate(req: PlanRequest, sc: Scenario, r: int, stop_early: bool = True) -> Evaluation:
+    """Replications of ``sc`` at ``demand / r`` (see :class:`Evaluation`); stops at the first seed
+    that cannot be an answer, since one unstable replication already refuses the candidate (and,
+    with ``stop_early``, at the first seed whose SLO metric alone decides it)."""
+    rate = req.demand_rps / r
+    fixed = bool(req.workload.num_requests or req.workload.duration_s)
+    rule = req.convergence
+    if sc.workload.kind is ArrivalKind.TRACE:  # seeds replay disjoint windows of the trace, or they are not independent
+        from .points import _full_trace, trace_file
+        rows = len(_full_trace(str(trace_file(sc.workload.trace, sc.base_dir))))
+        cap = max(rule.min_requests, rows // req.seeds)
+        rule = replace(rule, max_requests=min(rule.max_requests, cap), min_requests=min(rule.min_requests, cap))
+
+    def run(seed: int, draw: int | None) -> dict:
+        task = PointTask(sc, rate, seed, profile_draw=draw)
+        return run_point(task).row if fixed else run_converged(task, rule).row
+
+    # With t_{c, R-1} >= R - 1 (R <= 3 seeds at 95%), the one-sided upper bound is at least the
+    # largest seed's value (no sample lies more than (R-1)/sqrt(R) sd from the mean), so one seed
+    # over an SLO already decides that the candidate does not meet it with confidence.
+    decisive = t_quantile(req.confidence, req.seeds - 1, two_sided=False) >= req.seeds - 1
+    rows: list[dict] = []
+    for i in range(req.seeds):
+        rows.append(run(req.seed + i, None))
+        why = rejection(rows[-1])
+        if not why and stop_early and decisive and req.seeds > 1:
+            over = [s for s in req.slos if rows[-1].get(s.column, math.inf) > s.max_ms]
+            why = f"{over[0]} fails ({rows[-1].get(over[0].column, math.nan):,.0f})" if over else ""
+        if why:
+            return Evaluation(r, rows, [], f"seed {req.seed + i}: {why}", early=not rejection(rows[-1]))
+    draws = [run(req.seed, j) for j in range(req.profile_draws)]
+    bad = [d for d in draws if rejection(d)]
+    one_sided = 2 * req.confidence - 1  # the ends of this two-sided interval are one-sided bounds
+    meets_all, may_all, intervals = True, True, {}
+    for s in req.slos:
+        seeds_v = [row.get(s.column, math.nan) for row in rows]
+        draws_v = [d.get(s.column, math.nan) for d in draws]
+        bound = combine(seeds_v, draws_v, one_sided)
+        intervals[s.column] = combine(seeds_v, draws_v, req.confidence, floor=0.0)
+        meets_all &= bound.hi <= s.max_ms
+        may_all &= bound.lo <= s.max_ms
+    for col in INTERVAL_COLUMNS:
+        intervals[col] = combine([row.get(col, math.nan) for row in rows], [d.get(col, math.nan) for d in draws],
+                                 req.confidence, floor=0.0)
+    reason = ""
+    if bad:
+        meets_all = False
+        reason = f"{len(bad)} of {len(draws)} profile draws cannot serve it ({rejection(bad[0])})"
+    elif not meets_all:
+        reason = f"SLOs not met with {req.confidence:.0%} confidence"
+    return Evaluation(r, rows, draws, reason, intervals, meets_all, may_all)
+
+
+def search_replicas(args: tuple[PlanRequest, str, int, int, int, int]
+                    ) -> tuple[int | None, int | None, dict[int, Evaluation]]:
+    """Fewest replicas in ``[r_lo, r_cap]`` meeting the SLOs with confidence, the fewest that may
+    meet them (the optimistic end of the range), and every evaluation made.
+
+    The first is None when even ``r_cap`` replicas fail (``r_cap``: the most replicas that could
+    still be within the slack of the best cost found so far, or ``max_replicas``)."""
     req, gpu, tp, mns, r_lo, r_cap = args
     sc = _scenario(req, gpu, tp, mns)
-    rows: dict[int, dict] = {}
+    evals: dict[int, Evaluation] = {}
 
     def ok(r: int) -> bool:
-        rows[r] = run_point(PointTask(sc, req.demand_rps / r, req.seed)).row
-        return meets(rows[r], req.slos)
+        if r not in evals:
+            evals[r] = evaluate(req, sc, r)
+        return evals[r].meets
 
+    hi = None
     if ok(r_lo):
-        return r_lo, rows[r_lo], len(rows)
-    lo, step = r_lo, 1
-    while True:
-        hi = min(lo + step, r_cap)
-        if hi <= lo:
-            return None, rows[lo], len(rows)
-        if ok(hi):
+        hi = r_lo
+    else:
+        lo, step = r_lo, 1
+        while True:
+            cand = min(lo + step, r_cap)
+            if cand <= lo:
+                return None, None, evals
+            if ok(cand):
+                hi = cand
+                break
+            if cand >= r_cap or evals[cand].rows[0].get("error"):
+                return None, None, evals
+            lo, step = cand, step * 2
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if ok(mid):
+                hi = mid
+            else:
+                lo = mid
+    r_may = hi
+    while r_may > 1:
+        if r_may - 1 not in evals or evals[r_may - 1].early:
+            evals[r_may - 1] = evaluate(req, sc, r_may - 1, stop_early=False)
+        if not evals[r_may - 1].may_meet:
             break
-        if hi >= r_cap or rows[hi].get("error"):
-            return None, rows[hi], len(rows)
-        lo, step = hi, step * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi, rows[hi], len(rows)
+        r_may -= 1
+    return hi, r_may, evals
 
 
 def _feasible(req: PlanRequest) -> tuple[list[tuple[str, int]], list[tuple[str, int, str]]]:
@@ -211,15 +369,18 @@ def _feasible(req: PlanRequest) -> tuple[list[tuple[str, int]], list[tuple[str, 
     return pairs, infeasible
 
 
-def _option(req: PlanRequest, gpu: str, tp: int, mns: int, r: int, row: dict) -> PlanOption:
+def _option(req: PlanRequest, gpu: str, tp: int, mns: int, r: int, r_may: int, ev: Evaluation) -> PlanOption:
     import pandas as pd
+    row = ev.mean_row()
     priced = add_economics(pd.DataFrame([row]), Economics(costs=req.costs_for(gpu)), tp=tp).iloc[0]
-    cost = float(priced["cost_per_h"]) * r
+    per_replica = float(priced["cost_per_h"])
+    cost = per_replica * r
     per_req_tokens = (row["total_input_tokens"] + row["total_output_tokens"]) / max(row["completed"], 1)
     per_req_out = row["total_output_tokens"] / max(row["completed"], 1)
     tokens_m_per_h = req.demand_rps * 3600 / 1e6
-    return PlanOption(gpu, tp, mns, r, cost, cost / (tokens_m_per_h * per_req_tokens),
-                      cost / (tokens_m_per_h * per_req_out), req.demand_rps / r, row)
+    return PlanOption(gpu, tp, mns, r, (r_may, r), cost, (per_replica * r_may, cost),
+                      cost / (tokens_m_per_h * per_req_tokens), cost / (tokens_m_per_h * per_req_out),
+                      req.demand_rps / r, row, ev)
 
 
 def plan(req: PlanRequest) -> PlanResult:
@@ -228,6 +389,8 @@ def plan(req: PlanRequest) -> PlanResult:
     pairs, infeasible = _feasible(req)
     workers = req.workers or os.cpu_count() or 1
     sims = 0
+    rejected: list[tuple[str, int, int, int, str]] = []
+    unmet: list[tuple[str, int, int, int, str]] = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
         bounds = []
         for gpu, tp, mu, err in pool.map(probe, [(req, g, t) for g, t in pairs]):
@@ -249,15 +412,21 @@ def plan(req: PlanRequest) -> PlanResult:
             fixed = bound / r_lo
             r_cap = req.max_replicas if math.isinf(best) else max(r_lo, int(best * (1 + req.slack) / fixed))
             jobs = [(req, gpu, tp, mns, r_lo, r_cap) for mns in req.max_num_seqs]
-            for mns, (r, row, n) in zip(req.max_num_seqs, pool.map(search_replicas, jobs)):
-                sims += n
+            for mns, (r, r_may, evals) in zip(req.max_num_seqs, pool.map(search_replicas, jobs)):
+                sims += sum(e.num_simulations for e in evals.values())
+                rejected += [(gpu, tp, mns, k, e.reason) for k, e in sorted(evals.items()) if e.reason]
                 if r is None:
+                    last = max(evals) if evals else r_lo
+                    unmet.append((gpu, tp, mns, last, evals[last].reason if evals else "not evaluated"))
                     continue
-                opt = _option(req, gpu, tp, mns, r, row)
+                opt = _option(req, gpu, tp, mns, r, r_may, evals[r])
                 options.append(opt)
                 best = min(best, opt.cost_per_h)
     options.sort(key=lambda o: (o.cost_per_h, o.num_gpus, o.row.get("p99_ttft_ms", math.inf)))
-    return PlanResult(options, infeasible, pruned, sims, time.perf_counter() - t0)
+    result = PlanResult(options, infeasible, pruned, sims, time.perf_counter() - t0, rejected=rejected, unmet=unmet)
+    from .assumptions import plan_assumptions
+    result.assumptions = plan_assumptions(req, options[0] if options else None)
+    return result
 
 
 def add_economics_fixed(req: PlanRequest, gpu: str, tp: int) -> float:

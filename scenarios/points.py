@@ -31,6 +31,7 @@ from ..sim.runner import SimOptions
 from ..sim.workload import ClosedLoop, Workload, WorkloadSpec, build_workload
 from .cluster_point import cluster_columns, point_demand, simulate_point
 from .schema import ArrivalKind, Axis, Deployment, Scenario
+from .stability import ConvergenceRule, converged, stability_columns
 
 MAX_SERIES_ROWS = 400
 DEFAULT_OPEN_LOOP_REQUESTS = 1000
@@ -53,11 +54,13 @@ class PointTask:
     demand: float
     seed: int
     keep_series: bool = False
+    profile_draw: int | None = None  # a parametric-bootstrap draw of the profile (None: nominal)
 
     @property
     def key(self) -> str:
         """File-name-safe identity of the point inside its variant's folder."""
-        return f"{self.scenario.sweep.axis.value}={self.demand:g}_seed={self.seed}"
+        draw = "" if self.profile_draw is None else f"_draw={self.profile_draw}"
+        return f"{self.scenario.sweep.axis.value}={self.demand:g}_seed={self.seed}{draw}"
 
 
 @dataclass
@@ -214,8 +217,28 @@ def downsample(series: pd.DataFrame, max_rows: int = MAX_SERIES_ROWS) -> pd.Data
     return series.iloc[::step].reset_index(drop=True)
 
 
+OPEN_LOOP = (ArrivalKind.POISSON, ArrivalKind.GAMMA, ArrivalKind.TRACE)
+
+
+def open_loop(sc: Scenario) -> bool:
+    """Whether the scenario's arrivals ignore the system's state (so it can fall behind them)."""
+    return sc.workload.kind in OPEN_LOOP
+
+
+def stability_of(sc: Scenario, records: pd.DataFrame) -> dict:
+    """The stability columns (:mod:`.stability`) of an open-loop point; stable by definition otherwise."""
+    if not open_loop(sc):
+        return {"stable": True, "stability_judged": False}
+    return stability_columns(records["arrival_s"].to_numpy(float),
+                             np.where(records["status"] == "finished", records["finish_s"], np.nan))
+
+
 def run_point(task: PointTask) -> PointResult:
     """Simulate one point and reduce it to a curve row (never raises for an engine refusal)."""
+    return _run_point(task)[0]
+
+
+def _run_point(task: PointTask) -> tuple[PointResult, pd.DataFrame | None]:
     sc = task.scenario
     row: dict = {"variant": sc.name, "axis": sc.sweep.axis.value, "demand": task.demand, "seed": task.seed,
                  "error": "", "fast_path_error": ""}
@@ -223,6 +246,9 @@ def run_point(task: PointTask) -> PointResult:
     percentiles = tuple(sorted(set(CURVE_PERCENTILES) | {s.percentile for s in sc.slos if s.percentile > 0}))
     try:
         cfg = engine_config(sc.deployment, sc.base_dir)
+        if task.profile_draw is not None:
+            from ..sim.uncertainty import perturb_profile, profile_rng
+            cfg = replace(cfg, profile=perturb_profile(cfg.profile, profile_rng(task.seed, task.profile_draw)))
         workload = point_workload(sc, point_demand(sc, task.demand), task.seed)
         options = SimOptions(sample_interval_s=sc.sample_interval_s, exact=sc.exact, seed=task.seed)
         try:
@@ -237,7 +263,7 @@ def run_point(task: PointTask) -> PointResult:
     except (ValueError, FileNotFoundError) as exc:
         row["error"] = str(exc)
         row["wall_s"] = time.perf_counter() - t0
-        return PointResult(row, None)
+        return PointResult(row, None), None
     s = result.summary
     row.update({k: s[k] for k in SUMMARY_KEYS})
     if s["completed"] == 0:  # zero throughput here is no measurement of capacity: not a curve point
@@ -251,8 +277,51 @@ def run_point(task: PointTask) -> PointResult:
     row.update(cluster_columns(s))  # economics counts num_gpus_total GPUs when present
     row["max_num_seqs"] = cfg.scheduler.max_num_seqs
     row["num_requests"] = len(workload)
-    row.update(latency_columns(result.records.to_frame(), percentiles))
+    records = result.records.to_frame()
+    row.update(latency_columns(records, percentiles))
+    row.update(stability_of(sc, records))
     frame = result.series.to_frame()
     row.update(series_columns(frame))
     row["wall_s"] = time.perf_counter() - t0
-    return PointResult(row, downsample(frame) if task.keep_series else None)
+    return PointResult(row, downsample(frame) if task.keep_series else None), records
+
+
+# ----------------------------------------------------------------------------- converged runs
+
+
+def _metric_values(records: pd.DataFrame) -> dict[str, np.ndarray]:
+    done = records[records["status"] == "finished"].sort_values("arrival_s")
+    multi = done["output_tokens"] > 1
+    tpot = np.where(multi, (done["finish_s"] - done["first_token_s"]) / (done["output_tokens"] - 1).clip(lower=1),
+                    np.nan) * 1e3
+    return {"ttft": ((done["first_token_s"] - done["arrival_s"]) * 1e3).to_numpy(),
+            "tpot": tpot[np.isfinite(tpot)],
+            "e2el": ((done["finish_s"] - done["arrival_s"]) * 1e3).to_numpy()}
+
+
+def run_converged(task: PointTask, rule: ConvergenceRule) -> PointResult:
+    """Simulate an open-loop point with as many requests as :class:`ConvergenceRule` asks.
+
+    The request count starts at ``rule.min_requests`` and doubles until the run is long enough
+    (``docs/scenarios.md``, "Stability and run length"), the point is found unstable (more
+    requests would only confirm it), or ``rule.max_requests`` is reached.  The row records
+    ``converged`` and, when not, what was lacking (``convergence_note``)."""
+    sc = task.scenario
+    metrics = {s.metric: s.percentile for s in sc.slos if s.metric in ("ttft", "tpot", "e2el")}
+    n = rule.min_requests
+    while True:
+        trial = replace(task, scenario=replace(sc, workload=replace(sc.workload, num_requests=n)))
+        result, records = _run_point(trial)
+        row = result.row
+        if row.get("error") or records is None:
+            return result
+        done = records[records["status"] == "finished"]
+        span = float(records["arrival_s"].max() - records["arrival_s"].min())
+        longest = float((done["finish_s"] - done["first_scheduled_s"]).max()) if len(done) else math.inf
+        values = _metric_values(records)
+        ok, widths, lacking = converged(values, metrics, span, longest, rule)
+        row.update({"converged": ok, "convergence_note": lacking, "longest_service_s": longest,
+                    **{f"{m}_ci_rel_half_width": w for m, w in widths.items()}})
+        if ok or not row.get("stable", True) or n >= rule.max_requests:
+            return result
+        n = min(2 * n, rule.max_requests)

@@ -26,9 +26,12 @@ Rules (constants from :class:`~.schema.RegionRules`; defaults in brackets):
   between the two points; the first point if profit is already >= 0 there.  **Upper
   break-even**: the first crossing back below 0 after the maximum-profit point.
 * **maximum profit**: the smallest ``d_i`` whose smoothed profit is within
-  ``saturation_tolerance * |max|`` of the maximum smoothed profit.
+  ``saturation_tolerance * |max|`` of the maximum smoothed profit, among the stable points.
 * **SLO limit**: the largest ``d_i`` such that every point up to and including it meets every
-  SLO (the seed-mean of each SLO's percentile column at most its bound).
+  SLO (the seed-mean of each SLO's percentile column at most its bound) and is stable.
+* **stability** (open-loop axes, :mod:`.stability`): a demand is unstable when any seed's achieved
+  request rate falls short of the offered rate, or its queue grows; the saturation point (end
+  of region B) is capped at the first unstable demand, since beyond it the replica cannot keep up.
 
 A boundary reports ``value`` (rule on the seed-mean curve), ``seed_lo``/``seed_hi``/``seed_std``
 (the rule on each seed's curve) and ``grid_lo``, the previous grid point: the sweep only locates a
@@ -160,6 +163,12 @@ def slo_limit_index(frame: pd.DataFrame, slos: Sequence[SLO]) -> tuple[int | Non
         if bad.size:
             first_bad.setdefault(int(bad[0]), str(slo))
         ok &= meets
+    if "stable_fraction" in frame:  # an unstable point meets no SLO: its percentiles grow with the run
+        stable = frame["stable_fraction"].to_numpy(dtype=float) >= 1
+        bad = np.flatnonzero(~stable)
+        if bad.size:
+            first_bad.setdefault(int(bad[0]), "stability (achieved rate < offered)")
+        ok &= stable
     bad = np.flatnonzero(~ok)
     if bad.size == 0:
         return n - 1, ""
@@ -225,9 +234,21 @@ class Regions:
 
 
 def mean_curve(curve: pd.DataFrame) -> pd.DataFrame:
-    """Numeric columns averaged over seeds, one row per demand, ascending."""
+    """Numeric columns averaged over seeds, one row per demand, ascending; ``stable_fraction`` is
+    the share of a demand's seeds that kept up with their offered rate (:mod:`.stability`)."""
     numeric = curve.select_dtypes("number").drop(columns=["seed"], errors="ignore")
+    if "stable" in curve:
+        numeric = numeric.assign(stable_fraction=curve["stable"].fillna(True).astype(float))
     return numeric.groupby("demand", as_index=False).mean().sort_values("demand").reset_index(drop=True)
+
+
+def first_unstable(frame: pd.DataFrame) -> float | None:
+    """The smallest demand of a (seed-mean or one-seed) curve at which some seed fell behind its
+    offered rate; None when every point kept up (or the curve has no stability columns)."""
+    if "stable_fraction" not in frame:
+        return None
+    bad = frame.loc[frame["stable_fraction"].to_numpy(float) < 1, "demand"]
+    return float(bad.min()) if len(bad) else None
 
 
 def _grid_lo(d: np.ndarray, value: float | None) -> float | None:
@@ -274,11 +295,15 @@ def find_regions(curve: pd.DataFrame, rules: RegionRules | None = None, slos: Se
         return None if i is None else float(frame["demand"].iloc[i])
 
     def sat_rule(f: pd.DataFrame) -> float | None:
-        return at(f, saturation_index(f[tcol].to_numpy(float), rules.saturation_tolerance))
+        value = at(f, saturation_index(f[tcol].to_numpy(float), rules.saturation_tolerance))
+        unstable = first_unstable(f)  # on a rate axis region B ends where the replica stops keeping up
+        return unstable if unstable is not None and (value is None or unstable < value) else value
 
     def eq_rule(f: pd.DataFrame) -> float | None:
         d, y = f["demand"].to_numpy(float), f[tcol].to_numpy(float)
-        return at(f, equilibrium_index(d, y, pressure_flags(f, rules), rules))
+        value = at(f, equilibrium_index(d, y, pressure_flags(f, rules), rules))
+        sat = sat_rule(f)
+        return min(value, sat) if value is not None and sat is not None else value
 
     has_profit = "profit_per_h" in curve and curve["profit_per_h"].notna().any()
 
@@ -288,13 +313,18 @@ def find_regions(curve: pd.DataFrame, rules: RegionRules | None = None, slos: Se
         return break_even(f["demand"].to_numpy(float), f["profit_per_h"].to_numpy(float))[int(upper)]
 
     def mp_rule(f: pd.DataFrame) -> float | None:
+        if not has_profit:
+            return None
+        unstable = first_unstable(f)  # profit a replica cannot sustain is no operating point
+        f = f[f["demand"] < unstable].reset_index(drop=True) if unstable is not None else f
         return at(f, max_profit_index(f["profit_per_h"].to_numpy(float), rules.saturation_tolerance)) \
-            if has_profit else None
+            if len(f) else None
 
     def slo_rule(f: pd.DataFrame) -> float | None:
         return at(f, slo_limit_index(f, slos)[0]) if slos else None
 
     no_econ = "no prices/costs in the scenario"
+    first_d = float(mean["demand"].iloc[0])
     if demand_axis:
         equilibrium = _boundary("equilibrium", eq_rule, mean, per_seed, note="no pressure with a falling slope "
                                 "in the sweep: region A extends over it")
@@ -304,12 +334,22 @@ def find_regions(curve: pd.DataFrame, rules: RegionRules | None = None, slos: Se
         saturation = Boundary("saturation", None, note="not a demand axis")
     break_even_b = _boundary("break_even", be_rule, mean, per_seed, grid=False,
                              note=no_econ if not has_profit else "never profitable in the sweep")
+    if has_profit and break_even_b.value == first_d and float(mean["profit_per_h"].iloc[0]) >= 0:
+        # profitable already at the first point: the crossing lies below the sweep, not at its first point
+        break_even_b = Boundary(**{**asdict(break_even_b),
+                                   "note": f"already profitable at the lowest demand swept ({first_d:g}); "
+                                           "the break-even point lies at or below it"})
     upper = _boundary("break_even_upper", lambda f: be_rule(f, True), mean, per_seed, grid=False,
-                      note=no_econ if not has_profit else "profit stays >= 0 beyond the maximum")
+                      note=no_econ if not has_profit else "profit stays >= 0 up to the last point of the sweep")
     max_profit = _boundary("max_profit", mp_rule, mean, per_seed, note=no_econ)
     slo_note = "no SLOs in the scenario" if not slos else "SLOs violated at the lowest demand"
     slo_limit = _boundary("slo_limit", slo_rule, mean, per_seed, note=slo_note)
     last = float(mean["demand"].iloc[-1])
+    unstable = first_unstable(mean)
+    if unstable is not None:
+        notes.append(f"from {unstable:g} on, at least one seed's achieved request rate falls short of the offered "
+                     "rate (or its queue grows): those points are unstable, region B ends there, and their "
+                     "latencies only say the queue grew over the run")
     if saturation.value is not None and saturation.value == last and len(mean) > 1:
         notes.append(f"the saturation point is the last point of the sweep ({last:g}): throughput was still "
                      "rising by more than the tolerance, so the peak may lie beyond; extend the sweep")

@@ -13,6 +13,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .advice import NodeAdvice, node_advice
@@ -23,7 +24,7 @@ from .schema import ScenarioFile
 TABLE_COLUMNS = ("demand", "output_throughput", "request_throughput", "mean_ttft_ms", "p99_ttft_ms",
                  "mean_tpot_ms", "p99_tpot_ms", "peak_kv_usage", "mean_num_waiting", "num_preemptions",
                  "mean_gpu_power_w", "energy_per_output_token_j", "revenue_per_h", "cost_per_h", "profit_per_h",
-                 "cost_per_1m_tokens")
+                 "cost_per_1m_tokens", "rate_shortfall", "stable_fraction")
 BOUNDARY_LABELS = (("equilibrium", "equilibrium (end of A)"), ("saturation", "saturation (end of B)"),
                    ("break_even", "break-even"), ("break_even_upper", "break-even (upper)"),
                    ("max_profit", "maximum profit"), ("slo_limit", "largest demand meeting SLOs"))
@@ -35,11 +36,30 @@ img{max-width:100%}.note{color:#a33}code{background:#f5f5f5;padding:0 3px}"""
 
 
 def _fmt(v) -> str:
+    """Numbers for people: thousands separators, no exponent (30,896 not 3.09e+04); four
+    significant digits below 1,000."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
-    if isinstance(v, float):
-        return f"{v:,.4g}" if abs(v) < 1e5 else f"{v:,.0f}"
+    if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+        return f"{int(v):,d}"
+    if isinstance(v, (float, np.floating)):
+        if abs(v) >= 1000 or float(v).is_integer():
+            return f"{v:,.0f}"
+        return f"{v:.4g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.2e}"
     return str(v)
+
+
+def workload_text(w) -> str:
+    """What a variant's traffic is, with the statistics of its length dataset."""
+    from ..sim.lengths import SHAREGPT_CONVERSATIONS_STATS, SHAREGPT_FIRST_TURN_STATS
+    if w.trace:
+        return f"{w.kind.value}, {w.trace}"
+    lengths = {"fixed": f"fixed: in {w.input_len:,} / out {w.output_len:,} tokens",
+               "random": f"random: in {w.input_len:,} / out {w.output_len:,} tokens +-{w.range_ratio:.0%}",
+               "sharegpt": f"sharegpt first turns ({SHAREGPT_FIRST_TURN_STATS})",
+               "sharegpt-conversations": f"sharegpt conversations ({SHAREGPT_CONVERSATIONS_STATS})",
+               "dist": f"dist: in {w.input_dist} / out {w.output_dist}"}.get(w.dataset, w.dataset)
+    return f"{w.kind.value}, {lengths}"
 
 
 def variant_rows(sf: ScenarioFile, curve: pd.DataFrame) -> list[dict]:
@@ -54,8 +74,7 @@ def variant_rows(sf: ScenarioFile, curve: pd.DataFrame) -> list[dict]:
         rows.append({"variant": sc.name, "model": d.model, "GPU": f"{d.tp}x {d.gpu}",
                      "weights/KV": f"{d.weight_dtype or 'default'}/{d.kv_cache_dtype}", "engine": d.engine,
                      "max_num_seqs": _fmt(mns), "KV capacity (tokens)": _fmt(float(kv)) if kv is not None else "",
-                     "workload": (f"{w.kind.value}, {w.trace}" if w.trace else
-                                  f"{w.kind.value}, {w.dataset} in {w.input_len}/out {w.output_len}"),
+                     "workload": workload_text(w),
                      "axis": f"{sc.sweep.axis.value}: {len(sc.sweep.points)} points x {len(sc.sweep.seeds)} seeds",
                      "points failed": str(int((part["error"].fillna("") != "").sum())) if "error" in part else "0"})
     return rows
@@ -167,8 +186,10 @@ def write_report(out: Path, sf: ScenarioFile, curve: pd.DataFrame, regions: list
     h.append("</ul><h2>Figures</h2>")
     for f in figs:
         data = base64.b64encode(f.png).decode("ascii")
+        axes = "; ".join(f.axis_labels)
         h.append(f"<figure><img alt='{html.escape(f.title)}' src='data:image/png;base64,{data}'>"
-                 f"<figcaption>{html.escape(f.caption)}</figcaption></figure>")
+                 f"<figcaption>{html.escape(f.caption)} <span class='axes'>Axes: {html.escape(axes)}.</span>"
+                 "</figcaption></figure>")
     h.append("<h2>Curves (mean over seeds)</h2>")
     for name, mean in means.items():
         h.append(f"<details><summary>{html.escape(name)}</summary>{_html_table(_curve_rows(mean))}</details>"
@@ -183,7 +204,7 @@ def write_report(out: Path, sf: ScenarioFile, curve: pd.DataFrame, regions: list
           "## Regions\n", _md_table(region_tbl), "## Advice\n"]
     md += [f"- {line}" for a in advice for line in a.lines]
     md.append("\n## Figures\n")
-    md += [f"![{f.title}](plots/{f.name})\n\n{f.caption}\n" for f in figs]
+    md += [f"![{f.title}](plots/{f.name})\n\n{f.caption} Axes: {'; '.join(f.axis_labels)}.\n" for f in figs]
     md.append("## Curves (mean over seeds)\n")
     for name, mean in means.items():
         md += [f"### {name}\n", _md_table(_curve_rows(mean)) if not mean.empty else "no successful points\n"]

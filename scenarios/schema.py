@@ -33,7 +33,7 @@ class Axis(str, Enum):
 
     @property
     def label(self) -> str:
-        return {Axis.BURST: "requests in the burst (N)", Axis.CONCURRENCY: "concurrent users",
+        return {Axis.BURST: "requests in the burst (N)", Axis.CONCURRENCY: "concurrent users (users)",
                 Axis.RATE: "request rate (req/s)", Axis.INPUT_LEN: "prompt length (tokens)",
                 Axis.OUTPUT_LEN: "output length (tokens)"}[self]
 
@@ -57,7 +57,7 @@ AXIS_KINDS: dict[Axis, tuple[ArrivalKind, ...]] = {
     Axis.OUTPUT_LEN: (ArrivalKind.BURST, ArrivalKind.CLOSED, ArrivalKind.POISSON, ArrivalKind.GAMMA),
 }
 
-DATASETS = ("fixed", "random", "sharegpt", "dist")
+DATASETS = ("fixed", "random", "sharegpt", "sharegpt-conversations", "dist")
 ENGINES = ("vllm-v1", "vllm-v0")
 DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4")
 BILLABLE = ("total", "output", "input")

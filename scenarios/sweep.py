@@ -103,6 +103,8 @@ def fingerprint(sc: Scenario) -> str:
     data["sweep"].pop("points", None)
     data["sweep"].pop("seeds", None)
     data["input_sha256"] = {key: _file_digest(path) for key, path in input_files(sc).items()}
+    if data.get("workload", {}).get("dataset") == "sharegpt":  # was whole conversations before first turns
+        data["workload"]["dataset"] = "sharegpt-first-turn"
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -221,6 +223,24 @@ def analyse(sf: ScenarioFile, curve: pd.DataFrame) -> tuple[pd.DataFrame, list[R
     return (pd.concat(parts, ignore_index=True) if parts else curve), regions
 
 
+CI_COLUMNS = ("request_throughput", "output_throughput", "p99_ttft_ms", "p99_tpot_ms", "p99_e2el_ms")
+
+
+def with_intervals(mean: pd.DataFrame, part: pd.DataFrame) -> pd.DataFrame:
+    """``<column>_ci_lo`` / ``_ci_hi``: the 95% Student-t interval over the seeds of each demand's
+    mean (docs/scenarios.md, "Intervals"), for the throughputs and p99 latencies."""
+    from ..sim.uncertainty import t_interval
+    if "error" in part:
+        part = part[part["error"].fillna("") == ""]
+    for col in CI_COLUMNS:
+        if col not in part or col not in mean:
+            continue
+        bands = {d: t_interval(list(g.dropna()))[1:] for d, g in part.groupby("demand")[col]}
+        mean[f"{col}_ci_lo"] = [bands.get(d, (float("nan"),) * 2)[0] for d in mean["demand"]]
+        mean[f"{col}_ci_hi"] = [bands.get(d, (float("nan"),) * 2)[1] for d in mean["demand"]]
+    return mean
+
+
 def write_outputs(out: Path, sf: ScenarioFile, curve: pd.DataFrame, regions: list[Regions],
                   report: bool = True) -> dict[str, Path]:
     """``curve.csv``/``.parquet``, ``curve_mean.csv``, ``regions.json``/``.csv`` and the report."""
@@ -229,8 +249,8 @@ def write_outputs(out: Path, sf: ScenarioFile, curve: pd.DataFrame, regions: lis
              "regions_csv": out / "regions.csv"}
     _atomic_write(files["curve_csv"], lambda p: curve.to_csv(p, index=False))
     _atomic_write(files["curve_parquet"], lambda p: curve.to_parquet(p, index=False))
-    means = [mean_curve(curve[curve["variant"] == v]).assign(variant=v) for v in curve["variant"].unique()] \
-        if not curve.empty else []
+    means = [with_intervals(mean_curve(curve[curve["variant"] == v]), curve[curve["variant"] == v]).assign(variant=v)
+             for v in curve["variant"].unique()] if not curve.empty else []
     mean = pd.concat(means, ignore_index=True) if means else pd.DataFrame()
     _atomic_write(files["curve_mean"], lambda p: mean.to_csv(p, index=False))
     _atomic_write(files["regions_json"], lambda p: p.write_text(json.dumps([r.to_dict() for r in regions],

@@ -13,6 +13,7 @@ from pathlib import Path
 from . import argtypes as at
 from .sim.config import make_engine_config
 from .sim.gpus import get_gpu, list_gpus
+from .sim.lengths import SHAREGPT_CONVERSATIONS_STATS, SHAREGPT_FIRST_TURN_STATS
 from .sim.model_catalog import get_model, list_models
 from .sim.profile import load_profile
 from .sim.runner import SimOptions, simulate, write_results
@@ -78,15 +79,24 @@ def _add_simulate(sub) -> None:
     c.add_argument("--client-jitter", type=at.NON_NEGATIVE, help="mean of the exponential extra delay per request, s")
     c.add_argument("--ramp-up", type=at.NON_NEGATIVE, help="spread the users' first requests over this many s")
     w.add_argument("--num-requests", type=at.REQUEST_COUNT, help="requests to simulate (default 1000; traces: all rows)")
-    w.add_argument("--dataset", choices=["fixed", "random", "sharegpt"], default=None,
+    w.add_argument("--dataset", choices=["fixed", "random", "sharegpt", "sharegpt-conversations"], default=None,
                    help="lengths: fixed --input-len/--output-len (default), vLLM-style random around them, "
-                        "or sampled from the ShareGPT length table in ../shared/data")
+                        f"sharegpt = first-turn prompts as `vllm bench serve --dataset-name sharegpt` sends them "
+                        f"(shipped table: {SHAREGPT_FIRST_TURN_STATS}), or sharegpt-conversations = whole "
+                        f"conversations ({SHAREGPT_CONVERSATIONS_STATS}; table in ../shared/data)")
     w.add_argument("--input-len", type=at.int_range(1, 10_000_000), default=1024)
     w.add_argument("--output-len", type=at.int_range(1, 10_000_000), default=128)
     w.add_argument("--range-ratio", type=at.float_range(0.0, 0.999999, lo_open=False), default=0.0)
     w.add_argument("--time-scale", type=at.POSITIVE, help="multiply a trace's inter-arrival gaps")
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=at.SEED, default=0)
+    r.add_argument("--seeds", type=at.POSITIVE_INT, default=1, metavar="N",
+                   help="N independent replications (seeds SEED..SEED+N-1): the summary is their mean, with a "
+                        "95%% confidence interval in <key>_ci for every figure")
+    r.add_argument("--profile-draws", type=at.NON_NEGATIVE_INT, default=0, metavar="M",
+                   help="also M parametric-bootstrap draws of the profile's coefficients (from their stderr) "
+                        "at SEED: the intervals then include the profile's uncertainty, and "
+                        "<key>_uncertainty_share says how much of it comes from the workload and the profile")
     r.add_argument("--out", help="write summary.json, config.json, requests.parquet, timeseries.csv here")
     r.add_argument("--json", action="store_true", help="print the summary JSON alone on stdout")
     r.add_argument("--sample-interval", type=at.float_range(1e-3, lo_open=False), default=0.2, help="time-series interval (simulated s)")
@@ -153,7 +163,17 @@ def print_summary(summary: dict, cfg, wall_s: float, file=sys.stdout) -> None:
     print(f"servesim: {cfg.model.name} on {cfg.parallel.tensor_parallel_size}x {cfg.gpu.name}, "
           f"{cfg.engine.value} (profile {cfg.profile.name})", file=file)
     for key, label, fmt in SUMMARY_ROWS:
-        print(f"  {label:<46} {fmt.format(summary[key])}", file=file)
+        value = summary[key]
+        text = fmt.format(int(round(value)) if fmt == "{:d}" else value)
+        if f"{key}_ci" in summary:
+            lo, hi = summary[f"{key}_ci"]
+            if hi > lo:
+                text += f"  [{fmt.format(int(round(lo))) if fmt == '{:d}' else fmt.format(lo)}, " \
+                        f"{fmt.format(int(round(hi))) if fmt == '{:d}' else fmt.format(hi)}]"
+        print(f"  {label:<46} {text}", file=file)
+    if "seeds" in summary:
+        print(f"  (means over seeds {summary['seeds']} and {summary['num_profile_draws']} profile draws; "
+              f"[..] = {summary['confidence']:.0%} confidence interval)", file=file)
     print(f"  simulated in {wall_s:.2f} s wall ({summary['completed'] / max(wall_s, 1e-9):,.0f} req/s)", file=file)
 
 
@@ -168,7 +188,7 @@ def cmd_simulate(args) -> int:
     workload = build_workload(spec, seed=args.seed)
     if len(workload) == 0:
         raise ValueError(f"the workload has no requests ({spec.trace_path or spec.kind.value}): nothing to simulate")
-    progress = not args.json and sys.stderr.isatty()
+    progress = not args.json and sys.stderr.isatty() and args.seeds == 1
     result = simulate(cfg, workload, SimOptions(sample_interval_s=args.sample_interval, exact=args.exact,
                                                 progress=progress, seed=args.seed))
     failed = result.summary["failed"]
@@ -180,6 +200,9 @@ def cmd_simulate(args) -> int:
     if failed:
         print(f"servesim: warning: {failed} of {len(workload)} requests were rejected "
               f"({result.rejection_reason})", file=sys.stderr)
+    if args.seeds > 1 or args.profile_draws > 0:
+        from .sim.uncertainty import replicate_summary
+        result.summary = replicate_summary(*replications(args, cfg, spec, result.summary))
     if args.out:
         write_results(result, args.out, {"workload": {k: (v.value if hasattr(v, "value") else v)
                                                       for k, v in vars(spec).items()}, "seed": args.seed})
@@ -190,6 +213,20 @@ def cmd_simulate(args) -> int:
         if args.out:
             print(f"  results written to {Path(args.out).resolve()}")
     return 0
+
+
+def replications(args, cfg, spec: WorkloadSpec, first: dict) -> tuple[list[dict], float, list[dict]]:
+    """Summaries of the seed replications (the first given), the confidence, and of the profile draws."""
+    from dataclasses import replace
+
+    from .sim.uncertainty import perturb_profile, profile_rng
+    options = SimOptions(sample_interval_s=args.sample_interval, exact=args.exact)
+    seeds = [first] + [simulate(cfg, build_workload(spec, seed=s), replace(options, seed=s)).summary
+                       for s in range(args.seed + 1, args.seed + args.seeds)]
+    workload = build_workload(spec, seed=args.seed)
+    draws = [simulate(replace(cfg, profile=perturb_profile(cfg.profile, profile_rng(args.seed, j))), workload,
+                      replace(options, seed=args.seed)).summary for j in range(args.profile_draws)]
+    return seeds, 0.95, draws
 
 
 def cmd_list(args) -> int:

@@ -1,7 +1,9 @@
 """Token-length samplers for synthetic workloads, each a pure function of its arguments and one
 ``numpy.random.Generator``: :func:`fixed_lengths`, :func:`random_lengths` (vLLM's ``random``
-dataset) and :func:`sample_lengths` (a parametric :class:`LengthDist`).  ShareGPT lengths are
-read from a file, so they live in :mod:`servesim.sim.traces`.
+dataset), :func:`sample_lengths` (a parametric :class:`LengthDist`) and :func:`first_turn_lengths`
+(ShareGPT first turns, as ``vllm bench serve --dataset-name sharegpt`` sends them, from the
+shipped table).  ShareGPT *conversation* lengths are read from a file of the shared data, so they
+live in :mod:`servesim.sim.traces`.
 """
 from __future__ import annotations
 
@@ -118,3 +120,42 @@ class LengthDist:
 def sample_lengths(n: int, dist: str | LengthDist, rng: np.random.Generator) -> np.ndarray:
     """``n`` token lengths from ``dist`` (a :class:`LengthDist` or its text form)."""
     return (LengthDist.parse(dist) if isinstance(dist, str) else dist).sample(n, rng)
+
+
+# ------------------------------------------------------------------------ ShareGPT first turns
+
+SHAREGPT_TOKENIZERS = ("llama3", "mistral")
+# Statistics of the shipped table (llama3 rows), stated in --help and the docs; a test checks them.
+SHAREGPT_FIRST_TURN_STATS = "304 prompts, input mean 194 / median 67 tokens, output mean 219 / median 188"
+SHAREGPT_CONVERSATIONS_STATS = "30,731 conversations, input mean 2,340 / median 1,730 tokens, output mean 439 / median 415"
+
+
+def first_turn_table(tokenizer: str = "llama3") -> tuple[np.ndarray, np.ndarray]:
+    """(input, output) token lengths of the shipped ShareGPT first-turn table for ``tokenizer``
+    (``sim/data/sharegpt_first_turn.csv``, derived by :mod:`servesim.sim.sharegpt_first_turn`)."""
+    import csv
+    from importlib import resources
+    if tokenizer not in SHAREGPT_TOKENIZERS:
+        raise ValueError(f"ShareGPT tokenizer must be one of {list(SHAREGPT_TOKENIZERS)}, got {tokenizer!r}")
+    text = (resources.files("servesim.sim") / "data" / "sharegpt_first_turn.csv").read_text()
+    rows = [r for r in csv.DictReader(text.splitlines()) if r["tokenizer"] == tokenizer]
+    return (np.array([int(r["input_tokens"]) for r in rows], dtype=np.int64),
+            np.array([int(r["output_tokens"]) for r in rows], dtype=np.int64))
+
+
+def first_turn_lengths(n: int, rng: np.random.Generator, tokenizer: str = "llama3", max_input: int | None = None,
+                       max_output: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` (prompt, output) pairs as ``vllm bench serve --dataset-name sharegpt`` sends them:
+    first-turn prompts with their reply's length as the output, drawn with replacement from the
+    shipped table (pairs longer than ``max_input`` / ``max_output`` dropped first)."""
+    inputs, outputs = first_turn_table(tokenizer)
+    keep = np.ones(inputs.size, dtype=bool)
+    if max_input is not None:
+        keep &= inputs <= max_input
+    if max_output is not None:
+        keep &= outputs <= max_output
+    if not keep.any():
+        raise ValueError(f"no ShareGPT first-turn pair has input <= {max_input} and output <= {max_output} tokens")
+    inputs, outputs = inputs[keep], outputs[keep]
+    rows = rng.integers(0, inputs.size, size=n)
+    return inputs[rows], outputs[rows]

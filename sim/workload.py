@@ -234,7 +234,8 @@ class Dataset(str, Enum):
 
     FIXED = "fixed"        # exactly input_len / output_len
     RANDOM = "random"      # vLLM's random dataset around input_len / output_len (range_ratio)
-    SHAREGPT = "sharegpt"  # ShareGPT pairs, optionally filtered by max_input/max_output_tokens
+    SHAREGPT = "sharegpt"  # first-turn prompts as vllm bench serve sends them (shipped table)
+    SHAREGPT_CONVERSATIONS = "sharegpt-conversations"  # whole conversations (sarathi's table, shared data)
     DIST = "dist"          # input_dist / output_dist, LengthDist text forms
 
 
@@ -296,6 +297,9 @@ def _lengths(spec: WorkloadSpec, n: int, rng: np.random.Generator) -> tuple[np.n
     if spec.dataset is Dataset.RANDOM:
         return random_lengths(n, spec.input_len, spec.output_len, spec.range_ratio, rng)
     if spec.dataset is Dataset.SHAREGPT:
+        from .lengths import first_turn_lengths
+        return first_turn_lengths(n, rng, max_input=spec.max_input_tokens, max_output=spec.max_output_tokens)
+    if spec.dataset is Dataset.SHAREGPT_CONVERSATIONS:
         from .traces import sharegpt_lengths  # traces imports this module
         return sharegpt_lengths(n, rng, max_input=spec.max_input_tokens,
                                 max_output=spec.max_output_tokens)

@@ -194,3 +194,35 @@ def test_measured_folder_errors_name_the_problem(tmp_path) -> None:
     (tmp_path / "run7" / "requests.jsonl").write_text("{}\n")
     with pytest.raises(ValueError, match="demand=<value>"):
         load_measured(tmp_path)
+
+
+# ------------------------------------------------------------------------------- stability
+
+
+def test_unstable_points_end_region_b_and_fail_the_slos() -> None:
+    """On a rate axis an M/M/1-like replica keeps up to mu and falls behind beyond it; throughput
+    keeps creeping up past mu (the backlog drains after the arrivals), so the throughput rule alone
+    would put saturation later.  The first unstable demand ends region B and the SLO limit."""
+    curve = make_curve(de=60.0, ds=180.0, noise=0.0, seeds=2)
+    mu = 120.0
+    curve["stable"] = curve["demand"] < mu
+    curve.loc[(curve["demand"] == mu - STEP) & (curve["seed"] == 1), "stable"] = False  # one seed falls behind earlier
+    curve["p99_ttft_ms"] = 100.0  # the short runs' percentiles look fine everywhere
+    r = find_regions(curve, RegionRules(), (SLO("ttft", 1000.0, 99),), demand_axis=True)
+    assert r.saturation.value == mu - STEP          # any seed unstable marks the demand
+    assert r.saturation.seed_lo == mu - STEP and r.saturation.seed_hi == mu
+    assert r.slo_limit.value == mu - 2 * STEP
+    assert r.binding_slo.startswith("stability")
+    assert any("unstable" in n for n in r.notes)
+    assert r.equilibrium.value is not None and r.equilibrium.value <= r.saturation.value
+    stable_only = find_regions(curve.drop(columns=["stable"]), RegionRules(), (SLO("ttft", 1000.0, 99),))
+    assert stable_only.saturation.value > mu        # without the rule region B runs on
+
+
+def test_break_even_below_the_sweep_is_not_called_the_first_point() -> None:
+    curve = make_curve(noise=0.0, seeds=1)
+    curve["profit_per_h"] = curve["output_throughput"] / 100.0  # profitable everywhere
+    r = find_regions(curve, RegionRules())
+    assert r.break_even.value == DEMANDS[0]
+    assert "already profitable at the lowest demand" in r.break_even.describe()
+    assert "up to the last point" in r.break_even_upper.describe()
