@@ -42,7 +42,7 @@ DATASETS = {
 # Settings the files do not record, tried against the chosen one (docs/fidelity.md, "What was inferred").
 CANDIDATES = {
     "lambda-sep2024": [{"num_scheduler_steps": k} for k in (1, 8, 10, 12)]
-    + [{"max_num_seqs": 1024}, {"gpu_memory_utilization": 0.95}],
+    + [{"max_num_seqs": 1024}, {"gpu_memory_utilization": 0.9}, {"gpu_memory_utilization": 0.9, "max_num_seqs": 1024}],
     "lambda-aug2024": [{"num_scheduler_steps": k} for k in (1, 2, 4)]
     + [{"max_num_seqs": 1024}, {"gpu_memory_utilization": 0.95}],
 }

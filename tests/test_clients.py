@@ -115,4 +115,4 @@ def test_cli_client_flags():
     assert s["completed"] == 8 and s["std_ttft_ms"] > 0
     bad = subprocess.run([sys.executable, "-m", "servesim", "simulate", "--concurrency", "4", "--client-jitter", "-1"],
                          capture_output=True, text=True)
-    assert bad.returncode == 2 and "jitter_s" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "--client-jitter" in bad.stderr and "Traceback" not in bad.stderr

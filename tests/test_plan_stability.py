@@ -25,10 +25,12 @@ def _request(duration_s: float | None = None, **kw) -> PlanRequest:
     return PlanRequest(**{**base, **kw})
 
 
-def test_the_old_answer_met_the_slo_only_because_its_run_was_short() -> None:
+def test_the_old_answer_is_unstable_even_in_a_short_run() -> None:
+    # With the prior memory terms the 60 s run (300 requests) showed p99 TTFT 1.85 s, under the SLO;
+    # the KV capacity fitted on real vLLM start-ups (docs/memory.md) leaves this replica less cache,
+    # so its percentiles no longer hide the queue.  The stability rule is what refuses it either way.
     req = _request(duration_s=60.0)
     row = run_point(PointTask(_scenario(req, "h100-sxm", 4, 256), 20.0 / 4, 0)).row
-    assert row["p99_ttft_ms"] <= 2000  # what the 60 s run (300 requests) showed
     assert not row["stable"], "4 x TP4 at 5 req/s per replica falls behind its offered rate"
     assert row["achieved_rps"] < 0.95 * row["offered_rps"]
 
@@ -44,7 +46,7 @@ def test_plan_refuses_the_unstable_4x_tp4_answer() -> None:
     assert best.replicas > 4
     assert all(r["stable"] for r in best.evaluation.rows)
     assert best.per_replica_rps < 4.0  # below the replica's saturating rate
-    assert any(r == 4 and "unstable" in why for _, _, _, r, why in result.rejected)
+    assert any(r >= 4 and "unstable" in why for _, _, _, r, why in result.rejected)
     assert result.assumptions["workload"]["input_tokens"]["mean"] > 2000  # conversations, as then
 
 
@@ -63,7 +65,8 @@ def test_plan_json_carries_intervals_and_assumptions(capsys) -> None:
     assert p99["ci"][0] <= p99["value"] <= p99["ci"][1] <= 2000
     assert p99["workload_share"] + p99["profile_share"] == pytest.approx(1.0)
     a = out["assumptions"]
-    assert a["profile"]["name"] == "h100-sxm_vllm-v1" and "step_overhead_s" in a["profile"]["priors"]
+    assert a["profile"]["name"] == "h100-sxm_vllm-v1" and "tp_step_overhead_s" in a["profile"]["priors"]
+    assert "step_overhead_s" not in a["profile"]["priors"]  # fitted on the silicon rows (docs/fidelity-v1.md)
     assert a["workload"]["input_tokens"]["mean"] < 300  # first-turn prompts
     assert "router" in a and "stability" in a and a["confidence"]["level"] == 0.95
     assert out["options"][0] == best
@@ -75,7 +78,7 @@ def test_assumptions_name_borrowed_efficiencies_and_priors() -> None:
     from servesim.scenarios.schema import Deployment
     a = profile_assumptions(engine_config(Deployment(model="llama-3.1-8b", gpu="a100-80gb")))
     assert a["measured_on_gpu"] == "h100-sxm" and a["used_for_gpu"] == "a100-80gb"
-    assert "h100-sxm" in a["borrowed_efficiencies"] and "step_overhead_s" in a["priors"]
+    assert "h100-sxm" in a["borrowed_efficiencies"] and "tp_step_overhead_s" in a["priors"]
     assert a["fit_median_abs_rel_error"]["gemm_bf16"] < 0.2 and len(a["sha256"]) == 64
     own = profile_assumptions(engine_config(Deployment(model="llama-3.1-8b", gpu="h100-sxm")))
     assert own["borrowed_efficiencies"] == ""
