@@ -57,6 +57,10 @@ class SchedulerConfig:
     enable_chunked_prefill: bool
     watermark: float = 0.01
     preemption_mode: PreemptionMode = PreemptionMode.RECOMPUTE
+    # v1 only: admit a waiting request only if its whole prompt (plus outputs, when resumed) fits
+    # in the free blocks, not just its first chunk (vLLM's ``scheduler_reserve_full_isl``, on by
+    # default since at least 0.19; verified against vLLM 0.27 by the oracle, docs/oracle.md).
+    scheduler_reserve_full_isl: bool = True
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:

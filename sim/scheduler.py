@@ -118,7 +118,7 @@ class Scheduler:
             self.batch.remove(request)
         del self.running[request.request_id]
         self.scalar_running.pop(request.request_id, None)
-        self.kv.free(request)
+        self.kv.free(request, preempted=True)
         request.num_computed_tokens = 0
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
@@ -196,11 +196,12 @@ class Scheduler:
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int, now: float) -> None:
         kv, waiting, max_seqs = self.kv, self.waiting, self.sched.max_num_seqs
+        full_isl = self.sched.scheduler_reserve_full_isl
         while waiting and budget > 0 and len(self.running) < max_seqs:
             request = waiting[0]
             hits, num_cached = kv.get_computed_blocks(request)
             num_new = min(request.num_tokens - num_cached, budget)
-            if kv.allocate_slots(request, num_new, hits) is None:
+            if kv.allocate_slots(request, num_new, hits, request.num_tokens if full_isl else None) is None:
                 break
             if request.first_scheduled_time < 0:
                 request.num_cached_tokens = num_cached
