@@ -42,8 +42,9 @@ class OracleConfig:
                              f"{self.max_num_batched_tokens}")
         if self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2, got {self.max_model_len}")
-        if self.long_prefill_token_threshold < 0:
-            raise ValueError(f"long_prefill_token_threshold must be >= 0, got {self.long_prefill_token_threshold}")
+        if not 0 <= self.long_prefill_token_threshold <= self.max_model_len:
+            raise ValueError(f"long_prefill_token_threshold must be in [0, max_model_len={self.max_model_len}] "
+                             f"(as vLLM requires), got {self.long_prefill_token_threshold}")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ class EngineReplay:
     vllm_log: StepLog | None
     engine_num_steps: int
     num_requests: int
+    num_bulk_steps: int
 
     def mismatch(self) -> str | None:
         assert self.vllm_log is not None
@@ -55,7 +56,7 @@ def engine_vs_vllm(cfg: EngineConfig, workload, exact: bool = False, replay: boo
     if replay:
         from .vllm_driver import run_vllm
         vllm_log = run_vllm(ocfg, recorder.stream())
-    return EngineReplay(ocfg, recorder.log, vllm_log, engine.num_steps, len(recorder.specs))
+    return EngineReplay(ocfg, recorder.log, vllm_log, engine.num_steps, len(recorder.specs), recorder.num_bulk_steps)
 
 
 def poisson_workload(n: int, rate: float, seed: int, max_input: int, max_output: int,

@@ -30,14 +30,13 @@ from .records import OracleConfig, RequestSpec, StepLog, StepRecord, is_rejected
 def engine_config(cfg: OracleConfig) -> EngineConfig:
     """A servesim v1 replica with the oracle's scheduler knobs (model and GPU only set costs,
     which the decisions compared here do not depend on)."""
-    if cfg.long_prefill_token_threshold:
-        raise ValueError("servesim does not model long_prefill_token_threshold (vLLM's default 0 only)")
     ecfg = make_engine_config(get_model("llama-3.1-8b"), get_gpu("h100-sxm"), "vllm-v1",
                               max_num_seqs=cfg.max_num_seqs, max_num_batched_tokens=cfg.max_num_batched_tokens,
                               max_model_len=cfg.max_model_len, enable_prefix_caching=cfg.enable_prefix_caching,
                               block_size=cfg.block_size, num_gpu_blocks=cfg.num_gpu_blocks)
     return replace(ecfg, scheduler=replace(ecfg.scheduler,
-                                           scheduler_reserve_full_isl=cfg.scheduler_reserve_full_isl))
+                                           scheduler_reserve_full_isl=cfg.scheduler_reserve_full_isl,
+                                           long_prefill_token_threshold=cfg.long_prefill_token_threshold))
 
 
 class SchedulerRecorder:
@@ -163,6 +162,7 @@ class EngineRecorder:
         self.engine = engine
         self.log = StepLog()
         self.specs: list[RequestSpec] = []
+        self.num_bulk_steps = 0  # steps the engine took inside bulk decode runs
         self.recorder = SchedulerRecorder(engine.scheduler, self.log, record_empty=False)
         source, records = engine.source, engine.records
         self._pop_until, self._bulk_decode, self._record = source.pop_until, engine._bulk_decode, records.record
@@ -191,6 +191,7 @@ class EngineRecorder:
             bs = batch.block_size
             needing = [len(batch.buckets[-(g + j) % bs]) for j in range(batch.g - g)]
             self.recorder.add_bulk_steps(members, needing, free_before)
+            self.num_bulk_steps += len(needing)
         return end
 
     def oracle_config(self) -> OracleConfig:
@@ -203,7 +204,8 @@ class EngineRecorder:
                             max_num_batched_tokens=cfg.scheduler.max_num_batched_tokens,
                             max_model_len=cfg.scheduler.max_model_len, block_size=cfg.cache.block_size,
                             enable_prefix_caching=kv.enable_caching,
-                            scheduler_reserve_full_isl=cfg.scheduler.scheduler_reserve_full_isl)
+                            scheduler_reserve_full_isl=cfg.scheduler.scheduler_reserve_full_isl,
+                            long_prefill_token_threshold=cfg.scheduler.long_prefill_token_threshold)
 
     def stream(self) -> list[RequestSpec]:
         return list(self.specs)

@@ -8,13 +8,17 @@ blocks.  Prefix caching (``enable_caching``) looks up a new request's full block
 Which blocks vLLM caches: every full block of a request, prompt and generated tokens alike, each
 keyed by a hash chained over the whole prefix.  Here a prompt block the workload hashes (shared
 prefixes) is keyed by its workload hash as soon as it is allocated; any other full block can only
-ever be hit by its own request, after a preemption, so it is keyed ``(request_id, index)`` when the
+ever be hit by its own request, after a preemption, so it is keyed by (request, index) when the
 request is preempted (the only moment that key can matter) rather than on every decode step.
 """
 from __future__ import annotations
 
 from .block_pool import BlockPool
 from .request import Request
+
+
+# Tags the key of a block only its own request can hit; no workload hash can equal such a key.
+_OWN_BLOCK = object()
 
 
 def cdiv(a: int, b: int) -> int:
@@ -77,7 +81,7 @@ class KVCacheManager:
         hashes = request.block_hashes
         if hashes is not None and j < len(hashes):
             return hashes[j]
-        return (request.request_id, j)
+        return (_OWN_BLOCK, request.request_id, j)
 
     def allocate_slots(self, request: Request, num_new_tokens: int,
                        new_computed_blocks: list[int] | None = None,

@@ -172,12 +172,16 @@ class Scheduler:
         budget -= out.num_batch_decodes
         preempted = False
         kv = self.kv
+        threshold = self.sched.long_prefill_token_threshold
         for request in list(self.scalar_running.values()) if self.scalar_running else ():
             if budget <= 0:
                 break
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = request.num_tokens - request.num_computed_tokens
+            if 0 < threshold < num_new:
+                num_new = threshold
+            num_new = min(num_new, budget)
             if num_new <= 0:
                 continue
             while kv.allocate_slots(request, num_new) is None:
@@ -197,10 +201,14 @@ class Scheduler:
     def _schedule_waiting(self, out: SchedulerOutput, budget: int, now: float) -> None:
         kv, waiting, max_seqs = self.kv, self.waiting, self.sched.max_num_seqs
         full_isl = self.sched.scheduler_reserve_full_isl
+        threshold = self.sched.long_prefill_token_threshold
         while waiting and budget > 0 and len(self.running) < max_seqs:
             request = waiting[0]
             hits, num_cached = kv.get_computed_blocks(request)
-            num_new = min(request.num_tokens - num_cached, budget)
+            num_new = request.num_tokens - num_cached
+            if 0 < threshold < num_new:
+                num_new = threshold
+            num_new = min(num_new, budget)
             if kv.allocate_slots(request, num_new, hits, request.num_tokens if full_isl else None) is None:
                 break
             if request.first_scheduled_time < 0:
