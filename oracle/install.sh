@@ -17,6 +17,11 @@ start=$(date +%s)
 rm -rf "$VENV"
 python3 -m venv "$VENV"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
+# Where PyPI's torch is a CUDA build (most Linux machines), point this at a CPU wheel index, e.g.
+# SERVESIM_ORACLE_TORCH_INDEX=https://download.pytorch.org/whl/cpu; here a local CPU wheel is found.
+if [ -n "${SERVESIM_ORACLE_TORCH_INDEX:-}" ]; then
+  "$VENV/bin/python" -m pip install --quiet --index-url "$SERVESIM_ORACLE_TORCH_INDEX" torch==2.13.0
+fi
 "$VENV/bin/python" -m pip install --quiet -e '.[test,vllm-oracle]'
 "$VENV/bin/python" -m pip install --quiet --no-deps "vllm==$VLLM_VERSION"
 for pkg in torchvision torchaudio torchcodec; do
