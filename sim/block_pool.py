@@ -1,11 +1,21 @@
 """The pool of KV-cache blocks on a replica, with optional prefix caching.
 
 Mirrors ``vllm/v1/core/block_pool.py``: blocks are handed out from the front of a free queue and
-returned to its back; with prefix caching a freed block that holds a full, hashed prompt block
-keeps its hash and can be hit again until it is evicted (least recently freed first).  Block ids
-are plain ints.  Without prefix caching no block is ever shared, so the queue is a plain list
-(FIFO through a head index) and reference counts are not kept: allocation and freeing are slice
-operations, which matters at millions of blocks per run.
+returned to its back; with prefix caching a freed block that holds a full, hashed block keeps
+its hash and can be hit again until it is evicted (least recently freed first).  As in vLLM, equal
+hashes are not de-duplicated: two requests computing the same prefix at once both cache their
+blocks, a lookup returns the oldest of them, and evicting one leaves the others hittable.  Block ids
+are plain ints.
+
+With caching, vLLM puts freed blocks that carry no hash at the *front* of the free queue and hashed
+ones at the back, so the queue is always [unhashed blocks][hashed blocks, least recently freed
+first].  The pool keeps the two parts apart: the unhashed part as a stack (its top is the queue's
+front), the hashed part as a FIFO list with tombstones for blocks taken out by a cache hit.  A
+block that vLLM would hash but that no other request can ever hit (a finished request's own
+blocks) goes to the hashed part without a key.  Reference counts above 1 (shared prefix blocks)
+are kept in a dict.  Allocation and freeing stay slice operations unless keyed blocks are
+involved, which matters at millions of blocks per run.  Without caching no block is ever shared
+and every freed block goes to the back: one FIFO list through a head index.
 """
 from __future__ import annotations
 
@@ -14,10 +24,13 @@ from typing import Iterable
 
 
 class BlockPool:
-    """``num_blocks`` blocks handed out FIFO.
+    """``num_blocks`` blocks handed out from the front of a free queue.
 
-    Invariants: with caching, a block is in the free queue iff its ``ref_cnt`` is 0 and a hash maps
-    to at most one block, which carries that hash; ``num_free_blocks`` is the free queue's length.
+    Invariants, with caching: the free queue is ``reversed(_front)`` then the live (non-tombstone)
+    entries of ``_back[_back_head:]``; blocks in ``_front`` carry no hash; ``_pos`` maps each free
+    block carrying a hash to its index in ``_back``; ``cached[h]`` holds, oldest first, exactly
+    the blocks carrying hash ``h`` (never empty); ``_shared`` holds the reference count of blocks
+    referenced more than once; ``num_free_blocks`` is the free queue's length.
     """
 
     def __init__(self, num_blocks: int, enable_caching: bool = False) -> None:
@@ -26,10 +39,15 @@ class BlockPool:
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
         if enable_caching:
-            self.ref_cnt = [0] * num_blocks
             self.block_hash: list[object | None] = [None] * num_blocks
-            self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
-            self.cached: dict[object, int] = {}
+            self.cached: dict[object, dict[int, None]] = {}
+            self._front: list[int] = list(range(num_blocks - 1, -1, -1))
+            self._back: list[int] = []
+            self._back_head = 0
+            self._tombstones = 0
+            self._pos: dict[int, int] = {}
+            self._shared: dict[int, int] = {}
+            self._num_free = num_blocks
         else:
             self._free = list(range(num_blocks))
             self._head = 0
@@ -37,13 +55,29 @@ class BlockPool:
     @property
     def num_free_blocks(self) -> int:
         if self.enable_caching:
-            return len(self.free_queue)
+            return self._num_free
         return len(self._free) - self._head
 
     def usage(self) -> float:
         """Fraction of blocks in use (``vllm:kv_cache_usage_perc``; cached free blocks count as free)."""
         return 1.0 - self.num_free_blocks / self.num_blocks
 
+    # ----- views for tests and invariant checks (O(num_blocks)) ------------------------------
+    @property
+    def free_queue(self) -> list[int]:
+        """The free queue, front (next handed out) first."""
+        if not self.enable_caching:
+            return self._free[self._head:]
+        return self._front[::-1] + [b for b in self._back[self._back_head:] if b >= 0]
+
+    @property
+    def ref_cnt(self) -> list[int]:
+        """Reference count of every block (0: free)."""
+        free = set(self.free_queue)
+        shared = self._shared if self.enable_caching else {}
+        return [0 if b in free else shared.get(b, 1) for b in range(self.num_blocks)]
+
+    # ----- allocation ------------------------------------------------------------------------
     def get_new_blocks(self, n: int) -> list[int]:
         """Take ``n`` blocks from the front of the free queue (evicting their cached hashes)."""
         if n > self.num_free_blocks:
@@ -56,40 +90,113 @@ class BlockPool:
                 del self._free[:self._head]
                 self._head = 0
             return blocks
-        popitem, ref_cnt, block_hash = self.free_queue.popitem, self.ref_cnt, self.block_hash
-        blocks = [popitem(last=False)[0] for _ in range(n)]
-        for b in blocks:
-            ref_cnt[b] = 1
-            h = block_hash[b]
-            if h is not None:
-                del self.cached[h]
-                block_hash[b] = None
+        self._num_free -= n
+        front = self._front
+        take = min(n, len(front))
+        blocks = front[len(front) - take:][::-1]
+        del front[len(front) - take:]
+        rest = n - take
+        if rest:
+            back, head = self._back, self._back_head
+            if not self._pos and not self._tombstones:
+                blocks += back[head:head + rest]
+                head += rest
+            else:
+                pos, block_hash, cached = self._pos, self.block_hash, self.cached
+                while rest:
+                    b = back[head]
+                    head += 1
+                    if b < 0:
+                        self._tombstones -= 1
+                        continue
+                    if b in pos:
+                        del pos[b]
+                        h = block_hash[b]
+                        same = cached[h]
+                        del same[b]
+                        if not same:
+                            del cached[h]
+                        block_hash[b] = None
+                    blocks.append(b)
+                    rest -= 1
+            self._back_head = head
+            if head > 4096 and head * 2 > len(back):
+                del back[:head]
+                self._back_head = 0
+                if self._pos:
+                    self._pos = {b: i - head for b, i in self._pos.items()}
         return blocks
 
     def get_cached_block(self, block_hash: object) -> int | None:
-        return self.cached.get(block_hash) if self.enable_caching else None
+        """The oldest block carrying ``block_hash`` (vLLM's ``get_one_block``), or ``None``."""
+        if not self.enable_caching:
+            return None
+        same = self.cached.get(block_hash)
+        return next(iter(same)) if same else None
+
+    def is_free(self, block: int) -> bool:
+        """Whether a block carrying a hash sits in the free queue (an evictable cache hit)."""
+        return block in self._pos
 
     def touch(self, blocks: list[int]) -> None:
         """Take a reference on cache hits, pulling free ones out of the free queue."""
+        pos, shared, back = self._pos, self._shared, self._back
         for b in blocks:
-            if self.ref_cnt[b] == 0:
-                del self.free_queue[b]
-            self.ref_cnt[b] += 1
+            i = pos.pop(b, None)
+            if i is not None:
+                back[i] = -1
+                self._tombstones += 1
+                self._num_free -= 1
+            else:
+                shared[b] = shared.get(b, 1) + 1
 
     def cache_block(self, block: int, block_hash: object) -> None:
-        """Record that ``block`` holds the full prompt block ``block_hash`` (first writer wins)."""
-        if block_hash not in self.cached and self.block_hash[block] is None:
-            self.cached[block_hash] = block
+        """Record that the in-use ``block`` holds the full block ``block_hash`` (a block keeps its
+        first hash)."""
+        if self.block_hash[block] is None:
             self.block_hash[block] = block_hash
+            same = self.cached.get(block_hash)
+            if same is None:
+                self.cached[block_hash] = {block: None}
+            else:
+                same[block] = None
 
-    def free_blocks(self, blocks: Iterable[int]) -> None:
-        """Drop one reference from each block; blocks reaching 0 go to the back of the free queue
-        in the order given (callers pass a request's blocks tail first, so tails are evicted first)."""
+    def free_blocks(self, blocks: list[int], num_unhashed: int = 0) -> None:
+        """Drop one reference from each block, given in eviction order (callers pass a request's
+        blocks tail first, so tails are evicted first).  Blocks reaching 0 go to the back of the
+        free queue in that order, except, with caching, the first ``num_unhashed`` of them (blocks
+        holding no full block of tokens: vLLM gives them no hash), which go to the front, to be
+        reused before any block that could still be hit (vLLM's ``BlockPool.free_blocks``)."""
         if not self.enable_caching:
             self._free.extend(blocks)
             return
-        ref_cnt, free_queue = self.ref_cnt, self.free_queue
-        for b in blocks:
-            ref_cnt[b] -= 1
-            if ref_cnt[b] == 0:
-                free_queue[b] = None
+        shared = self._shared
+        if shared:
+            kept = []
+            for i, b in enumerate(blocks):
+                c = shared.get(b)
+                if c is None:
+                    kept.append((i, b))
+                elif c == 2:
+                    del shared[b]
+                else:
+                    shared[b] = c - 1
+            front = [b for i, b in kept if i < num_unhashed]
+            back = [b for i, b in kept if i >= num_unhashed]
+        else:
+            front, back = blocks[:num_unhashed], blocks[num_unhashed:]
+        if self.cached:
+            block_hash = self.block_hash
+            moved = [b for b in front if block_hash[b] is not None]  # a hashed block never goes to the front
+            if moved:
+                front = [b for b in front if block_hash[b] is None]
+                back = moved + back
+        self._front.extend(reversed(front))
+        base = len(self._back)
+        self._back.extend(back)
+        if self.cached:
+            block_hash, pos = self.block_hash, self._pos
+            for i, b in enumerate(back):
+                if block_hash[b] is not None:
+                    pos[b] = base + i
+        self._num_free += len(front) + len(back)

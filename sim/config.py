@@ -64,6 +64,13 @@ class SchedulerConfig:
     preemption_mode: PreemptionMode = PreemptionMode.RECOMPUTE
     # vLLM 0.6 ``--num-scheduler-steps``: decode steps run per scheduling pass (v0 policy only).
     num_scheduler_steps: int = 1
+    # v1 only: admit a waiting request only if its whole prompt (plus outputs, when resumed) fits
+    # in the free blocks, not just its first chunk (vLLM's ``scheduler_reserve_full_isl``, on by
+    # default since at least 0.19; verified against vLLM 0.27 by the oracle, docs/oracle.md).
+    scheduler_reserve_full_isl: bool = True
+    # v1 only: cap on the tokens one request's prefill chunk may take in a step (0: none, vLLM's
+    # default unless max_num_partial_prefills > 1).
+    long_prefill_token_threshold: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.num_scheduler_steps, bool) or not isinstance(self.num_scheduler_steps, int) \
@@ -80,6 +87,9 @@ class SchedulerConfig:
             raise ValueError(
                 f"max_num_batched_tokens ({self.max_num_batched_tokens}) must be >= max_num_seqs "
                 f"({self.max_num_seqs}), as vLLM requires: every running sequence needs a token each step")
+        if not 0 <= self.long_prefill_token_threshold <= self.max_model_len:
+            raise ValueError(f"long_prefill_token_threshold must be in [0, max_model_len={self.max_model_len}] "
+                             f"(got {self.long_prefill_token_threshold}), as vLLM requires")
         if self.max_model_len < 2:
             raise ValueError(f"max_model_len must be >= 2 (got {self.max_model_len})")
         if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:

@@ -33,9 +33,11 @@ class LLMEngine:
             source = ApiServerQueue(source, api_s)  # requests reach the scheduler one after another
         self.env, self.cfg, self.source, self.records = env, cfg, source, records
         self.memory = kv_capacity(cfg)
-        # Without prefix hashes in the workload no block can ever be hit: the cheaper pool behaves
-        # identically, so prefix caching is only switched on where it can matter.
-        caching = cfg.cache.enable_prefix_caching and getattr(source, "has_prefix_hashes", False)
+        # v1 caches every full block, so even without prefix hashes in the workload a preempted
+        # request hits its own blocks when it resumes.  For v0 without hashes no block can ever be
+        # hit: the cheaper pool behaves identically, so caching is only switched on where it matters.
+        caching = cfg.cache.enable_prefix_caching and (
+            cfg.engine is EngineVersion.V1 or getattr(source, "has_prefix_hashes", False))
         self.kv = KVCacheManager(self.memory.num_gpu_blocks, cfg.cache.block_size, caching,
                                  reserve_null_block=cfg.engine is EngineVersion.V1)
         self.itl = InterTokenLatencies() if record_itl else NoLatencies()

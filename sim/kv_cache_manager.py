@@ -3,12 +3,22 @@
 The scheduler and this manager meet at one narrow call, as in vLLM v1: the scheduler asks
 ``allocate_slots(request, num_new_tokens)`` and gets the new blocks or ``None`` (not enough free
 blocks); it never touches block ids.  ``free(request)`` returns a finished or preempted request's
-blocks.  Prefix caching (``enable_caching``) looks up a new request's full prompt blocks by hash.
+blocks.  Prefix caching (``enable_caching``) looks up a new request's full blocks by hash.
+
+Which blocks vLLM caches: every full block of a request, prompt and generated tokens alike, each
+keyed by a hash chained over the whole prefix.  Here a prompt block the workload hashes (shared
+prefixes) is keyed by its workload hash as soon as it is allocated; any other full block can only
+ever be hit by its own request, after a preemption, so it is keyed by (request, index) when the
+request is preempted (the only moment that key can matter) rather than on every decode step.
 """
 from __future__ import annotations
 
 from .block_pool import BlockPool
 from .request import Request
+
+
+# Tags the key of a block only its own request can hit; no workload hash can equal such a key.
+_OWN_BLOCK = object()
 
 
 def cdiv(a: int, b: int) -> int:
@@ -45,29 +55,43 @@ class KVCacheManager:
         return len(blocks) if blocks else 0
 
     def get_computed_blocks(self, request: Request) -> tuple[list[int], int]:
-        """Cached blocks matching the request's prompt prefix, and the tokens they cover.
+        """Cached blocks matching the request's token prefix, and the tokens they cover.
 
-        At least the last prompt token is always recomputed (vLLM needs its logits), so a full hit
-        stops one block short when the prompt is a whole number of blocks.
+        At least the last token is always recomputed (vLLM needs its logits), so a full hit stops
+        one block short when the tokens fill a whole number of blocks.  A resumed request can hit
+        its own blocks (prompt and output) cached when it was preempted.
         """
-        if not self.enable_caching or not request.block_hashes:
+        hashes = request.block_hashes or ()
+        if not self.enable_caching or not (hashes or request.num_preemptions):
             return [], 0
         max_hit_blocks = (request.num_tokens - 1) // self.block_size
         hits: list[int] = []
         pool = self.block_pool
-        for h in request.block_hashes[:max_hit_blocks]:
-            b = pool.get_cached_block(h)
+        num_hashed = len(hashes) if request.num_preemptions == 0 else max_hit_blocks
+        for j in range(min(max_hit_blocks, num_hashed)):
+            b = pool.get_cached_block(self._block_key(request, j))
             if b is None:
                 break
             hits.append(b)
         return hits, len(hits) * self.block_size
 
+    @staticmethod
+    def _block_key(request: Request, j: int) -> object:
+        """The cache key of the request's ``j``-th full block (see the module docstring)."""
+        hashes = request.block_hashes
+        if hashes is not None and j < len(hashes):
+            return hashes[j]
+        return (_OWN_BLOCK, request.request_id, j)
+
     def allocate_slots(self, request: Request, num_new_tokens: int,
-                       new_computed_blocks: list[int] | None = None) -> list[int] | None:
+                       new_computed_blocks: list[int] | None = None,
+                       full_num_tokens: int | None = None) -> list[int] | None:
         """Give ``request`` room for ``num_new_tokens`` more tokens (after any cache hits).
 
         Returns the newly allocated blocks, or ``None`` when the free blocks (less cache hits that
         would themselves be taken out of the free queue) do not suffice; nothing changes then.
+        With ``full_num_tokens`` (vLLM's ``full_sequence_must_fit`` admission gate) it is also
+        ``None`` unless blocks for that many tokens would fit, though only the chunk is allocated.
         """
         rid = request.request_id
         req_blocks = self.req_to_blocks.get(rid)
@@ -78,8 +102,12 @@ class KVCacheManager:
         num_required = cdiv(num_computed + num_new_tokens, self.block_size)
         num_new_blocks = num_required - len(req_blocks) - len(computed)
         pool = self.block_pool
+        evictable = sum(1 for b in computed if pool.is_free(b)) if computed else 0  # hits in the free queue
+        if full_num_tokens is not None:
+            num_full = cdiv(full_num_tokens, self.block_size) - len(req_blocks) - len(computed)
+            if max(num_full, 0) + evictable > pool.num_free_blocks:
+                return None
         if computed:
-            evictable = sum(1 for b in computed if pool.ref_cnt[b] == 0)  # hits sitting in the free queue
             if num_new_blocks > pool.num_free_blocks - evictable:
                 return None
             pool.touch(computed)
@@ -110,9 +138,23 @@ class KVCacheManager:
         for i in range(full):
             pool.cache_block(req_blocks[i], request.block_hashes[i])
 
-    def free(self, request: Request) -> None:
-        """Return the request's blocks, tail first (so tails are evicted first from the cache)."""
+    def free(self, request: Request, preempted: bool = False) -> None:
+        """Return the request's blocks, tail first (so tails are evicted first from the cache).
+
+        With caching, a preempted request's full blocks (``num_computed_tokens`` still set) keep
+        their keys, so the request can hit them when it resumes, as in vLLM; blocks not full of
+        computed tokens are reused first."""
         blocks = self.req_to_blocks.pop(request.request_id, None)
         request.blocks = None
-        if blocks:
-            self.block_pool.free_blocks(reversed(blocks))
+        if not blocks:
+            return
+        pool = self.block_pool
+        if not self.enable_caching:
+            pool.free_blocks(blocks[::-1])
+            return
+        # vLLM hashes every block full of computed tokens; the others go to the free queue's front.
+        num_full = min(request.num_computed_tokens // self.block_size, len(blocks))
+        if preempted:
+            for j in range(num_full):
+                pool.cache_block(blocks[j], self._block_key(request, j))
+        pool.free_blocks(blocks[::-1], num_unhashed=len(blocks) - num_full)

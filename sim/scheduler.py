@@ -118,7 +118,7 @@ class Scheduler:
             self.batch.remove(request)
         del self.running[request.request_id]
         self.scalar_running.pop(request.request_id, None)
-        self.kv.free(request)
+        self.kv.free(request, preempted=True)
         request.num_computed_tokens = 0
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
@@ -172,12 +172,16 @@ class Scheduler:
         budget -= out.num_batch_decodes
         preempted = False
         kv = self.kv
+        threshold = self.sched.long_prefill_token_threshold
         for request in list(self.scalar_running.values()) if self.scalar_running else ():
             if budget <= 0:
                 break
             if request.status is not RequestStatus.RUNNING:
                 continue  # preempted earlier in this loop
-            num_new = min(request.num_tokens - request.num_computed_tokens, budget)
+            num_new = request.num_tokens - request.num_computed_tokens
+            if 0 < threshold < num_new:
+                num_new = threshold
+            num_new = min(num_new, budget)
             if num_new <= 0:
                 continue
             while kv.allocate_slots(request, num_new) is None:
@@ -196,6 +200,8 @@ class Scheduler:
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int, now: float) -> None:
         kv, waiting, max_seqs = self.kv, self.waiting, self.sched.max_num_seqs
+        full_isl = self.sched.scheduler_reserve_full_isl
+        threshold = self.sched.long_prefill_token_threshold
         while waiting and budget > 0 and len(self.running) < max_seqs:
             request = waiting[0]
             hits, num_cached = kv.get_computed_blocks(request)
@@ -204,8 +210,11 @@ class Scheduler:
                 # a prefill replica into blocks already allocated here; a waiting request otherwise
                 # always has num_computed_tokens == 0 (new, or reset by preemption).
                 hits, num_cached = [], request.num_computed_tokens
-            num_new = min(request.num_tokens - num_cached, budget)
-            if kv.allocate_slots(request, num_new, hits) is None:
+            num_new = request.num_tokens - num_cached
+            if 0 < threshold < num_new:
+                num_new = threshold
+            num_new = min(num_new, budget)
+            if kv.allocate_slots(request, num_new, hits, request.num_tokens if full_isl else None) is None:
                 break
             if request.first_scheduled_time < 0:
                 request.num_cached_tokens = num_cached

@@ -177,3 +177,21 @@ def mooncake_like(n: int, *, seed: int = 0, rate: float = 20.0, num_prefixes: in
         hashes.append(tuple(ids))
     return Workload(arrivals, np.array(inputs), np.array(outputs), name="mooncake_like",
                     prefix_hashes=hashes, prefix_block_tokens=hash_block_tokens)
+
+
+# ----- the vLLM oracle's tally (tests/test_oracle_*.py) ----------------------------------------
+
+ORACLE_TALLY = {"comparisons": 0, "steps": 0}
+
+
+def oracle_tally(num_steps: int) -> None:
+    """Count one servesim-vs-vLLM comparison of ``num_steps`` scheduler steps (printed at the end)."""
+    ORACLE_TALLY["comparisons"] += 1
+    ORACLE_TALLY["steps"] += num_steps
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if ORACLE_TALLY["comparisons"]:
+        terminalreporter.write_line(
+            f"vLLM oracle: {ORACLE_TALLY['comparisons']} comparisons, {ORACLE_TALLY['steps']} scheduler steps "
+            "compared decision for decision")

@@ -74,12 +74,13 @@ def test_cached_blocks_hit_and_refcount():
     assert pool.ref_cnt[:3] == [1, 1, 1]
     pool.cache_block(0, "h0")
     pool.cache_block(1, "h1")
-    pool.cache_block(2, "h0")   # first writer wins: h0 stays on block 0
-    pool.cache_block(0, "hx")   # a block carries one hash
-    assert pool.get_cached_block("h0") == 0
+    pool.cache_block(2, "h0")   # equal hashes are not de-duplicated (vLLM's BlockHashToBlockMap) ...
+    pool.cache_block(0, "hx")   # ... but a block carries one hash
+    assert pool.get_cached_block("h0") == 0  # the oldest block of a hash is the one hit
     assert pool.get_cached_block("h1") == 1
     assert pool.get_cached_block("hx") is None
-    assert pool.block_hash[:3] == ["h0", "h1", None]
+    assert pool.block_hash[:3] == ["h0", "h1", "h0"]
+    assert pool.cached == {"h0": {0: None, 2: None}, "h1": {1: None}}
 
     pool.free_blocks([2, 1, 0])  # tail first, as KVCacheManager.free passes them
     assert free_queue(pool) == [3, 4, 5, 2, 1, 0]
@@ -94,6 +95,33 @@ def test_cached_blocks_hit_and_refcount():
     assert pool.ref_cnt[1] == 1 and 1 not in pool.free_queue
     pool.free_blocks([1])
     assert pool.ref_cnt[1] == 0 and free_queue(pool)[-1] == 1
+
+
+def test_duplicate_hash_stays_hittable_after_the_oldest_is_evicted():
+    pool = BlockPool(3, enable_caching=True)
+    pool.get_new_blocks(3)
+    pool.cache_block(0, "h")
+    pool.cache_block(1, "h")
+    pool.free_blocks([0, 1, 2])
+    assert pool.get_new_blocks(1) == [0]   # evicts block 0's copy of "h" ...
+    assert pool.get_cached_block("h") == 1  # ... block 1 still holds it
+    assert pool.get_new_blocks(1) == [1]
+    assert pool.get_cached_block("h") is None and "h" not in pool.cached
+
+
+def test_unhashed_blocks_go_to_the_front_of_the_free_queue():
+    """vLLM 0.27 ``BlockPool.free_blocks``: with caching, freed blocks without a hash are reused
+    before any cached block (they can never be hit)."""
+    pool = BlockPool(6, enable_caching=True)
+    pool.get_new_blocks(4)
+    pool.cache_block(0, "a")
+    pool.cache_block(1, "b")
+    pool.free_blocks([3, 2, 1, 0], num_unhashed=2)   # tail first: 3 and 2 hold no full block
+    assert free_queue(pool) == [3, 2, 4, 5, 1, 0]
+    plain = BlockPool(6)
+    plain.get_new_blocks(4)
+    plain.free_blocks([3, 2, 1, 0], num_unhashed=2)   # without caching every block goes to the back
+    assert free_queue(plain) == [4, 5, 3, 2, 1, 0]
 
 
 def test_eviction_takes_least_recently_freed_cached_block():
@@ -120,7 +148,7 @@ def test_caching_pool_usage_counts_cached_free_blocks_as_free():
     pool = BlockPool(4, enable_caching=True)
     b = pool.get_new_blocks(2)
     pool.cache_block(b[0], "x")
-    pool.free_blocks(reversed(b))
+    pool.free_blocks(b[::-1])
     assert pool.num_free_blocks == 4 and pool.usage() == 0.0
 
 
@@ -202,10 +230,10 @@ def test_full_prompt_blocks_are_cached_as_scheduled():
     kv = KVCacheManager(8, 16, enable_caching=True)
     r = req(0, prompt=48, hashes=HASHES)
     assert kv.allocate_slots(r, 20) == [0, 1]
-    assert kv.block_pool.cached == {"a": 0}  # only full blocks of scheduled tokens
+    assert kv.block_pool.cached == {"a": {0: None}}  # only full blocks of scheduled tokens
     r.num_computed_tokens = 20
     assert kv.allocate_slots(r, 28) == [2]
-    assert kv.block_pool.cached == {"a": 0, "b": 1, "c": 2}
+    assert kv.block_pool.cached == {"a": {0: None}, "b": {1: None}, "c": {2: None}}
 
 
 def test_get_computed_blocks_never_hits_the_last_prompt_token():
@@ -242,9 +270,10 @@ def test_allocate_with_hits_touches_them_and_takes_new_blocks_after():
     assert hits == [0, 1]
     assert kv.allocate_slots(third, 1, hits) == [4]
     assert kv.block_pool.ref_cnt[:2] == [2, 2]
+    second.num_computed_tokens = 49
     kv.free(second)
     assert kv.block_pool.ref_cnt[:4] == [1, 1, 0, 0]
-    assert free_queue(kv.block_pool) == [5, 3, 2]
+    assert free_queue(kv.block_pool) == [3, 5, 2]  # block 3 holds no full block: reused first
 
 
 def test_allocate_with_hits_counts_evictable_hits_and_refuses_cleanly():
@@ -259,7 +288,7 @@ def test_allocate_with_hits_counts_evictable_hits_and_refuses_cleanly():
     assert kv.allocate_slots(big, 33, hits) is None
     assert free_queue(kv.block_pool) == [3, 2, 1, 0]
     assert kv.block_pool.ref_cnt == [0, 0, 0, 0]
-    assert kv.block_pool.cached == {"a": 0, "b": 1, "c": 2}
+    assert kv.block_pool.cached == {"a": {0: None}, "b": {1: None}, "c": {2: None}}
     assert kv.num_blocks_of(big) == 0
     fits = req(2, prompt=49, hashes=HASHES)
     assert kv.allocate_slots(fits, 1, kv.get_computed_blocks(fits)[0]) == [3]

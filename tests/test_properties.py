@@ -98,8 +98,9 @@ class InvariantChecker:
             counts = Counter(held + null)
             assert not set(free) & set(counts), "a block is both free and held"
             assert set(free) | set(counts) == set(range(pool.num_blocks)), "a block went missing"
+            ref_cnt = pool.ref_cnt  # a view built on each access
             for b in range(pool.num_blocks):
-                assert pool.ref_cnt[b] == counts.get(b, 0), f"block {b}: ref_cnt {pool.ref_cnt[b]}"
+                assert ref_cnt[b] == counts.get(b, 0), f"block {b}: ref_cnt {ref_cnt[b]}"
         else:
             free = pool._free[pool._head:]
             assert sorted(free + held + null) == list(range(pool.num_blocks)), "blocks not conserved"
