@@ -252,7 +252,7 @@ class Cluster:
             rep.rejected_tokens += request.num_prompt_tokens + request.max_tokens
             held = self._held.pop(request.request_id, None)
             if held:
-                rep.engine.kv.block_pool.free_blocks(reversed(held))
+                rep.engine.kv.block_pool.free_blocks(held[::-1])
             self._final(request, now)
             return
         if rep.role is ReplicaRole.PREFILL:
@@ -312,7 +312,7 @@ class Cluster:
 
     def _land(self, request: Request, prep: Replica, held: list[int] | None, drep: Replica) -> None:
         if held:
-            prep.engine.kv.block_pool.free_blocks(reversed(held))
+            prep.engine.kv.block_pool.free_blocks(held[::-1])
         prep.source.push(None)  # freed blocks may let a waiting prefill in
         drep.source.push(request)
 
