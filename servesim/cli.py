@@ -180,7 +180,9 @@ def print_summary(summary: dict, cfg, wall_s: float, file=sys.stdout) -> None:
 EXIT_NOTHING_COMPLETED = 1
 
 
-def cmd_simulate(args) -> int:
+def prepare_simulation(args):
+    """What every simulate path does before the work: the output folder checked, the engine
+    configuration and the workload built, an empty workload refused.  Returns (cfg, spec, workload)."""
     if args.out:
         at.check_writable_dir(args.out)  # before the work, not after it
     cfg = engine_config(args)
@@ -188,31 +190,49 @@ def cmd_simulate(args) -> int:
     workload = build_workload(spec, seed=args.seed)
     if len(workload) == 0:
         raise ValueError(f"the workload has no requests ({spec.trace_path or spec.kind.value}): nothing to simulate")
-    progress = not args.json and sys.stderr.isatty() and args.seeds == 1
-    result = simulate(cfg, workload, SimOptions(sample_interval_s=args.sample_interval, exact=args.exact,
-                                                progress=progress, seed=args.seed))
+    return cfg, spec, workload
+
+
+def check_completed(result, workload) -> int | None:
+    """A run where nothing completed is an error with the reason (``EXIT_NOTHING_COMPLETED``, not
+    0.0 ms latencies); rejections are warned about.  ``None`` when there is a result to report."""
     failed = result.summary["failed"]
+    reason = getattr(result, "rejection_reason", "") or "see the summary"
     if result.summary["completed"] == 0:
-        # Latencies of zero requests are no result: say why and fail rather than print 0.0 ms.
-        print(f"servesim: error: no request completed: all {failed} were rejected ({result.rejection_reason}); "
+        print(f"servesim: error: no request completed: all {failed} were rejected ({reason}); "
               "raise --max-model-len or shorten the requests", file=sys.stderr)
         return EXIT_NOTHING_COMPLETED
     if failed:
-        print(f"servesim: warning: {failed} of {len(workload)} requests were rejected "
-              f"({result.rejection_reason})", file=sys.stderr)
-    if args.seeds > 1 or args.profile_draws > 0:
-        from .sim.uncertainty import replicate_summary
-        result.summary = replicate_summary(*replications(args, cfg, spec, result.summary))
+        print(f"servesim: warning: {failed} of {len(workload)} requests were rejected ({reason})", file=sys.stderr)
+    return None
+
+
+def report_results(args, result, cfg, spec, print_fn, extra: dict | None = None) -> int:
+    """Write ``--out`` and print the summary (``--json``: the summary alone), for every simulate path."""
     if args.out:
         write_results(result, args.out, {"workload": {k: (v.value if hasattr(v, "value") else v)
-                                                      for k, v in vars(spec).items()}, "seed": args.seed})
+                                                      for k, v in vars(spec).items()}, **(extra or {})})
     if args.json:
         print(json.dumps(result.summary, indent=2))
     else:
-        print_summary(result.summary, cfg, result.wall_s)
+        print_fn(result.summary, cfg, result.wall_s)
         if args.out:
             print(f"  results written to {Path(args.out).resolve()}")
     return 0
+
+
+def cmd_simulate(args) -> int:
+    cfg, spec, workload = prepare_simulation(args)
+    progress = not args.json and sys.stderr.isatty() and args.seeds == 1
+    result = simulate(cfg, workload, SimOptions(sample_interval_s=args.sample_interval, exact=args.exact,
+                                                progress=progress, seed=args.seed))
+    status = check_completed(result, workload)
+    if status is not None:
+        return status
+    if args.seeds > 1 or args.profile_draws > 0:
+        from .sim.uncertainty import replicate_summary
+        result.summary = replicate_summary(*replications(args, cfg, spec, result.summary))
+    return report_results(args, result, cfg, spec, print_summary, {"seed": args.seed})
 
 
 def replications(args, cfg, spec: WorkloadSpec, first: dict) -> tuple[list[dict], float, list[dict]]:

@@ -8,7 +8,6 @@ clusters are described in a scenario's ``cluster:`` section (``docs/cluster.md``
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -77,25 +76,17 @@ def print_cluster_summary(summary: dict, cfg, wall_s: float, file=sys.stdout) ->
 
 
 def cmd_simulate_cluster(args) -> int:
-    from .cli import engine_config, workload_spec
+    from .cli import check_completed, prepare_simulation, report_results
     from .sim.cluster_runner import simulate_cluster
-    from .sim.runner import SimOptions, write_results
-    from .sim.workload import build_workload
-    spec = workload_spec(args)
-    cfg = cluster_config(args, engine_config(args))
-    workload = build_workload(spec, seed=args.seed)
+    from .sim.runner import SimOptions
+    single_cfg, spec, workload = prepare_simulation(args)
+    cfg = cluster_config(args, single_cfg)
     result = simulate_cluster(cfg, workload, SimOptions(sample_interval_s=args.sample_interval, exact=args.exact,
                                                         seed=args.seed))
-    if args.out:
-        write_results(result, args.out, {"workload": {k: (v.value if hasattr(v, "value") else v)
-                                                      for k, v in vars(spec).items()}})
-    if args.json:
-        print(json.dumps(result.summary, indent=2))
-    else:
-        print_cluster_summary(result.summary, cfg, result.wall_s)
-        if args.out:
-            print(f"  results written to {Path(args.out).resolve()}")
-    return 0
+    status = check_completed(result, workload)
+    if status is not None:
+        return status
+    return report_results(args, result, cfg, spec, print_cluster_summary)
 
 
 def cmd_power_headroom(args) -> int:

@@ -122,6 +122,9 @@ CASES = [
     ("simulate --trace {d}/extra.csv --time-scale 0", "--time-scale"),
     ("simulate --bench-json {d}/bench_mismatch.json --bench-rate 0", "--bench-rate"),
     ("simulate --burst 5 --input-len 200000 --output-len 10", "no request completed: all 5 were rejected"),
+    # the cluster path shares simulate's checks before and after the work
+    ("simulate --replicas 2 --burst 5 --input-len 200000 --output-len 10", "no request completed: all 5 were rejected"),
+    ("simulate --replicas 2 --burst 4 --out /proc/servesim-out", "cannot write in /proc"),
     # ---- simulate: engine knobs
     (S + " --max-num-seqs 0", "--max-num-seqs: must be an integer >= 1, got '0'"),
     (S + " --max-num-seqs -3", "got '-3'"),
