@@ -68,8 +68,8 @@ def cmd_calibrate(args) -> int:
     start = _start_values(args.start) if args.start else None
     out_dir = Path(args.output).parent
     at.check_writable_dir(out_dir if str(out_dir) else ".", "-o/--output")  # before the fit, not after
-    from .bench_runs import Deployment
     from ..sim.gpus import get_gpu
+    from .bench_runs import Deployment
     out = Path(args.output)
     name = args.name or out.stem
     dep = Deployment(name=name, engine=args.engine, engine_version=args.engine_version or "", gpu=get_gpu(args.gpu).name,

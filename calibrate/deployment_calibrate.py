@@ -19,6 +19,7 @@ from .deployment_fit import FIT_PARAMS, RunTarget, fit_deployment
 def _data_relative(path: str) -> str:
     """A path under the shared data folder as ``<relative path>`` (machine-independent), else as given."""
     from pathlib import Path
+
     from ..sim.traces import find_shared_data
     try:
         root = Path(find_shared_data(".")).resolve()

@@ -89,7 +89,7 @@ class RowSimulator:
         if self._pool is not None:
             self._pool.shutdown()
 
-    def __enter__(self) -> "RowSimulator":
+    def __enter__(self) -> RowSimulator:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -118,7 +118,7 @@ def render(results: list[dict], plots: Path, refit_nfev: int) -> list[str]:
     lines = ["## Cross-validation of the Lambda deployments", "",
              "Regenerate: `python -m servesim.calibrate.fidelity` (a few CPU-minutes; needs `../shared/data`). "
              "Method: " + " ".join(next(p for p in __doc__.split("\n\n") if p.startswith("For each")).split()), "",
-             f"Fold refits: {'warm-started refits of %d evaluations' % refit_nfev if refit_nfev else 'linearised (one damped Gauss-Newton step)'}. "
+             f"Fold refits: {f'warm-started refits of {refit_nfev:d} evaluations' if refit_nfev else 'linearised (one damped Gauss-Newton step)'}. "
              "Targets: median |error| <= 5% duration and output throughput, <= 10% median TPOT, <= 15% median TTFT.", ""]
     for res in results:
         lines += [f"### {res['name']} (profile `{res['profile']}`, {res['runs']} runs)", ""]

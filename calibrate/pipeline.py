@@ -130,7 +130,7 @@ def fit_power(rows: list[MLEnergyRow], sims: list[dict], idle_w: float, tdp_w: f
 
 def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base: str | Path | None = None,
               params: tuple[str, ...] | None = None, workers: int | None = None, max_nfev: int = 30,
-              start: dict[str, float] | None = None, log=print, deployment: "Deployment | None" = None,
+              start: dict[str, float] | None = None, log=print, deployment: Deployment | None = None,
               bootstrap: int = 200, progress: bool = True) -> tuple[dict, list[dict]]:
     """The fitted profile dict and the per-target residual table."""
     get_gpu(gpu)  # an unknown GPU is an error naming the valid ones, not a silent H100 fit
@@ -150,6 +150,7 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
             power_yaml = None
             if kind == "aiconfigurator_core":
                 import tempfile
+
                 from ..sim.traces import find_shared_data
                 from .aiconfigurator import stage_tables
                 path = stage_tables(gpu, tempfile.mkdtemp(prefix="servesim-aic-"))

@@ -147,7 +147,7 @@ class Features:
     per_token_s: float         # per_token_overhead + all-reduce bytes (held)
 
     @classmethod
-    def of(cls, model, gpu, base: StepCoefficients, tp: int, weight_dtype, kv_dtype) -> "Features":
+    def of(cls, model, gpu, base: StepCoefficients, tp: int, weight_dtype, kv_dtype) -> Features:
         unit = dataclasses.replace(base, eff_bw=1.0, eff_mm=1.0, eff_attn_prefill=1.0, eff_attn_decode=1.0,
                                    step_overhead_s=0.0, per_seq_overhead_s=0.0)
         m = StepCostModel(model, gpu, unit, tp, weight_dtype, kv_dtype)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sim.clients import ClientKind, ClientModel, client_preset
+from ..sim.clients import ClientModel
 from ..sim.config import make_engine_config
 from ..sim.gpus import get_gpu
 from ..sim.model_catalog import get_model
@@ -166,7 +166,7 @@ class Simulator:
         if self._pool is not None:
             self._pool.shutdown()
 
-    def __enter__(self) -> "Simulator":
+    def __enter__(self) -> Simulator:
         return self
 
     def __exit__(self, *exc) -> None:

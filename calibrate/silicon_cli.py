@@ -9,13 +9,27 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sim.clients import ClientModel
+from ..sim.clients import ClientKind, ClientModel, client_preset
 from ..sim.profile import Profile
-from .silicon import (CLIENT_BOUNDS, DEFAULT_PARAMS, DEPLOYMENT, PROTOCOL, SILICON_FILE, STEP_BOUNDS, ClientKind,
-                      Deployment,
-                      SiliconFit, Simulator, SiliconRow, apply, client_preset, crossval, errors, evaluate, fit,
-                      load_silicon, median_abs)
-
+from .silicon import (
+    CLIENT_BOUNDS,
+    DEFAULT_PARAMS,
+    DEPLOYMENT,
+    PROTOCOL,
+    SILICON_FILE,
+    STEP_BOUNDS,
+    Deployment,
+    SiliconFit,
+    SiliconRow,
+    Simulator,
+    apply,
+    crossval,
+    errors,
+    evaluate,
+    fit,
+    load_silicon,
+    median_abs,
+)
 
 # ------------------------------------------------------------------------------ profile + command
 
@@ -91,6 +105,7 @@ def calibrate_into(data: dict, path: Path, profile: Profile, engine: str, worker
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+
     from ..sim.profile import default_profile, load_profile
     from ..sim.traces import find_shared_data
     from . import silicon

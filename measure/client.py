@@ -52,7 +52,7 @@ class Clock:
     mono0: float
 
     @classmethod
-    def start(cls) -> "Clock":
+    def start(cls) -> Clock:
         return cls(time.time(), time.monotonic())
 
     def now(self) -> float:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import threading
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,8 +30,19 @@ from .client import Clock, completion_body, prompt_token_ids, send_request
 from .launcher import Launcher, check_url, gpu_info, health_ok, is_loopback, parse_kv_log
 from .metrics_csv import MetricsCSV, cache_config, parse_metrics
 from .plans import Mode, Plan, ProbePoint
-from .rundir import (METRICS, POINTS, REQUESTS, RUN_JSON, SCHEMA_VERSION, SERVER_LOG, JsonlAppender,
-                     attempts_so_far, complete_attempts, load_run, write_json_atomic)
+from .rundir import (
+    METRICS,
+    POINTS,
+    REQUESTS,
+    RUN_JSON,
+    SCHEMA_VERSION,
+    SERVER_LOG,
+    JsonlAppender,
+    attempts_so_far,
+    complete_attempts,
+    load_run,
+    write_json_atomic,
+)
 
 EXIT_OK, EXIT_ABORTED, EXIT_INTERRUPTED, EXIT_INCOMPLETE = 0, 3, 4, 5
 

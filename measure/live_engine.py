@@ -24,8 +24,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import simpy
 
@@ -91,7 +91,7 @@ class Stream:
 class _Sink:
     """Receives finished (status 1) and rejected (status 2) requests from the engine."""
 
-    def __init__(self, live: "LiveEngine") -> None:
+    def __init__(self, live: LiveEngine) -> None:
         self.live = live
 
     def record(self, request: Request, status: int = 1) -> None:

@@ -92,7 +92,7 @@ class TokenizeRequest(OpenAIBaseModel):
     messages: list[ChatMessage] | None = None
 
     @model_validator(mode="after")
-    def _one_of(self) -> "TokenizeRequest":
+    def _one_of(self) -> TokenizeRequest:
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give either prompt or messages")
         return self

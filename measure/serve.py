@@ -37,11 +37,29 @@ from aiohttp import web
 from .. import __version__
 from ..sim.config import EngineConfig, EngineVersion
 from .live_engine import LiveEngine, Stream
-from .openai_protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, TokenizeRequest,
-                              ValidationError, error_body, validation_error_body)
+from .openai_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
+    ValidationError,
+    error_body,
+    validation_error_body,
+)
 from .serve_metrics import ServeMetrics
-from .serve_support import (AccessLogger, EosLengths, QuietAcceptErrors, ServeOptions, count_chat_tokens,
-                            count_prompt_tokens, log, max_token_id, pseudo_token_ids, raise_fd_limit, stats_line)
+from .serve_support import (
+    AccessLogger,
+    EosLengths,
+    QuietAcceptErrors,
+    ServeOptions,
+    count_chat_tokens,
+    count_prompt_tokens,
+    log,
+    max_token_id,
+    pseudo_token_ids,
+    raise_fd_limit,
+    stats_line,
+)
 
 FILLER = ("the", " of", " and", " to", " in", " a", " is", " that", " for", " it", " as", " was", " with",
           " be", " by", " on", " not", " he", " this", " are")

@@ -132,7 +132,7 @@ def run_probe(opts: ProbeOptions) -> int:
             w = rand(n, k)
             for m in grid["m"]:
                 x = rand(m, k)
-                sec = timer(lambda: torch.nn.functional.linear(x, w))
+                sec = timer(lambda x=x, w=w: torch.nn.functional.linear(x, w))
                 rows["gemm"].append({**common, "op_name": "gemm", "kernel_source": "torch.nn.functional.linear",
                                      "gemm_dtype": DTYPES[opts.dtype], "m": m, "n": n, "k": k, "layer": layer,
                                      "tp": tp, "latency": sec * 1e3})
@@ -147,8 +147,8 @@ def run_probe(opts: ProbeOptions) -> int:
             q = rand(b, heads, s, d)
             kk = rand(b, kv_heads, s, d)
             vv = rand(b, kv_heads, s, d)
-            sec = timer(lambda: torch.nn.functional.scaled_dot_product_attention(q, kk, vv, is_causal=True,
-                                                                                enable_gqa=heads != kv_heads))
+            sec = timer(lambda q=q, kk=kk, vv=vv, gqa=heads != kv_heads:
+                        torch.nn.functional.scaled_dot_product_attention(q, kk, vv, is_causal=True, enable_gqa=gqa))
             rows["context_attention"].append({**attn, "op_name": "context_attention", "batch_size": b, "isl": s,
                                               "step": 0, "latency": sec * 1e3})
         for b, ctx in grid["decode"]:
@@ -157,8 +157,8 @@ def run_probe(opts: ProbeOptions) -> int:
             q = rand(b, heads, 1, d)
             kk = rand(b, kv_heads, ctx, d)
             vv = rand(b, kv_heads, ctx, d)
-            sec = timer(lambda: torch.nn.functional.scaled_dot_product_attention(q, kk, vv,
-                                                                                enable_gqa=heads != kv_heads))
+            sec = timer(lambda q=q, kk=kk, vv=vv, gqa=heads != kv_heads:
+                        torch.nn.functional.scaled_dot_product_attention(q, kk, vv, enable_gqa=gqa))
             rows["generation_attention"].append({**attn, "op_name": "generation_attention", "batch_size": b,
                                                  "isl": 1, "step": ctx - 1, "latency": sec * 1e3})
             q = kk = vv = None  # free the KV cache before the next shape allocates its own

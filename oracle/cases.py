@@ -6,8 +6,8 @@ a case that stops exercising its situation after a change fails instead of passi
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

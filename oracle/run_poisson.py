@@ -21,11 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prefix-caching", action="store_true")
     args = ap.parse_args(argv)
 
-    from .replay import poisson_workload, run_engine_recorded
-    from .records import first_mismatch
     from servesim.sim.config import make_engine_config
     from servesim.sim.gpus import get_gpu
     from servesim.sim.model_catalog import get_model
+
+    from .records import first_mismatch
+    from .replay import poisson_workload, run_engine_recorded
 
     t0 = time.perf_counter()
     from .vllm_driver import VLLM_VERSION, run_vllm

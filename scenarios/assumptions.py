@@ -69,7 +69,7 @@ def _stats(x: np.ndarray) -> dict[str, float]:
 def workload_assumptions(w: WorkloadSection, base_dir: str = ".", seed: int = 0, n: int = 4000) -> dict:
     """Arrival process and length statistics (input/output tokens) of a workload section."""
     from ..sim.workload import WorkloadSpec, build_workload
-    from .points import trace_window, trace_file
+    from .points import trace_file, trace_window
     arrivals = {ArrivalKind.POISSON: "Poisson", ArrivalKind.GAMMA: f"gamma (burstiness {w.burstiness:g})",
                 ArrivalKind.TRACE: f"trace {w.trace}, inter-arrival gaps rescaled to the rate"}.get(w.kind, w.kind.value)
     out: dict = {"arrivals": arrivals, "dataset": w.trace or w.dataset}

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from .. import argtypes as at
-from .loader import load_scenario, parse_slo, scenario_to_dict, shipped_scenarios
 from ..sim.lengths import SHAREGPT_CONVERSATIONS_STATS, SHAREGPT_FIRST_TURN_STATS
+from .loader import load_scenario, parse_slo, scenario_to_dict, shipped_scenarios
 from .schema import SLO, ArrivalKind, Costs, ScenarioFile, WorkloadSection
 
 MEASURED = "measured"  # placeholder model name of a measured sweep read without a scenario

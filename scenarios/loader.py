@@ -26,8 +26,19 @@ from typing import Any
 
 import yaml
 
-from .schema import (SLO, Advice, Axis, Deployment, Economics, RegionRules, Scenario, ScenarioFile, Sweep,
-                     WorkloadSection, check_name)
+from .schema import (
+    SLO,
+    Advice,
+    Axis,
+    Deployment,
+    Economics,
+    RegionRules,
+    Scenario,
+    ScenarioFile,
+    Sweep,
+    WorkloadSection,
+    check_name,
+)
 
 TOP_KEYS = ("name", "description", "base_variant", "run_base", "deployment", "workload", "sweep",
             "economics", "slos", "regions", "advice", "exact", "sample_interval_s", "variants", "cluster")

@@ -41,8 +41,8 @@ from ..sim.uncertainty import Interval, combine
 from .assumptions import finite
 from .economics import add_economics
 from .points import PointTask, engine_config, run_converged, run_point
-from .stability import ConvergenceRule, describe_instability, t_quantile
 from .schema import SLO, ArrivalKind, Axis, Costs, Deployment, Economics, EngineKnobs, Scenario, Sweep, WorkloadSection
+from .stability import ConvergenceRule, describe_instability, t_quantile
 
 # Illustrative on-demand rental prices, USD per GPU-hour (2025 public cloud list prices, rounded);
 # override with --gpu-price or a scenario's costs.

@@ -57,7 +57,7 @@ def print_plan(args, req: PlanRequest, result: PlanResult, file=None) -> None:
           + (f"{best.replicas} is the fewest meeting the SLOs with {req.confidence:.0%} confidence" +
              (f", {lo} may suffice" if lo < hi else "")))
         refused = [r for r in result.rejected if r[:3] == (best.gpu, best.tp, best.max_num_seqs) and r[3] < lo]
-        for gpu, tp, mns, r, why in refused[-2:]:
+        for gpu, tp, _mns, r, why in refused[-2:]:
             p(f"  refused {r} x {gpu} TP{tp}: {why}")
         for col in (first, "request_throughput"):
             iv = best.evaluation.intervals.get(col)

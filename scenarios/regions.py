@@ -40,8 +40,8 @@ grid boundary to within ``(grid_lo, value]``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import math
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 # At most this many requests in one simulation (about 2 GB of per-request arrays and records).
 MAX_REQUESTS = 20_000_000

@@ -19,9 +19,6 @@ and every freed block goes to the back: one FIFO list through a head index.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Iterable
-
 
 class BlockPool:
     """``num_blocks`` blocks handed out from the front of a free queue.

@@ -23,22 +23,23 @@ gain ``replica``, ``prefill_replica``, ``kv_wait_s`` and ``transfer_s`` columns.
 """
 from __future__ import annotations
 
-import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 import simpy
 
 from .cluster_config import ClusterConfig, ReplicaGroup, ReplicaRole
+from .cluster_sources import PushedSource, RoutedSource, _Arrivals
+from .cost_model import StepCostModel
 from .engine import LLMEngine
 from .kv_transfer import LinkSchedule, kv_transfer_bytes, transfer_time_s
 from .metrics import RequestRecords
 from .power import CappedStepCostModel, PowerCap
 from .request import Request
 from .router import ReplicaLoad, Router, RouterKind, make_router
-from .cluster_sources import PushedSource, RoutedSource, _Arrivals
 from .sources import ClosedLoopSource, prompt_block_hashes
 
 
@@ -49,8 +50,9 @@ class Replica:
     index: int
     group: ReplicaGroup
     cap: PowerCap
-    engine: LLMEngine | None = None
-    source: RoutedSource | PushedSource | None = None
+    # Set by Cluster right after construction (the source needs the replica): always present after.
+    engine: LLMEngine = field(init=False)
+    source: RoutedSource | PushedSource = field(init=False)
     assigned_tokens: int = 0
     rejected_tokens: int = 0
     reserve_queue: deque = field(default_factory=deque)  # disaggregated decode: (request, prefill replica, held, t)
@@ -73,6 +75,7 @@ class Cluster:
     def __init__(self, cfg: ClusterConfig, workload, sample_interval_s: float = 0.2, exact: bool = False) -> None:
         self.cfg, self.env = cfg, simpy.Environment()
         self.closed = hasattr(workload, "num_users")  # closed loop: users send their next request on a finish
+        self.arrivals: _Arrivals | None  # open loop only
         if self.closed:
             self.arrivals, self.users = None, ClosedLoopSource(workload, 16, False)
             n, self.output_tokens = len(self.users), self.users.output_tokens.tolist()
@@ -108,7 +111,7 @@ class Cluster:
             rep.engine = LLMEngine(self.env, engine_cfg, rep.source, self.records, sample_interval_s, exact,
                                    on_token=on_token)
             if rep.cap.cap_w is not None:
-                rep.engine.cost = CappedStepCostModel(rep.engine.cost, engine_cfg.profile.power, rep.cap)
+                rep.engine.cost = CappedStepCostModel(cast(StepCostModel, rep.engine.cost), engine_cfg.profile.power, rep.cap)
         self.router = self._make_router(cfg.router, self.front)
         self.decode_router = self._make_router(cfg.decode_router or cfg.router, self.back) if self.back else None
         self._decode_refresh_at = self._front_refresh_at = 0.0
@@ -143,6 +146,7 @@ class Cluster:
         else:
             until = math.nextafter(now, math.inf) if fresh else now + rc.staleness_s
         a, router, front = self.arrivals, self.router, self.front
+        assert a is not None  # routing windows ahead is for open loops
         prefix = a.prefix if rc.kind is RouterKind.PREFIX_AWARE else None
         i = self.next_index
         while i < a.n and a.time[i] < until:
@@ -150,7 +154,7 @@ class Cluster:
             k = router.choose(prompt, out, prefix[i] if prefix is not None else None)
             rep = front[k]
             rep.assigned_tokens += prompt + out
-            rep.source.inbox.append(i)
+            cast(RoutedSource, rep.source).inbox.append(i)
             self.replica_of[i] = rep.index
             i += 1
         self.next_index = i
@@ -158,6 +162,7 @@ class Cluster:
 
     def _refresher(self):
         """Collocated pools: route each window at its refresh instant (replicas stop there too)."""
+        assert self.arrivals is not None
         env, n = self.env, self.arrivals.n
         while self.next_index < n:
             if env.now >= self.routed_until:
@@ -170,6 +175,7 @@ class Cluster:
         """Disaggregated front pool: route each arrival when it arrives and push it to its prefill
         replica; snapshots refresh every ``staleness_s`` (at every arrival when 0)."""
         a, env, rc = self.arrivals, self.env, self.cfg.router
+        assert a is not None
         next_refresh = 0.0
         while self.next_index < a.n:
             i = self.next_index
@@ -190,6 +196,7 @@ class Cluster:
 
     def _push_one(self, i: int) -> None:
         a = self.arrivals
+        assert a is not None
         self._push_request(Request(i, a.time[i], a.input[i], a.output[i]), a.prefix[i] if a.prefix is not None else None)
 
     def _push_request(self, request: Request, hash_ids: tuple | None) -> None:
@@ -208,6 +215,7 @@ class Cluster:
         if disaggregated:
             hashes = None
             if rep.source.has_prefix_hashes and hash_ids:
+                assert self.arrivals is not None  # prefix hashes come with an open-loop workload
                 hashes = prompt_block_hashes(hash_ids, prompt, rep.group.engine.cache.block_size,
                                              self.arrivals.prefix_block_tokens)
             self.prefill_replica_of[rid] = rep.index
@@ -216,7 +224,7 @@ class Cluster:
         else:
             self.replica_of[rid] = rep.index
             rep.assigned_tokens += prompt + out
-        rep.source.push(request)
+        cast(PushedSource, rep.source).push(request)
 
     # ----- closed loops -------------------------------------------------------------------
     def _schedule_arrival(self, t: float) -> None:
@@ -274,6 +282,7 @@ class Cluster:
     def _start_transfer(self, prep: Replica, done: Request, now: float) -> None:
         rid = done.request_id
         rc = self.cfg.decode_router or self.cfg.router
+        assert self.decode_router is not None  # only prefill replicas start transfers: there is a decode pool
         if rc.needs_state and (rc.staleness_s == 0 or now >= self._decode_refresh_at):
             self.decode_router.refresh([r.load() for r in self.back])
             self._decode_refresh_at = now + rc.staleness_s
@@ -308,13 +317,17 @@ class Cluster:
             self.transfer_s[rid] = end - now
             prep.num_transfers_out += 1
             landing = env.timeout(end - now)
-            landing.callbacks.append(lambda _, r=request, p=prep, h=held, d=drep: self._land(r, p, h, d))
+
+            def land(_event: object, r: Request = request, p: Replica = prep, h: list[int] | None = held,
+                     d: Replica = drep) -> None:
+                self._land(r, p, h, d)
+            landing.callbacks.append(land)
 
     def _land(self, request: Request, prep: Replica, held: list[int] | None, drep: Replica) -> None:
         if held:
             prep.engine.kv.block_pool.free_blocks(held[::-1])
-        prep.source.push(None)  # freed blocks may let a waiting prefill in
-        drep.source.push(request)
+        cast(PushedSource, prep.source).push(None)  # freed blocks may let a waiting prefill in
+        cast(PushedSource, drep.source).push(request)
 
     # ----- running ----------------------------------------------------------------------
     def run(self) -> None:

@@ -138,7 +138,7 @@ def homogeneous_cluster(engine: EngineConfig, replicas: int = 0, prefill_replica
     if replicas and (prefill_replicas or decode_replicas):
         raise ValueError("give --replicas (collocated) or --prefill-replicas with --decode-replicas, not both")
     if replicas:
-        groups = (ReplicaGroup(engine, replicas, ReplicaRole.COLLOCATED, "replicas"),)
+        groups: tuple[ReplicaGroup, ...] = (ReplicaGroup(engine, replicas, ReplicaRole.COLLOCATED, "replicas"),)
     else:
         if prefill_replicas < 1 or decode_replicas < 1:
             raise ValueError(f"disaggregation needs --prefill-replicas >= 1 and --decode-replicas >= 1 "

@@ -41,10 +41,12 @@ class RoutedSource:
 
     live = False
 
-    def __init__(self, cluster: "Cluster", replica: "Replica", caching: bool) -> None:
+    def __init__(self, cluster: Cluster, replica: Replica, caching: bool) -> None:
         self.cluster, self.replica = cluster, replica
         self.inbox: deque[int] = deque()
         a = cluster.arrivals
+        assert a is not None  # routed sources serve open loops
+        self.arrivals = a
         self.prefix = a.prefix if caching else None
         self.has_prefix_hashes = self.prefix is not None
         self.block_size = replica.group.engine.cache.block_size
@@ -52,14 +54,14 @@ class RoutedSource:
     def next_time(self) -> float | None:
         c = self.cluster
         if self.inbox:
-            return c.arrivals.time[self.inbox[0]]
-        return c.routed_until if c.next_index < c.arrivals.n else None
+            return self.arrivals.time[self.inbox[0]]
+        return c.routed_until if c.next_index < self.arrivals.n else None
 
     def pop_until(self, now: float) -> list[Request]:
         c = self.cluster
-        if now >= c.routed_until and c.next_index < c.arrivals.n:
+        if now >= c.routed_until and c.next_index < self.arrivals.n:
             c.route(now)
-        a, inbox, out = c.arrivals, self.inbox, []
+        a, inbox, out = self.arrivals, self.inbox, []
         while inbox and a.time[inbox[0]] <= now:
             i = inbox.popleft()
             hashes = None
@@ -80,7 +82,7 @@ class PushedSource:
 
     live = True
 
-    def __init__(self, cluster: "Cluster", replica: "Replica", caching: bool) -> None:
+    def __init__(self, cluster: Cluster, replica: Replica, caching: bool) -> None:
         self.cluster, self.replica = cluster, replica
         self.has_prefix_hashes = caching and cluster.arrivals is not None and cluster.arrivals.prefix is not None
         self.inbox: deque[Request] = deque()

@@ -106,9 +106,9 @@ class DecodeBatch:
         done = []
         while heap and heap[0][0] <= g:
             _, join_seq, rid = heapq.heappop(heap)
-            request = members.get(rid)
-            if request is not None and request.join_seq == join_seq:
-                done.append(request)
+            member = members.get(rid)
+            if member is not None and member.join_seq == join_seq:
+                done.append(member)
         return done
 
     def steps_to_next_finish(self) -> int:

@@ -16,7 +16,6 @@ from __future__ import annotations
 from .block_pool import BlockPool
 from .request import Request
 
-
 # Tags the key of a block only its own request can hit; no workload hash can equal such a key.
 _OWN_BLOCK = object()
 
@@ -117,7 +116,7 @@ class KVCacheManager:
         new_blocks = pool.get_new_blocks(num_new_blocks) if num_new_blocks > 0 else []
         req_blocks.extend(new_blocks)
         if self.enable_caching and request.block_hashes:
-            self._cache_full_prompt_blocks(request, req_blocks, num_computed + num_new_tokens)
+            self._cache_full_prompt_blocks(request.block_hashes, req_blocks, num_computed + num_new_tokens)
         return new_blocks
 
     def append_block(self, request: Request) -> None:
@@ -125,6 +124,7 @@ class KVCacheManager:
 
         The caller has checked that enough blocks are free for every request it appends to.
         """
+        assert request.blocks is not None, "append_block needs a request that holds blocks"
         request.blocks.append(self.block_pool.get_new_blocks(1)[0])
 
     def append_blocks(self, requests) -> None:
@@ -132,11 +132,11 @@ class KVCacheManager:
         for request, block in zip(requests, self.block_pool.get_new_blocks(len(requests))):
             request.blocks.append(block)
 
-    def _cache_full_prompt_blocks(self, request: Request, req_blocks: list[int], num_tokens: int) -> None:
-        full = min(num_tokens // self.block_size, len(request.block_hashes))
+    def _cache_full_prompt_blocks(self, block_hashes: tuple, req_blocks: list[int], num_tokens: int) -> None:
+        full = min(num_tokens // self.block_size, len(block_hashes))
         pool = self.block_pool
         for i in range(full):
-            pool.cache_block(req_blocks[i], request.block_hashes[i])
+            pool.cache_block(req_blocks[i], block_hashes[i])
 
     def free(self, request: Request, preempted: bool = False) -> None:
         """Return the request's blocks, tail first (so tails are evicted first from the cache).

@@ -10,11 +10,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import Enum
+from typing import TypeVar
 
 import numpy as np
 
+_E = TypeVar("_E", bound=Enum)
 
-def _enum(cls: type[Enum], value: object, field: str) -> Enum:
+
+def _enum(cls: type[_E], value: object, field: str) -> _E:
     """``value`` as a member of ``cls``; a ``ValueError`` names ``field`` and the valid values."""
     try:
         return cls(value)

@@ -126,7 +126,7 @@ class MemoryInputs:
                 raise ValueError(f"{name} must be > 0 (got {getattr(self, name)})")
 
     @classmethod
-    def from_config(cls, cfg: EngineConfig) -> "MemoryInputs":
+    def from_config(cls, cfg: EngineConfig) -> MemoryInputs:
         return cls(cfg.model, cfg.gpu.memory_bytes, cfg.cache.gpu_memory_utilization,
                    cfg.parallel.tensor_parallel_size, cfg.weight_dtype, cfg.kv_dtype, cfg.cache.block_size,
                    cfg.scheduler.max_num_batched_tokens, cfg.scheduler.max_num_seqs)

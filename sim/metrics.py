@@ -198,7 +198,8 @@ def summarize(records: RequestRecords, itl: InterTokenLatencies, percentiles: tu
     duration = float(finish.max() - start) if done.any() else 0.0
     completed = int(done.sum())
     total_in, total_out = int(n_in.sum()), int(n_out.sum())
-    rate = (lambda x: x / duration if duration > 0 else 0.0)
+    def rate(x: float) -> float:
+        return x / duration if duration > 0 else 0.0
     summary: dict = {
         "duration": duration, "completed": completed,
         "failed": int((records.status[first_counted:] == 2).sum()),

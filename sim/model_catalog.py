@@ -21,10 +21,10 @@ from typing import Any
 
 from .models import ModelSpec
 
-_L3 = dict(num_layers=32, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-           intermediate_size=14336, vocab_size=128256)
-_L3_70 = dict(num_layers=80, hidden_size=8192, num_attention_heads=64, num_key_value_heads=8, head_dim=128,
-              intermediate_size=28672, vocab_size=128256)
+_L3: dict[str, Any] = dict(num_layers=32, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8,
+                           head_dim=128, intermediate_size=14336, vocab_size=128256)
+_L3_70: dict[str, Any] = dict(num_layers=80, hidden_size=8192, num_attention_heads=64, num_key_value_heads=8,
+                              head_dim=128, intermediate_size=28672, vocab_size=128256)
 
 LLAMA_3_8B = ModelSpec("llama-3-8b", **_L3, max_position_embeddings=8192, hf_id="meta-llama/Meta-Llama-3-8B")
 LLAMA_3_70B = ModelSpec("llama-3-70b", **_L3_70, max_position_embeddings=8192,
@@ -109,7 +109,7 @@ FALCON_40B = ModelSpec("falcon-40b", num_layers=60, hidden_size=8192, num_attent
 
 # Gemma-2: explicit head_dim, tied embeddings, vocab 256000, 8192 positions.  The 2B and 9B
 # checkpoints are float32 (served in 16 bits: ModelSpec.serving_dtype); the 27B is bfloat16.
-_GEMMA2 = dict(vocab_size=256000, max_position_embeddings=8192, tie_word_embeddings=True)
+_GEMMA2: dict[str, Any] = dict(vocab_size=256000, max_position_embeddings=8192, tie_word_embeddings=True)
 GEMMA_2_2B = ModelSpec("gemma-2-2b", num_layers=26, hidden_size=2304, num_attention_heads=8, num_key_value_heads=4,
                        head_dim=256, intermediate_size=9216, **_GEMMA2, torch_dtype="fp32",
                        hf_id="google/gemma-2-2b")

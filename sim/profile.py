@@ -117,7 +117,7 @@ class Profile:
     deployment: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source_path: str = "") -> "Profile":
+    def from_dict(cls, data: dict[str, Any], source_path: str = "") -> Profile:
         """Build from the JSON schema: ``coefficients``/``memory``/``power`` map names to
         ``{"value": v, "stderr": s, "source": ...}`` or to a bare number."""
         def values(section: str, kind: type) -> Any:

@@ -40,8 +40,8 @@ class RouterKind(enum.Enum):
     PREFIX_AWARE = "prefix-aware"
 
     @classmethod
-    def parse(cls, value: "str | RouterKind") -> "RouterKind":
-        if isinstance(value, cls):
+    def parse(cls, value: str | RouterKind) -> RouterKind:
+        if isinstance(value, RouterKind):
             return value
         aliases = {"rr": "round-robin", "jsq": "join-shortest-queue", "lot": "least-outstanding-tokens",
                    "kv": "least-kv-usage", "prefix": "prefix-aware"}

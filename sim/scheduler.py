@@ -18,8 +18,8 @@ running requests (a request joins the batch only when every request admitted bef
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from .config import EngineConfig
 from .cost_model import BatchShape

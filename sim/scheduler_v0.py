@@ -131,6 +131,7 @@ class SchedulerV0(Scheduler):
     def schedule(self, now: float) -> SchedulerOutput:
         out = SchedulerOutput()
         self._swap_bytes = 0.0
+        budget: int | None
         if self.sched.enable_chunked_prefill:
             budget = self.sched.max_num_batched_tokens
             if len(self.batch.members) > budget or self.scalar_running:

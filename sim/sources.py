@@ -8,6 +8,7 @@ only its numpy arrays until each request arrives.
 from __future__ import annotations
 
 import heapq
+from typing import cast
 
 import numpy as np
 
@@ -117,10 +118,11 @@ class ClosedLoopSource:
         (vLLM's front end tokenises on one event loop); a later send is never earlier than
         ``now``, so their order is final."""
         pending, free = self.pending, self.frontend_free_s
+        overhead = cast("list[float]", self.overhead)  # pending fills only when there is an overhead
         while pending and pending[0][0] <= now:
             sent, k, user = heapq.heappop(pending)
             free = max(free, sent) + self.frontend[k]
-            heapq.heappush(self.heap, (free + self.overhead[k], k, user, sent))
+            heapq.heappush(self.heap, (free + overhead[k], k, user, sent))
         self.frontend_free_s = free
 
     def __len__(self) -> int:

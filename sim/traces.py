@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
@@ -125,10 +126,10 @@ def _read_csv(path: Path, columns: tuple[str, ...], limit: int | None) -> pd.Dat
                          f"expected {','.join(columns)}")
     frame = frame[list(columns)].apply(lambda col: col.str.strip())
     if (frame == "").any(axis=None):  # a short row pads with empty cells: name it as such
-        err = _field_count_error(path, len(header), header)
+        short = _field_count_error(path, len(header), header)
         first_empty = int(frame.index[(frame == "").any(axis=1)][0])
-        if err is not None and int(str(err).split("line ")[1].split(":")[0]) <= first_empty:
-            raise err
+        if short is not None and int(str(short).split("line ")[1].split(":")[0]) <= first_empty:
+            raise short
     return frame.iloc[:limit] if limit is not None else frame
 
 
@@ -239,6 +240,7 @@ def rescale_arrivals(arrival_s: np.ndarray, time_scale: float | None = None,
         if span <= 0:
             raise ValueError("cannot rescale to a rate: all arrivals are at the same instant")
         time_scale = (arrival_s.size - 1) / (span * rate)
+    assert time_scale is not None  # given, or derived from rate above
     if not (time_scale > 0 and math.isfinite(time_scale)):
         raise ValueError(f"time_scale must be a positive finite factor, got {time_scale}")
     return _check_horizon(arrival_s[0] + (arrival_s - arrival_s[0]) * time_scale if arrival_s.size else arrival_s)
@@ -468,6 +470,7 @@ def load_trace(path: str | Path, kind: TraceKind | str | None = None, **options:
         if kind is None:
             raise
         raise ValueError(f"unknown trace kind {kind!r}; valid: {[k.value for k in TraceKind]}") from err
-    loader = {TraceKind.AZURE: load_azure_trace, TraceKind.MOONCAKE: load_mooncake_trace,
-              TraceKind.CSV: load_plain_csv, TraceKind.BENCH_JSON: load_bench_json}[kind]
-    return loader(path, **{k: v for k, v in options.items() if v is not None})
+    loaders: dict[TraceKind, Callable[..., Workload]] = {
+        TraceKind.AZURE: load_azure_trace, TraceKind.MOONCAKE: load_mooncake_trace,
+        TraceKind.CSV: load_plain_csv, TraceKind.BENCH_JSON: load_bench_json}
+    return loaders[kind](path, **{k: v for k, v in options.items() if v is not None})

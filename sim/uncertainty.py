@@ -18,8 +18,9 @@ half widths), and states the share of the variance each contributes.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def profile_rng(seed: int, draw: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([seed, PROFILE_STREAM, draw]))
 
 
-def _draw(section: object, uncertainty: dict[str, float], rng: np.random.Generator) -> object:
+def _draw(section: Any, uncertainty: dict[str, float], rng: np.random.Generator) -> Any:
     changes = {}
     for f in fields(section):
         se = uncertainty.get(f.name)

@@ -30,8 +30,7 @@ import numpy as np
 
 from .arrivals import burst_arrivals, gamma_arrivals, poisson_arrivals  # noqa: F401 (re-exported)
 from .clients import ClientKind, ClientModel, client_preset  # noqa: F401 (re-exported)
-from .lengths import (DistKind, LengthDist, _enum, fixed_lengths, random_lengths,  # noqa: F401
-                      sample_lengths)
+from .lengths import DistKind, LengthDist, _enum, fixed_lengths, random_lengths, sample_lengths  # noqa: F401
 
 # ----------------------------------------------------------------------------------- containers
 
@@ -304,6 +303,7 @@ def _lengths(spec: WorkloadSpec, n: int, rng: np.random.Generator) -> tuple[np.n
         return sharegpt_lengths(n, rng, max_input=spec.max_input_tokens,
                                 max_output=spec.max_output_tokens)
     if spec.dataset is Dataset.DIST:
+        assert spec.input_dist is not None and spec.output_dist is not None
         return sample_lengths(n, spec.input_dist, rng), sample_lengths(n, spec.output_dist, rng)
     return fixed_lengths(n, spec.input_len, spec.output_len)
 
@@ -318,24 +318,30 @@ def build_workload(spec: WorkloadSpec, seed: int = 0) -> Workload | ClosedLoop:
 
     streams = spawn_streams(seed)
     name = spec.name or spec.kind.value
+    # WorkloadSpec.__post_init__ checked the fields each kind needs; the asserts state it for mypy.
     if spec.kind is WorkloadKind.TRACE:
+        assert spec.trace_path is not None
         return traces.load_trace(spec.trace_path, kind=spec.trace_kind, limit=spec.num_requests,
                                  time_scale=spec.time_scale, rate=spec.rate, name=spec.name)
     if spec.kind is WorkloadKind.BENCH_JSON:
+        assert spec.trace_path is not None
         return traces.load_bench_json(spec.trace_path, rate=spec.rate, burstiness=spec.burstiness,
                                       seed=seed, limit=spec.num_requests, name=spec.name)
+    assert spec.num_requests is not None
     n = int(spec.num_requests)
     if spec.kind is WorkloadKind.CLOSED:
         n += spec.client.num_warmup_requests
     inputs, outputs = _lengths(spec, n, streams.lengths)
     if spec.kind is WorkloadKind.CLOSED:
+        assert spec.num_users is not None
         return ClosedLoop(spec.num_users, inputs, outputs, spec.think_time_s, spec.think_time_dist,
                           seed, name, spec.client)
     if spec.kind is WorkloadKind.BURST:
         arrivals = burst_arrivals(n)
     else:
         gamma = spec.kind is WorkloadKind.GAMMA and spec.burstiness is not None
-        burstiness = spec.burstiness if gamma else 1.0
+        burstiness = spec.burstiness if gamma and spec.burstiness is not None else 1.0
+        assert spec.rate is not None
         arrivals = gamma_arrivals(n, spec.rate, burstiness, streams.arrivals)
     return Workload(arrivals, inputs, outputs, name)
 

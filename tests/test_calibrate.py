@@ -139,6 +139,7 @@ def test_aiconfigurator_core_layout_is_found_and_staged(tmp_path, monkeypatch):
     sys.path, its newest complete vLLM version staged under kernel_tables' names, and fitted."""
     import shutil
     import sys
+
     from servesim.calibrate import aiconfigurator, kernel_tables
     src = _shared("h100/aiconfigurator_vllm_0.24")
     pkg = tmp_path / "site" / "aiconfigurator_core"
@@ -166,6 +167,7 @@ def test_aiconfigurator_core_layout_is_found_and_staged(tmp_path, monkeypatch):
 
 def test_aiconfigurator_core_missing_is_a_clear_error(monkeypatch):
     import importlib.util
+
     from servesim.calibrate import aiconfigurator
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="pip install aiconfigurator-core"):

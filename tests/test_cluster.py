@@ -12,7 +12,7 @@ from conftest import mooncake_like, tiny_config
 from servesim.sim.cluster_config import ClusterConfig, ReplicaGroup, ReplicaRole, homogeneous_cluster
 from servesim.sim.cluster_runner import simulate_cluster
 from servesim.sim.cost_model import BatchShape, StepCostModel
-from servesim.sim.gpus import get_gpu, get_link
+from servesim.sim.gpus import get_link
 from servesim.sim.kv_transfer import kv_transfer_bytes, transfer_time_s
 from servesim.sim.model_catalog import get_model
 from servesim.sim.power import CappedStepCostModel, PowerCap
@@ -253,7 +253,7 @@ def test_closed_loop_cluster_users_keep_one_request_and_one_replica_matches(repl
     assert res.summary["completed"] == 60 and set(frame["replica"]) == set(range(replicas))
     think = wl.think_times(60)
     later = frame.iloc[8:]
-    assert np.all((frame["arrival_s"][:8] == 0.0))
+    assert np.all(frame["arrival_s"][:8] == 0.0)
     for k, t in zip(later["request_id"], later["arrival_s"]):  # a think time after some finish
         assert np.any(np.isclose(frame["finish_s"].to_numpy() + think[k], t, rtol=0, atol=1e-12))
     if replicas == 1:  # the per-request results of today's simulate (the engine runs its live path here)

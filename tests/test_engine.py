@@ -17,9 +17,17 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import (
+    GPU,
+    MODEL,
+    assert_records_equal,
+    assert_summaries_equal,
+    fixed_profile,
+    mooncake_like,
+    run_engine,
+    tiny_config,
+)
 
-from conftest import (GPU, MODEL, assert_records_equal, assert_summaries_equal, fixed_profile, mooncake_like,
-                      run_engine, tiny_config)
 from servesim.sim.config import make_engine_config
 from servesim.sim.cost_model import StepCostModel
 from servesim.sim.memory import kv_capacity, weight_bytes_per_gpu

@@ -22,9 +22,9 @@ import aiohttp
 import pytest
 import requests
 from aiohttp import web
+from test_measure_harness import ServeProcess, _free_port, measure
 
 from servesim.measure.rundir import complete_attempts, read_jsonl
-from test_measure_harness import ServeProcess, _free_port, measure
 
 PLAN = {"name": "faults", "request_timeout_s": 20, "stall_timeout_s": 1.0, "max_duration_s": 300,
         "max_requests": 200,

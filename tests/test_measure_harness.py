@@ -23,7 +23,6 @@ import pandas as pd
 import pytest
 
 from servesim.cli import main
-
 from servesim.measure.harness import MeasureOptions, run_measurement
 from servesim.measure.plans import plan_from_dict
 from servesim.measure.rundir import complete_attempts, load_requests, read_jsonl
@@ -99,7 +98,7 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.kill()
 
-    def __enter__(self) -> "ServeProcess":
+    def __enter__(self) -> ServeProcess:
         return self
 
     def __exit__(self, *exc) -> None:

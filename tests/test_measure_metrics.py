@@ -13,8 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from servesim.measure.metrics_csv import (MetricsCSV, cache_config, column, parse_metrics, read_metrics,
-                                          series_name, split_series)
+from servesim.measure.metrics_csv import (
+    MetricsCSV,
+    cache_config,
+    column,
+    parse_metrics,
+    read_metrics,
+    series_name,
+    split_series,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures" / "measure"
 

@@ -5,7 +5,7 @@ import pytest
 
 from servesim.measure.harness import parse_flags
 from servesim.measure.launcher import check_url, is_loopback, parse_kv_log
-from servesim.measure.plans import LIMITS, FAMILIES, Mode, load_plan, plan_from_dict, shipped_plans
+from servesim.measure.plans import FAMILIES, LIMITS, Mode, load_plan, plan_from_dict, shipped_plans
 
 
 def test_shipped_plans_cover_every_family_and_stay_bounded():

@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-
 from conftest import assert_records_equal, assert_summaries_equal, build_engine, run_engine, tiny_config
+
 from servesim.sim.cost_model import StepCostModel
 from servesim.sim.runner import SimOptions, simulate
 from servesim.sim.workload import Workload

@@ -11,8 +11,8 @@ exercise its situation.  Skips (saying why) without vLLM; fails instead under
 from __future__ import annotations
 
 import pytest
-
 from conftest import oracle_tally
+
 from servesim.oracle.availability import vllm_driver_or_skip
 from servesim.oracle.cases import named_cases
 from servesim.oracle.records import first_mismatch

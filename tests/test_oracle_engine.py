@@ -13,10 +13,10 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import mooncake_like, oracle_tally
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from conftest import mooncake_like, oracle_tally
 from servesim.oracle.availability import vllm_driver_or_skip
 from servesim.oracle.replay import engine_vs_vllm, poisson_workload
 from servesim.sim.config import make_engine_config

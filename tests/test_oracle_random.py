@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import os
 
+from conftest import oracle_tally
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from conftest import oracle_tally
 from servesim.oracle.availability import vllm_driver_or_skip
 from servesim.oracle.records import OracleConfig, RequestSpec, first_mismatch
 from servesim.oracle.servesim_driver import run_servesim

@@ -5,8 +5,8 @@ These run in every environment; the comparisons with vLLM itself are in the othe
 from __future__ import annotations
 
 import pytest
-
 from conftest import mooncake_like
+
 from servesim.oracle.cases import named_cases
 from servesim.oracle.records import OracleConfig, RequestSpec, StepLog, StepRecord, first_mismatch
 from servesim.oracle.replay import poisson_workload, run_engine_recorded

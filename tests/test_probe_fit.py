@@ -22,15 +22,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_measure_harness import ServeProcess, measure
 
-from servesim.calibrate.probe_fit import (FREE, Features, decode_observations, fit_probe_run, prefill_chunks,
-                                          prefill_observations)
+from servesim.calibrate.probe_fit import (
+    FREE,
+    Features,
+    decode_observations,
+    fit_probe_run,
+    prefill_chunks,
+    prefill_observations,
+)
 from servesim.measure.rundir import load_requests
 from servesim.sim.cost_model import StepCostModel
 from servesim.sim.gpus import get_gpu
 from servesim.sim.model_catalog import get_model
 from servesim.sim.profile import load_profile, shipped_profiles
-from test_measure_harness import ServeProcess, measure
 
 MODEL, GPU = get_model("llama-3.1-8b"), get_gpu("h100-sxm")
 KNOWN = {"eff_mm": 0.35, "eff_bw": 0.7, "eff_attn_prefill": 0.3, "eff_attn_decode": 0.6, "step_overhead_s": 4e-3,

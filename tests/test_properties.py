@@ -13,10 +13,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import assert_records_equal, assert_summaries_equal, build_engine, tiny_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_records_equal, assert_summaries_equal, build_engine, tiny_config
 from servesim.sim.config import EngineVersion
 from servesim.sim.kv_cache_manager import cdiv
 from servesim.sim.metrics import summarize

@@ -16,8 +16,14 @@ import pandas as pd
 import pytest
 
 from servesim.scenarios.measured import load_measured
-from servesim.scenarios.regions import (break_even, find_regions, forward_slopes, max_profit_index,
-                                         saturation_index, smooth)
+from servesim.scenarios.regions import (
+    break_even,
+    find_regions,
+    forward_slopes,
+    max_profit_index,
+    saturation_index,
+    smooth,
+)
 from servesim.scenarios.schema import SLO, RegionRules
 
 STEP = 5.0

@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servesim.scenarios.loader import (ScenarioError, load_scenario, parse_points, scenario_from_dict,
-                                       scenario_to_dict, shipped_scenarios)
+from servesim.scenarios.loader import (
+    ScenarioError,
+    load_scenario,
+    parse_points,
+    scenario_from_dict,
+    scenario_to_dict,
+    shipped_scenarios,
+)
 from servesim.scenarios.schema import SLO, ArrivalKind, Axis, Deployment, WorkloadSection
 
 BASE = textwrap.dedent("""

@@ -8,10 +8,9 @@ The reference (``exact=True``) path is used unless a test says otherwise.
 from __future__ import annotations
 
 import pytest
-
 from conftest import Harness, scheduled, tiny_config
-from servesim.sim.request import RequestStatus
 
+from servesim.sim.request import RequestStatus
 
 # ----- vLLM v1 -------------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import requests
+from test_measure_harness import ServeProcess
 
 from servesim.measure.live_engine import LiveEngine
 from servesim.measure.metrics_csv import cache_config, parse_metrics
@@ -16,7 +17,6 @@ from servesim.sim.gpus import get_gpu
 from servesim.sim.model_catalog import get_model
 from servesim.sim.runner import SimOptions, simulate
 from servesim.sim.workload import Workload
-from test_measure_harness import ServeProcess
 
 MODEL = "llama-3.1-8b"
 

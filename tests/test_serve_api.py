@@ -11,9 +11,9 @@ import time
 
 import pytest
 import requests
+from test_measure_harness import ServeProcess
 
 from servesim.measure.metrics_csv import cache_config, parse_metrics
-from test_measure_harness import ServeProcess
 
 MODEL = "llama-3.1-8b"
 V1 = f'{{engine="0",model_name="{MODEL}"}}'
@@ -197,7 +197,7 @@ def test_disconnect_aborts_the_request_and_frees_its_blocks():
         assert _wait(lambda: _metrics(proc.url)["vllm:num_requests_running" + V1] == 0, 10)
         m = _metrics(proc.url)
         assert m["vllm:kv_cache_usage_perc" + V1] == 0.0
-        assert m['vllm:request_success_total{engine="0",finished_reason="abort",model_name="%s"}' % MODEL] == 1
+        assert m[f'vllm:request_success_total{{engine="0",finished_reason="abort",model_name="{MODEL}"}}'] == 1
         # a non-streaming request whose client hangs up is aborted too
         with socket.create_connection(("127.0.0.1", int(proc.url.rsplit(":", 1)[1])), timeout=5) as sock:
             payload = json.dumps({"model": MODEL, "prompt": [7] * 2000, "max_tokens": 2000}).encode()

@@ -12,8 +12,8 @@ import pytest
 
 from servesim.sim import sharegpt_first_turn as derivation
 from servesim.sim.lengths import SHAREGPT_FIRST_TURN_STATS, first_turn_lengths, first_turn_table
-from servesim.sim.workload import WorkloadSpec, build_workload
 from servesim.sim.traces import find_shared_data
+from servesim.sim.workload import WorkloadSpec, build_workload
 
 
 def shared_data_path(relative: str):

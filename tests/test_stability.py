@@ -9,8 +9,13 @@ import math
 import numpy as np
 import pytest
 
-from servesim.scenarios.stability import (ConvergenceRule, StabilityRule, converged, sectioned_percentile,
-                                          stability_columns)
+from servesim.scenarios.stability import (
+    ConvergenceRule,
+    StabilityRule,
+    converged,
+    sectioned_percentile,
+    stability_columns,
+)
 
 
 def fifo_queue(arrivals: np.ndarray, service: np.ndarray, initial_wait_s: float = 0.0) -> np.ndarray:

@@ -13,10 +13,10 @@ import math
 
 import numpy as np
 import pytest
+from test_stability import mm1
 
 from servesim.sim.profile import Profile, StepCoefficients
 from servesim.sim.uncertainty import combine, perturb_profile, profile_rng, replicate_summary, t_interval
-from test_stability import mm1
 
 TRIALS = 400
 LOW, HIGH = 0.95 - 3 * math.sqrt(0.95 * 0.05 / TRIALS), 0.95 + 3 * math.sqrt(0.95 * 0.05 / TRIALS)

@@ -16,8 +16,19 @@ import pytest
 
 from servesim.sim import traces
 from servesim.sim.workload import (
-    ClosedLoop, LengthDist, Workload, WorkloadSpec, build_workload, burst_arrivals, fixed_lengths,
-    gamma_arrivals, poisson_arrivals, random_lengths, sample_lengths, sharegpt_lengths, spawn_streams,
+    ClosedLoop,
+    LengthDist,
+    Workload,
+    WorkloadSpec,
+    build_workload,
+    burst_arrivals,
+    fixed_lengths,
+    gamma_arrivals,
+    poisson_arrivals,
+    random_lengths,
+    sample_lengths,
+    sharegpt_lengths,
+    spawn_streams,
 )
 
 

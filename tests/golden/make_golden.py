@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from servesim.sim.config import EngineConfig, make_engine_config
 from servesim.sim.gpus import get_gpu
