@@ -111,9 +111,12 @@ def plan_assumptions(req, best) -> dict:
         out["profile"] = profile_assumptions(engine_config(_deployment(req, gpu, tp, None), req.base_dir))
     except ValueError as exc:
         out["profile"] = {"error": str(exc)}
-    out["router"] = ("ideal random split: each of r replicas receives demand / r requests/s as its own "
+    out["router"] = (f"the whole cluster simulated behind the {req.router} router (snapshots "
+                     f"{req.router_staleness_s:g} s old), at the full demand" if req.router else
+                     "ideal random split: each of r replicas receives demand / r requests/s as its own "
                      f"{'Poisson' if req.workload.kind is ArrivalKind.POISSON else req.workload.kind.value} "
-                     "stream; no load-aware routing, no routing delay, replicas independent")
+                     "stream; no load-aware routing, no routing delay, replicas independent (plan --router "
+                     "simulates the whole cluster instead)")
     fixed = bool(req.workload.num_requests or req.workload.duration_s)
     c = req.convergence
     out["run_length"] = ("fixed by the workload (--duration or num_requests)" if fixed else

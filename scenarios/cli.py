@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .. import argtypes as at
 from ..sim.lengths import SHAREGPT_CONVERSATIONS_STATS, SHAREGPT_FIRST_TURN_STATS
+from ..sim.router import RouterKind
 from .loader import load_scenario, parse_slo, scenario_to_dict, shipped_scenarios
 from .schema import SLO, ArrivalKind, Costs, ScenarioFile, WorkloadSection
 
@@ -83,6 +84,11 @@ def register(sub) -> None:
     q.add_argument("--profile-draws", type=at.NON_NEGATIVE_INT, default=3, help="parametric-bootstrap draws of the profile's "
                                                                 "coefficients per candidate (default 3; 0: none)")
     q.add_argument("--json", action="store_true", help="print the answer as JSON (best, options, assumptions)")
+    q.add_argument("--router", choices=[k.value for k in RouterKind],
+                   help="simulate the whole cluster of r replicas behind this router at the full demand (r times "
+                        "the work per candidate; docs/cluster.md); default: one replica at demand / r, an ideal split")
+    q.add_argument("--router-staleness", type=at.NON_NEGATIVE, default=1.0,
+                   help="with --router: seconds between the router's snapshots of replica state")
     q.add_argument("--slack", type=at.NON_NEGATIVE, default=0.3, help="also search pairs whose bound is within this "
                                                             "fraction of the best cost (ranked alternatives)")
     q.add_argument("--top", type=at.POSITIVE_INT, default=10)
@@ -287,7 +293,8 @@ def cmd_plan(args) -> int:
                       engine=args.engine, weight_dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype, costs=costs,
                       seed=args.seed, slack=args.slack, workers=args.workers, base_dir=str(Path.cwd()),
                       max_model_len=args.max_model_len, confidence=args.confidence, seeds=args.seeds,
-                      profile_draws=args.profile_draws)
+                      profile_draws=args.profile_draws, router=args.router,
+                      router_staleness_s=args.router_staleness)
     result = plan(req)
     if args.json:
         print(json.dumps(plan_json(req, result), indent=2, default=str))

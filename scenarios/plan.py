@@ -77,6 +77,11 @@ class PlanRequest:
     seeds: int = 3                      # independent replications per candidate (workload uncertainty)
     profile_draws: int = 3              # parametric-bootstrap draws of the profile (0: nominal only)
     convergence: ConvergenceRule = field(default_factory=ConvergenceRule)
+    # None: the ideal split (one replica simulated at demand / r).  A router name (sim/router.py):
+    # the whole cluster of r replicas behind that router is simulated at the full demand, so
+    # routing imbalance counts (docs/cluster.md); r times the simulation work per candidate.
+    router: str | None = None
+    router_staleness_s: float = 1.0
 
     def __post_init__(self) -> None:
         if not (self.demand_rps > 0 and math.isfinite(self.demand_rps)):
@@ -248,11 +253,23 @@ def probe(args: tuple[PlanRequest, str, int]) -> tuple[str, int, float, str]:
 INTERVAL_COLUMNS = ("request_throughput", "output_throughput", "mean_gpu_power_w")
 
 
+def cluster_scenario(req: PlanRequest, sc: Scenario, r: int) -> Scenario:
+    """``sc`` as ``r`` replicas behind ``req.router``, offered ``r`` times a point's per-replica rate
+    (``demand_per_replica``), so the cluster sees the full demand; ``sc`` itself without a router."""
+    if req.router is None:
+        return sc
+    from .schema import ClusterSection
+    return replace(sc, cluster=ClusterSection(replicas=r, router=req.router, router_staleness_s=req.router_staleness_s,
+                                              demand_per_replica=True))
+
+
 def evaluate(req: PlanRequest, sc: Scenario, r: int, stop_early: bool = True) -> Evaluation:
-    """Replications of ``sc`` at ``demand / r`` (see :class:`Evaluation`); stops at the first seed
-    that cannot be an answer, since one unstable replication already refuses the candidate (and,
-    with ``stop_early``, at the first seed whose SLO metric alone decides it)."""
+    """Replications of ``sc`` at ``demand / r`` per replica (see :class:`Evaluation`): one replica,
+    or with ``req.router`` the whole cluster of ``r``; stops at the first seed that cannot be an
+    answer, since one unstable replication already refuses the candidate (and, with
+    ``stop_early``, at the first seed whose SLO metric alone decides it)."""
     rate = req.demand_rps / r
+    sc = cluster_scenario(req, sc, r)
     fixed = bool(req.workload.num_requests or req.workload.duration_s)
     rule = req.convergence
     if sc.workload.kind is ArrivalKind.TRACE:  # seeds replay disjoint windows of the trace, or they are not independent

@@ -72,3 +72,20 @@ def test_cli_plan_prints_ranked_options_and_wall_time(capsys) -> None:
     assert "USD/1M tok" in text and "advice:" in text and "wall time" in text
     assert "  1 h100-sxm    1          128" in text
     assert main(["plan", "--demand", "10", "--gpus", "h100-sxm", "--gpu-price", "h100-sxm=cheap"]) == 2
+
+
+def test_plan_with_a_router_simulates_the_whole_cluster() -> None:
+    """`plan --router R` runs r replicas behind R at the full demand (issue 14): the evaluated rows
+    are cluster rows with r replicas, the answer's assumptions name the router, and routing cannot
+    beat the ideal split's replica count by more than chance allows."""
+    base = dict(model="llama-3.1-8b", demand_rps=120.0, workload=plan_workload("fixed:512:64", 20.0, 1.0),
+                slos=SLOS, gpus=("h100-sxm",), tps=(1,), max_num_seqs=(256,), seeds=1, profile_draws=0, workers=1)
+    ideal = plan(PlanRequest(**base))
+    routed = plan(PlanRequest(**base, router="join-shortest-queue", router_staleness_s=0.5))
+    assert ideal.options and routed.options
+    best = routed.options[0]
+    assert best.replicas >= 2  # one H100 cannot serve 120 req/s of 512/64 under these SLOs
+    assert all(row.get("num_replicas") == best.replicas for row in best.evaluation.rows)
+    assert all(row.get("num_replicas") is None or row.get("num_replicas") == 1 for row in ideal.options[0].evaluation.rows)
+    assert "join-shortest-queue" in routed.assumptions["router"]
+    assert best.replicas >= ideal.options[0].replicas - 1
