@@ -132,15 +132,23 @@ class StepCostModel:
                 self.per_token_s * num_seqs, self.coeffs.per_seq_overhead_s * num_seqs)
 
     def window_time(self, num_seqs: int, decode_context_tokens: float, num_steps: int) -> float:
-        """Seconds a multi-step window of ``num_steps`` decode steps of ``num_seqs`` sequences takes,
-        the first step attending ``decode_context_tokens`` (each later one ``num_seqs`` more).
+        """Seconds a multi-step window takes: :func:`window_time` over this model's steps."""
+        return window_time(self.step_time_of, self.coeffs, num_seqs, decode_context_tokens, num_steps)
 
-        Every sequence scheduled in the window is computed for every step, also after it finished
-        (vLLM 0.6 drops its surplus tokens only when the window's outputs are processed)."""
-        if num_seqs <= 0:
-            return 0.0
-        total = 0.0
-        for j in range(num_steps):
-            total += self.step_time_of(num_seqs, num_seqs, 0.0, decode_context_tokens + j * num_seqs)
-        pass_cpu = self.coeffs.step_overhead_s + self.coeffs.per_seq_overhead_s * num_seqs
-        return total - (num_steps - 1) * pass_cpu
+
+def window_time(step_time_of, coeffs: StepCoefficients, num_seqs: int, decode_context_tokens: float,
+                num_steps: int) -> float:
+    """Seconds a multi-step window of ``num_steps`` decode steps of ``num_seqs`` sequences takes,
+    the first step attending ``decode_context_tokens`` (each later one ``num_seqs`` more), with the
+    per-pass CPU terms (``step_overhead_s``, ``per_seq_overhead_s``) paid once; ``step_time_of`` is
+    a cost model's (plain or power-capped).
+
+    Every sequence scheduled in the window is computed for every step, also after it finished
+    (vLLM 0.6 drops its surplus tokens only when the window's outputs are processed)."""
+    if num_seqs <= 0:
+        return 0.0
+    total = 0.0
+    for j in range(num_steps):
+        total += step_time_of(num_seqs, num_seqs, 0.0, decode_context_tokens + j * num_seqs)
+    pass_cpu = coeffs.step_overhead_s + coeffs.per_seq_overhead_s * num_seqs
+    return total - (num_steps - 1) * pass_cpu

@@ -171,8 +171,7 @@ class LLMEngine:
     def _run_window(self, out, now: float):
         """A multi-step decode pass (vLLM 0.6): K steps back to back, outputs applied at the end."""
         k = self.cfg.scheduler.num_scheduler_steps
-        # Only the plain model has window_time: a power-capped multi-step engine is not supported yet.
-        dt = cast(StepCostModel, self.cost).window_time(out.num_decode_seqs, out.decode_context_tokens, k)
+        dt = self.cost.window_time(out.num_decode_seqs, out.decode_context_tokens, k)
         if out.swap_bytes:
             dt += out.swap_bytes / self.cfg.profile.step.swap_bandwidth_bytes_per_s
         usage = self.kv.usage

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .cost_model import BatchShape, StepCostModel
+from .cost_model import BatchShape, StepCostModel, window_time
 from .profile import PowerCoefficients
 
 
@@ -99,13 +99,21 @@ class CappedStepCostModel:
         share = num_prefill_tokens / num_tokens
         c = self.cap.clock_ratio(p.decode_w + (p.prefill_w - p.decode_w) * share, p.idle_w)
         if c == 1.0:
-            return inner.step_time_of(num_tokens, num_seqs, prefill_pairs, decode_context_tokens)
+            return inner.step_time_of(num_tokens, num_seqs, prefill_pairs, decode_context_tokens, num_prefill_tokens)
         mem = self._mem(c)
         gemm = inner.linear_s_per_token * num_tokens + inner.lm_head_s_per_seq * num_seqs
         linear = max(inner.weight_stream_s * mem, gemm / c)
+        # CPU-side and launch terms (fixed, per token, per sequence, per prefill token, the eager
+        # prefill's per-layer cost) do not run on the GPU's clock: unscaled.
         return (linear + inner.prefill_s_per_pair * prefill_pairs / c
                 + inner.decode_s_per_ctx_token * decode_context_tokens * mem
-                + inner.fixed_s + inner.per_token_s * num_tokens + inner.coeffs.per_seq_overhead_s * num_seqs)
+                + inner.fixed_s + inner.per_token_s * num_tokens + inner.coeffs.per_seq_overhead_s * num_seqs
+                + inner.coeffs.per_prefill_token_overhead_s * num_prefill_tokens
+                + (inner.prefill_fixed_s if num_prefill_tokens else 0.0))
+
+    def window_time(self, num_seqs: int, decode_context_tokens: float, num_steps: int) -> float:
+        """A multi-step window (vLLM 0.6) of capped steps: :func:`~.cost_model.window_time`."""
+        return window_time(self.step_time_of, self.inner.coeffs, num_seqs, decode_context_tokens, num_steps)
 
     def decode_terms(self, num_seqs: int) -> tuple[float, float, float, float, float]:
         a, b, fixed, c1, c2 = self.inner.decode_terms(num_seqs)

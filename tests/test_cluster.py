@@ -174,6 +174,24 @@ def test_power_cap_lower_cap_less_energy_per_second_longer_latency():
     assert runs[250]["per_replica"][0]["gpu_power_cap_w"] == 250
 
 
+def test_power_cap_applies_to_prefill_terms_and_multi_step_windows():
+    """The capped model keeps the unscaled CPU-side prefill terms of the plain one and prices a
+    vLLM 0.6 multi-step window (it had no window_time: a capped multi-step engine crashed)."""
+    from dataclasses import replace
+    model, inner = get_model("llama-3-8b"), _cost(None)[1]
+    coeffs = replace(inner.coeffs, per_prefill_token_overhead_s=2e-6, prefill_layer_overhead_s=1e-4)
+    plain = StepCostModel(model, inner.gpu, coeffs, 1)
+    prefill = BatchShape(num_prefill_tokens=2048, num_prefill_seqs=2, prefill_attn_pairs=2 * 1024 * 1025 / 2)
+    cpu = 2e-6 * 2048 + plain.prefill_fixed_s
+    assert cpu > 0
+    high = CappedStepCostModel(plain, PowerCoefficients(idle_w=75, prefill_w=700, decode_w=380), PowerCap(701.0))
+    assert high.step_time(prefill) == plain.step_time(prefill)  # cap above demand: bit for bit
+    low = CappedStepCostModel(plain, PowerCoefficients(idle_w=75, prefill_w=700, decode_w=380), PowerCap(300.0))
+    assert low.step_time(prefill) > plain.step_time(prefill) > cpu
+    assert high.window_time(32, 32 * 500, 10) == plain.window_time(32, 32 * 500, 10)
+    assert low.window_time(32, 32 * 500, 10) > plain.window_time(32, 32 * 500, 10) > 0
+
+
 def test_power_budget_splits_over_gpus_and_cap_below_idle_is_refused():
     cfg = tiny_config()
     cl = ClusterConfig((ReplicaGroup(cfg, 4),), power_budget_w=4 * 300.0)
