@@ -24,6 +24,13 @@ CLUSTER_COLUMNS = ("num_replicas", "num_gpus", "energy_per_request_j", "num_kv_t
                    "p99_kv_transfer_ms", "mean_kv_wait_ms")
 
 
+def as_cluster(sc: Scenario, replicas: int, router: str, staleness_s: float = 1.0) -> Scenario:
+    """``sc`` as ``replicas`` collocated replicas behind ``router``, offered ``replicas`` times a
+    point's rate (``demand_per_replica``): how ``plan --router`` simulates a candidate."""
+    return replace(sc, cluster=ClusterSection(replicas=replicas, router=router, router_staleness_s=staleness_s,
+                                              demand_per_replica=True))
+
+
 def point_demand(sc: Scenario, demand: float) -> float:
     c = sc.cluster
     return demand * c.num_replicas if c is not None and c.demand_per_replica else demand

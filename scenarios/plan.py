@@ -39,6 +39,7 @@ import numpy as np
 
 from ..sim.uncertainty import Interval, combine
 from .assumptions import finite
+from .cluster_point import as_cluster
 from .economics import add_economics
 from .points import PointTask, engine_config, run_converged, run_point
 from .schema import SLO, ArrivalKind, Axis, Costs, Deployment, Economics, EngineKnobs, Scenario, Sweep, WorkloadSection
@@ -253,23 +254,14 @@ def probe(args: tuple[PlanRequest, str, int]) -> tuple[str, int, float, str]:
 INTERVAL_COLUMNS = ("request_throughput", "output_throughput", "mean_gpu_power_w")
 
 
-def cluster_scenario(req: PlanRequest, sc: Scenario, r: int) -> Scenario:
-    """``sc`` as ``r`` replicas behind ``req.router``, offered ``r`` times a point's per-replica rate
-    (``demand_per_replica``), so the cluster sees the full demand; ``sc`` itself without a router."""
-    if req.router is None:
-        return sc
-    from .schema import ClusterSection
-    return replace(sc, cluster=ClusterSection(replicas=r, router=req.router, router_staleness_s=req.router_staleness_s,
-                                              demand_per_replica=True))
-
-
 def evaluate(req: PlanRequest, sc: Scenario, r: int, stop_early: bool = True) -> Evaluation:
     """Replications of ``sc`` at ``demand / r`` per replica (see :class:`Evaluation`): one replica,
     or with ``req.router`` the whole cluster of ``r``; stops at the first seed that cannot be an
     answer, since one unstable replication already refuses the candidate (and, with
     ``stop_early``, at the first seed whose SLO metric alone decides it)."""
     rate = req.demand_rps / r
-    sc = cluster_scenario(req, sc, r)
+    if req.router is not None:  # the whole cluster of r replicas at r times a replica's rate
+        sc = as_cluster(sc, r, req.router, req.router_staleness_s)
     fixed = bool(req.workload.num_requests or req.workload.duration_s)
     rule = req.convergence
     if sc.workload.kind is ArrivalKind.TRACE:  # seeds replay disjoint windows of the trace, or they are not independent
