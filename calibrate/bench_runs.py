@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sim.metrics import latency_stats
+from ..sim.metrics import summarize
 from ..sim.workload import Workload, gamma_arrivals, spawn_streams
+from .measured_run import bench_requests
 
 # Metrics a detailed (per-request) run is fitted on, and the subset a summary-only file has.  Output
 # throughput is total tokens / duration (the same information as duration); mean TPOT is left out
@@ -181,8 +182,7 @@ def read_bench_run(path: str | Path, root: Path | None = None, seed: int = 0) ->
             return None, f"{key}: {failed} of {outputs.size} requests failed (0 output tokens): mostly failures"
         ttfts = data.get("ttfts")
         if ttfts is not None and len(ttfts) == outputs.size:
-            ttft_ms = np.asarray(ttfts, dtype=np.float64)[ok] * 1e3
-            stats = latency_stats("ttft", ttft_ms)
+            stats = summarize(*bench_requests(data))  # the requests that produced tokens
             measured.update({k: stats[k] for k in ("mean_ttft_ms", "median_ttft_ms")})
         elif failed:
             return None, f"{key}: {failed} failed requests and no per-request ttfts to recompute TTFT without them"

@@ -11,38 +11,22 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..sim.metrics import latency_stats
+from ..sim.metrics import summarize
 from ..sim.runner import SimOptions, SimResult, simulate
 from ..sim.traces import load_bench_json
-from ..sim.workload import ClosedLoop, Workload
+from ..sim.workload import ClosedLoop
+from .measured_run import MeasuredRun, bench_requests
+from .probe_run import load_probe_run
 
 THROUGHPUT_KEYS = ("duration", "completed", "request_throughput", "output_throughput", "total_token_throughput")
 LATENCY_KEYS = tuple(f"{stat}_{metric}_ms" for metric in ("ttft", "tpot", "itl", "e2el")
                      for stat in ("mean", "median", "p99"))
 COMPARED_KEYS = THROUGHPUT_KEYS + LATENCY_KEYS
-
-
-@dataclass
-class MeasuredRun:
-    """What was measured, and the workload that reproduces it."""
-
-    name: str
-    workload: Workload | ClosedLoop
-    summary: dict[str, float]
-    settings: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
-def measured_stats(prefix: str, values_ms) -> dict[str, float]:
-    """The summary keys of measured latencies (non-finite values dropped; nothing if none)."""
-    v = np.asarray(values_ms, dtype=np.float64)
-    v = v[np.isfinite(v)]
-    return latency_stats(prefix, v) if v.size else {}
 
 
 def load_bench_result(path: str | Path, rate: float | None = None, burstiness: float | None = None,
@@ -52,11 +36,13 @@ def load_bench_result(path: str | Path, rate: float | None = None, burstiness: f
     workload = load_bench_json(path, rate=rate, burstiness=burstiness, seed=seed)
     data = json.loads(path.read_text(encoding="utf-8"))
     summary = {k: float(data[k]) for k in COMPARED_KEYS if isinstance(data.get(k), (int, float))}
-    # Older result files lack some aggregate keys: rebuild them from the per-request lists.
-    if "ttfts" in data and "mean_ttft_ms" not in summary:
-        summary.update(measured_stats("ttft", [t * 1e3 for t in data["ttfts"] if t]))
-    if "itls" in data and "mean_itl_ms" not in summary:
-        summary.update(measured_stats("itl", [x * 1e3 for per in data["itls"] for x in per]))
+    # What the per-request arrays determine is summarized as a simulated run is (failed requests
+    # out, the bench's own duration); the file's aggregates stand for the rest.
+    requests = bench_requests(data)
+    if requests is not None:
+        duration = summary.get("duration")
+        measured = summarize(*requests, duration_s=duration)
+        summary.update({k: float(measured[k]) for k in COMPARED_KEYS if k in measured})
     notes = []
     concurrency = max_concurrency if max_concurrency is not None else data.get("max_concurrency")
     req_rate = float(data.get("request_rate", math.inf) if rate is None else rate)
@@ -77,7 +63,6 @@ def load_measured(path: str | Path, point: str | None = None, **options) -> list
     """A bench JSON file (one run) or a ``servesim measure`` run directory (one run per load point)."""
     path = Path(path)
     if path.is_dir():
-        from .probe_run import load_probe_run
         return load_probe_run(path, point)
     if not path.exists():
         raise ValueError(f"measured run {path} not found (a vllm bench --save-result JSON or a run directory)")

@@ -8,13 +8,17 @@ Two layouts are accepted (``docs/scenarios.md`` "Measured sweeps"):
    ``input_throughput``, ``mean_gpu_power_w``, ``tensor_parallel_size``, ...) are optional.
 2. One sub-folder per run, holding ``requests.jsonl`` (one JSON object per request with
    ``arrival_s``, ``first_token_s``, ``finish_s``, ``input_tokens``, ``output_tokens``, optional
-   ``status``) or ``requests.parquet`` (the schema of ``docs/outputs.md``), optionally a
+   ``status`` (``finished``, ``failed``, or a simulated run's names) and ``itls`` (the gaps in
+   seconds between a request's streamed chunks, as ``vllm bench serve`` records them; the row then
+   has ITL columns)) or ``requests.parquet`` (the schema of ``docs/outputs.md``), optionally a
    ``metrics.csv``/``timeseries.csv`` of vLLM gauges (``time_s``, ``vllm:num_requests_waiting``,
    ``vllm:kv_cache_usage_perc``, ``vllm:num_preemptions_total``, ...), and the point's identity in
    ``run.json`` (``{"demand": 64, "seed": 0, "variant": "tp1"}``; seed and variant optional) or in
    the folder name ``demand=64`` / ``demand=64_seed=1``.
 
 A folder written by ``servesim simulate --out`` is a valid run folder once it has a ``run.json``.
+Each folder's requests are summarized by :func:`~servesim.sim.metrics.summarize`, the reduction of
+a simulated point, so a measured curve and a simulated one share their definitions.
 """
 from __future__ import annotations
 
@@ -26,11 +30,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .points import CURVE_PERCENTILES, latency_columns, series_columns
+from ..sim.metrics import RequestColumns, itl_from_gaps, summarize
+from .points import CURVE_PERCENTILES, latency_keys, series_columns
 from .stability import stability_columns
 
 _NAME = re.compile(r"demand=([0-9.eE+-]+)(?:_seed=(\d+))?")
 REQUEST_COLUMNS = ("arrival_s", "first_token_s", "finish_s", "input_tokens", "output_tokens")
+# The summary keys a measured row carries besides the latency percentiles (a simulated row's names).
+MEASURED_KEYS = ("completed", "failed", "total_input_tokens", "total_output_tokens", "request_throughput",
+                 "output_throughput", "total_token_throughput", "mean_ttft_ms", "mean_tpot_ms", "mean_itl_ms",
+                 "median_itl_ms", "p99_itl_ms", "mean_e2el_ms")
 
 
 def _requests(folder: Path) -> pd.DataFrame:
@@ -74,20 +83,15 @@ def run_row(folder: Path, root: Path | None = None) -> dict:
     """One curve row from one measured run folder (``root``: the sweep folder, for the variant name)."""
     row = _identity(folder, root or folder.parent)
     req = _requests(folder)
-    done = req[req["status"] == "finished"]
-    start = float(req["arrival_s"].min())
-    duration = float(done["finish_s"].max() - start) if len(done) else 0.0
-    n_in, n_out = float(done["input_tokens"].sum()), float(done["output_tokens"].sum())
-
-    def rate(x: float) -> float:
-        return x / duration if duration > 0 else math.nan
-
-    row.update({"completed": len(done), "failed": len(req) - len(done), "duration_s": duration,
-                "request_throughput": rate(len(done)), "output_throughput": rate(n_out),
-                "input_throughput": rate(n_in), "total_token_throughput": rate(n_in + n_out),
-                "mean_ttft_ms": float(((done["first_token_s"] - done["arrival_s"]) * 1e3).mean()),
-                "error": ""})
-    row.update(latency_columns(done, CURVE_PERCENTILES))
+    itl = itl_from_gaps(req["itls"][req["status"] == "finished"]) if "itls" in req else None
+    s = summarize(RequestColumns.from_frame(req), itl, percentiles=CURVE_PERCENTILES)
+    duration = s.get("duration", math.nan)
+    row.update({key: s[key] for key in MEASURED_KEYS if key in s})
+    row.update({"duration_s": duration,
+                "input_throughput": s["total_input_tokens"] / duration if duration > 0 else 0.0, "error": ""})
+    if s["completed"] == 0:  # as for a simulated point: zero throughput measures no capacity
+        row["error"] = f"no request completed: {s['failed']} of {len(req)} failed"
+    row.update({key: s.get(key, math.nan) for key in latency_keys(CURVE_PERCENTILES)})
     # did the server keep up with the offered rate? (bursts and closed loops cannot fall behind one:
     # their arrivals carry no rate, or follow the completions, so the rule finds nothing there)
     row.update(stability_columns(req["arrival_s"].to_numpy(float),

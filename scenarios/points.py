@@ -24,6 +24,7 @@ import pandas as pd
 
 from ..sim.config import EngineConfig, make_engine_config
 from ..sim.gpus import get_gpu
+from ..sim.metrics import RequestRecords, summarize
 from ..sim.model_catalog import get_model
 from ..sim.models import ModelSpec
 from ..sim.profile import load_profile, shipped_profiles
@@ -181,23 +182,20 @@ def point_workload(sc: Scenario, demand: float, seed: int) -> Workload | ClosedL
 # ------------------------------------------------------------------------------------ reduction
 
 
-def _percentile(values: np.ndarray, q: float) -> float:
-    return float(np.percentile(values, q)) if values.size else math.nan
+LATENCY_METRICS = ("ttft", "tpot", "e2el")  # the per-request latencies a curve row carries
 
 
-def latency_columns(records: pd.DataFrame, percentiles: tuple[float, ...]) -> dict:
-    """TTFT, TPOT and E2E latency percentiles (ms) of the finished requests."""
-    done = records[records["status"] == "finished"]
-    ttft = ((done["first_token_s"] - done["arrival_s"]) * 1e3).to_numpy()
-    e2el = ((done["finish_s"] - done["arrival_s"]) * 1e3).to_numpy()
-    multi = done["output_tokens"] > 1
-    tpot = ((done["finish_s"] - done["first_token_s"])[multi] / (done["output_tokens"][multi] - 1) * 1e3).to_numpy()
-    out = {}
-    for name, values in (("ttft", ttft), ("tpot", tpot), ("e2el", e2el)):
-        for q in percentiles:
-            out[f"p{q:g}_{name}_ms"] = _percentile(values, q)
-        out[f"median_{name}_ms"] = _percentile(values, 50)
-    return out
+def latency_keys(percentiles: tuple[float, ...]) -> tuple[str, ...]:
+    """The curve's latency columns: ``p<q>_`` and ``median_`` of TTFT, TPOT and E2EL (ms)."""
+    return tuple(key for name in LATENCY_METRICS
+                 for key in (*(f"p{q:g}_{name}_ms" for q in percentiles), f"median_{name}_ms"))
+
+
+def latency_columns(records: pd.DataFrame | RequestRecords, percentiles: tuple[float, ...]) -> dict:
+    """TTFT, TPOT and E2E latency percentiles (ms) of the finished requests, as
+    :func:`~servesim.sim.metrics.summarize` computes them (NaN where the records hold none)."""
+    summary = summarize(records, percentiles=percentiles)
+    return {key: summary.get(key, math.nan) for key in latency_keys(percentiles)}
 
 
 def series_columns(series: pd.DataFrame) -> dict:

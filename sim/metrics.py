@@ -14,25 +14,11 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
-
-def weighted_percentile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
-    """The q-th percentile (0..100) of values repeated ``weights`` times, with numpy's default
-    linear interpolation between order statistics (what ``np.percentile`` gives on the expansion)."""
-    if len(values) == 0 or weights.sum() == 0:
-        return 0.0
-    order = np.argsort(values, kind="stable")
-    v, w = values[order], weights[order]
-    cum = np.cumsum(w)
-    n = cum[-1]
-    pos = q / 100.0 * (n - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    v_lo = v[np.searchsorted(cum, lo + 1)]
-    v_hi = v[np.searchsorted(cum, hi + 1)]
-    return float(v_lo + (v_hi - v_lo) * (pos - lo))
 
 
 class InterTokenLatencies:
@@ -162,56 +148,217 @@ class TimeSeries:
         return pd.DataFrame(self.rows, columns=list(self.NAMES))
 
 
+# ------------------------------------------------------------------------------ the one summary
+#
+# Every summary in servesim — a simulated run, a run of ``servesim serve`` recorded by
+# ``servesim measure``, a measured sweep folder, a ``vllm bench serve`` result — is
+# :func:`summarize` over :class:`RequestColumns`, so simulation and measurement compare key by key.
+# The definitions are vLLM 0.27's ``vllm/benchmarks/serve.py:calculate_metrics``.
+
+STATUS_NAMES = ("unfinished", "finished", "rejected", "aborted")
+UNFINISHED, FINISHED, REJECTED, ABORTED = range(4)
+# A measured request that ended without a complete response (measured sweep folders call it
+# "failed") counts like an aborted one: as vLLM's ``failed``.
+STATUS_CODES = {**{name: code for code, name in enumerate(STATUS_NAMES)}, "failed": ABORTED}
+GOODPUT_METRICS = ("ttft", "tpot", "e2el")
+
+
+@dataclass(frozen=True)
+class RequestColumns:
+    """The per-request columns a summary is computed from: ``requests.parquet``'s schema
+    (docs/outputs.md) less the columns no summary reads.
+
+    Times are seconds on one clock (any origin); ``status`` holds codes into
+    :data:`STATUS_NAMES`.  Invariant: all columns have one length.  A finished request may have
+    an unknown (NaN) ``first_token_s`` or ``finish_s`` when its source did not record it (a
+    ``vllm bench serve`` file without ``itls``): the metrics that need it are then left out."""
+
+    arrival_s: np.ndarray
+    first_token_s: np.ndarray
+    finish_s: np.ndarray
+    input_tokens: np.ndarray
+    output_tokens: np.ndarray
+    status: np.ndarray
+
+    def __post_init__(self) -> None:
+        n = len(self.status)
+        for name in ("arrival_s", "first_token_s", "finish_s", "input_tokens", "output_tokens"):
+            if len(getattr(self, name)) != n:
+                raise ValueError(f"request column {name} has {len(getattr(self, name))} rows, status has {n}")
+        bad = self.status[(self.status < 0) | (self.status >= len(STATUS_NAMES))]
+        if bad.size:
+            raise ValueError(f"request status code {int(bad[0])} is not one of 0..{len(STATUS_NAMES) - 1} "
+                             f"({', '.join(STATUS_NAMES)})")
+
+    def __len__(self) -> int:
+        return len(self.status)
+
+    def tail(self, first: int) -> RequestColumns:
+        """Rows ``first..``: the counted requests after a warm-up of ``first``."""
+        return RequestColumns(self.arrival_s[first:], self.first_token_s[first:], self.finish_s[first:],
+                              self.input_tokens[first:], self.output_tokens[first:], self.status[first:])
+
+    @classmethod
+    def from_records(cls, records: RequestRecords) -> RequestColumns:
+        c = records.cols
+        return cls(c["arrival_s"], c["first_token_s"], c["finish_s"], c["input_tokens"], c["output_tokens"],
+                   records.status)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame) -> RequestColumns:
+        """A frame in the per-request schema (``status`` as names: ``finished``, ``rejected``,
+        ``aborted``, ``unfinished``, or ``failed``); raises ``ValueError`` naming what is wrong."""
+        needed = ("arrival_s", "first_token_s", "finish_s", "input_tokens", "output_tokens", "status")
+        missing = [c for c in needed if c not in frame]
+        if missing:
+            raise ValueError(f"per-request records lack column(s) {missing}; need {list(needed)}")
+        codes = _status_codes(frame["status"])
+
+        def column(name: str, dtype: type) -> np.ndarray:
+            try:
+                return frame[name].to_numpy(dtype=dtype, na_value=np.nan if dtype is float else 0)
+            except (TypeError, ValueError):
+                raise ValueError(f"per-request column {name} holds a value that is not a number") from None
+        return cls(column("arrival_s", float), column("first_token_s", float), column("finish_s", float),
+                   column("input_tokens", float).astype(np.int64), column("output_tokens", float).astype(np.int64),
+                   codes)
+
+
+def _status_codes(status: pd.Series) -> np.ndarray:
+    """Status names as codes (a categorical column is mapped per category, not per row)."""
+    if not isinstance(status.dtype, pd.CategoricalDtype):
+        status = status.astype(str).astype("category")
+    names = [str(c) for c in status.cat.categories]
+    lookup = np.array([STATUS_CODES.get(name, -1) for name in names] + [-1], dtype=np.int8)
+    codes = lookup[status.cat.codes.to_numpy()]  # code -1 (a missing status) reads the last entry
+    if (codes < 0).any():
+        bad = status[codes < 0].iloc[0]
+        raise ValueError(f"per-request status {str(bad)!r} is not one of {sorted(STATUS_CODES)}")
+    return codes
+
+
+def itl_from_gaps(per_request_gaps_s) -> InterTokenLatencies:
+    """Measured inter-token latencies: one list of gaps (s) per request, as ``vllm bench serve``
+    records them (``itls``: time between consecutive streamed chunks)."""
+    itl = InterTokenLatencies()
+    for gaps in per_request_gaps_s:
+        if gaps is not None and not isinstance(gaps, float):  # a request without recorded gaps: NaN / None
+            itl._values.extend(float(g) for g in gaps)
+    itl._counts.extend([1] * len(itl._values))
+    return itl
+
+
+def _weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs: np.ndarray) -> np.ndarray:
+    """Percentiles ``qs`` (0..100) of ``values`` repeated ``weights`` times, with one sort: the
+    linear interpolation between order statistics that ``np.percentile`` gives on the expansion."""
+    order = np.argsort(values, kind="stable")
+    v, cum = values[order], np.cumsum(weights[order])
+    pos = qs / 100.0 * (cum[-1] - 1)
+    lo, hi = np.floor(pos), np.ceil(pos)
+    v_lo = v[np.searchsorted(cum, lo + 1)]
+    v_hi = v[np.searchsorted(cum, hi + 1)]
+    return v_lo + (v_hi - v_lo) * (pos - lo)
+
+
 def latency_stats(prefix: str, values_ms: np.ndarray, weights: np.ndarray | None = None,
-           percentiles: tuple[float, ...] = (99,)) -> dict[str, float]:
-    """``mean_/median_/std_/p99_<prefix>_ms`` of (optionally weighted) values in ms."""
+                  percentiles: tuple[float, ...] = (99,)) -> dict[str, float]:
+    """``mean_/median_/std_/p<q>_<prefix>_ms`` of (optionally weighted) values in ms, as
+    ``vllm bench serve`` computes them: ``np.mean``, ``np.median``, ``np.std`` (population, ddof
+    0), ``np.percentile`` (linear); all 0 when there are none (vLLM's ``np.mean(x or 0)``).
+    One sort (or one ``np.percentile`` call) per metric, whatever the number of percentiles."""
+    values_ms = np.asarray(values_ms, dtype=np.float64)
+    qs = np.array((50.0, *percentiles), dtype=np.float64)
     if weights is None:
-        weights = np.ones(len(values_ms), dtype=np.int64)
-    n = weights.sum()
-    if n == 0:
-        out = {f"mean_{prefix}_ms": 0.0, f"median_{prefix}_ms": 0.0, f"std_{prefix}_ms": 0.0}
-        out.update({f"p{q:g}_{prefix}_ms": 0.0 for q in percentiles})
-        return out
-    mean = float((values_ms * weights).sum() / n)
-    std = float(math.sqrt(max((weights * (values_ms - mean) ** 2).sum() / n, 0.0)))
-    out = {f"mean_{prefix}_ms": mean, f"median_{prefix}_ms": weighted_percentile(values_ms, weights, 50),
-           f"std_{prefix}_ms": std}
-    out.update({f"p{q:g}_{prefix}_ms": weighted_percentile(values_ms, weights, q) for q in percentiles})
+        n = values_ms.size
+        if n:
+            mean = float(values_ms.mean())
+            std = float(values_ms.std())
+            points = np.percentile(values_ms, qs)
+    else:
+        n = int(weights.sum())
+        if n:
+            mean = float(np.dot(values_ms, weights) / n)
+            std = float(math.sqrt(max(float(np.dot(weights, (values_ms - mean) ** 2)) / n, 0.0)))
+            points = _weighted_percentiles(values_ms, weights, qs)
+    if not n:
+        mean = std = 0.0
+        points = np.zeros(len(qs))
+    out = {f"mean_{prefix}_ms": mean, f"median_{prefix}_ms": float(points[0]), f"std_{prefix}_ms": std}
+    out.update({f"p{q:g}_{prefix}_ms": float(p) for q, p in zip(percentiles, points[1:])})
     return out
 
 
-def summarize(records: RequestRecords, itl: InterTokenLatencies, percentiles: tuple[float, ...] = (99,),
-              first_counted: int = 0) -> dict:
-    """Summary with the keys of ``vllm bench serve --save-result`` (latencies in ms).
+def _as_columns(requests: RequestColumns | RequestRecords | pd.DataFrame) -> RequestColumns:
+    if isinstance(requests, RequestColumns):
+        return requests
+    if isinstance(requests, RequestRecords):
+        return RequestColumns.from_records(requests)
+    return RequestColumns.from_frame(requests)
 
-    Requests with ids below ``first_counted`` (a client's warm-up) are left out of every key but
-    the ITL ones (inter-token gaps are kept per step, not per request)."""
-    c = records.cols
-    done = records.status == 1
+
+def summarize(requests: RequestColumns | RequestRecords | pd.DataFrame, itl: InterTokenLatencies | None = None,
+              percentiles: tuple[float, ...] = (99,), first_counted: int = 0,
+              goodput_slos_ms: Mapping[str, float] | None = None, duration_s: float | None = None) -> dict:
+    """The bench summary of a run (keys of ``vllm bench serve --save-result``; latencies in ms).
+
+    * ``completed``: finished requests; ``failed``: rejected or aborted ones (vLLM: unsuccessful);
+      token totals and every latency are over the finished requests only;
+    * ``duration``: ``duration_s`` when given (a bench file's own wall clock), else first arrival
+      (of any counted request) to last finish; throughputs are per second of it;
+    * TTFT: first token - arrival; E2EL: finish - arrival; TPOT: ``(e2el - ttft) /
+      (output_tokens - 1)`` over requests with more than one output token; ITL: every gap in
+      ``itl`` (left out when ``itl`` is None: per-request records alone do not hold token times);
+    * ``request_goodput`` (only with ``goodput_slos_ms``, keys among ttft/tpot/e2el): finished
+      requests meeting every SLO (TPOT 0 for a single-token request), per second;
+    * requests with index below ``first_counted`` (a warm-up) are left out of every key but ITL.
+
+    A metric whose inputs the records lack for every finished request (no finish times) is left
+    out rather than reported as 0."""
+    cols = _as_columns(requests)
     if first_counted:
-        done = done & (np.arange(records.n) >= first_counted)
-        c = {k: np.where(np.arange(records.n) >= first_counted, v, np.nan) if v.dtype.kind == "f" else v
-             for k, v in c.items()}
-    arrival, first, finish = c["arrival_s"][done], c["first_token_s"][done], c["finish_s"][done]
-    n_in, n_out = c["input_tokens"][done], c["output_tokens"][done]
-    start = float(np.nanmin(c["arrival_s"])) if records.n and not np.all(np.isnan(c["arrival_s"])) else 0.0
-    duration = float(finish.max() - start) if done.any() else 0.0
+        cols = cols.tail(first_counted)
+    done = cols.status == FINISHED
+    arrival, first, finish = cols.arrival_s[done], cols.first_token_s[done], cols.finish_s[done]
+    n_in, n_out = cols.input_tokens[done], cols.output_tokens[done]
     completed = int(done.sum())
+    has_first, has_finish = np.isfinite(first), np.isfinite(finish)
+    duration = duration_s
+    if duration is None and (has_finish.any() or not completed):
+        arrived = cols.arrival_s[np.isfinite(cols.arrival_s)]
+        duration = float(finish[has_finish].max() - arrived.min()) if completed else 0.0
+    summary: dict = {} if duration is None else {"duration": float(duration)}
     total_in, total_out = int(n_in.sum()), int(n_out.sum())
-    def rate(x: float) -> float:
-        return x / duration if duration > 0 else 0.0
-    summary: dict = {
-        "duration": duration, "completed": completed,
-        "failed": int((records.status[first_counted:] == 2).sum()),
-        "total_input_tokens": total_in, "total_output_tokens": total_out,
-        "request_throughput": rate(completed), "output_throughput": rate(total_out),
-        "total_token_throughput": rate(total_in + total_out),
-    }
-    summary.update(latency_stats("ttft", (first - arrival) * 1e3, percentiles=percentiles))
-    multi = n_out > 1
-    tpot = (finish[multi] - first[multi]) / (n_out[multi] - 1) * 1e3
-    summary.update(latency_stats("tpot", tpot, percentiles=percentiles))
-    values, counts = itl.arrays()
-    summary.update(latency_stats("itl", values * 1e3, counts, percentiles=percentiles))
-    summary.update(latency_stats("e2el", (finish - arrival) * 1e3, percentiles=percentiles))
+    summary.update({"completed": completed, "failed": int(((cols.status == REJECTED) | (cols.status == ABORTED)).sum()),
+                    "total_input_tokens": total_in, "total_output_tokens": total_out})
+    if duration is not None:
+        seconds = duration
+        summary.update({key: count / seconds if seconds > 0 else 0.0 for key, count in (
+            ("request_throughput", completed), ("output_throughput", total_out),
+            ("total_token_throughput", total_in + total_out))})
+    ttft_s = (first - arrival)
+    e2el_s = (finish - arrival)
+    tpot_s = np.where(n_out > 1, (finish - first) / np.maximum(n_out - 1, 1), 0.0)
+    if goodput_slos_ms and duration is not None:
+        summary["request_goodput"] = _goodput(goodput_slos_ms, {"ttft": ttft_s, "tpot": tpot_s, "e2el": e2el_s},
+                                              duration)
+    both = has_first & has_finish
+    if has_first.any() or not completed:
+        summary.update(latency_stats("ttft", ttft_s[has_first] * 1e3, percentiles=percentiles))
+    if both.any() or not completed:
+        summary.update(latency_stats("tpot", tpot_s[both & (n_out > 1)] * 1e3, percentiles=percentiles))
+    if itl is not None:
+        values, counts = itl.arrays()
+        summary.update(latency_stats("itl", values * 1e3, counts, percentiles=percentiles))
+    if has_finish.any() or not completed:
+        summary.update(latency_stats("e2el", e2el_s[has_finish] * 1e3, percentiles=percentiles))
     return summary
+
+
+def _goodput(slos_ms: Mapping[str, float], per_request_s: dict[str, np.ndarray], duration_s: float) -> float:
+    unknown = sorted(set(slos_ms) - set(GOODPUT_METRICS))
+    if unknown:
+        raise ValueError(f"goodput SLO on {unknown[0]!r}: SLOs apply to {', '.join(GOODPUT_METRICS)}")
+    good = np.ones(len(per_request_s["ttft"]), dtype=bool)
+    for metric, slo_ms in slos_ms.items():
+        good &= per_request_s[metric] <= slo_ms / 1e3  # NaN (not recorded) is never good
+    return int(good.sum()) / duration_s if duration_s > 0 else 0.0
