@@ -24,7 +24,7 @@ import pandas as pd
 
 from ..sim.config import EngineConfig, make_engine_config
 from ..sim.gpus import get_gpu
-from ..sim.metrics import RequestRecords, summarize
+from ..sim.metrics import RequestRecords, request_latencies_s, summarize
 from ..sim.model_catalog import get_model
 from ..sim.models import ModelSpec
 from ..sim.profile import load_profile, shipped_profiles
@@ -288,13 +288,11 @@ def _run_point(task: PointTask) -> tuple[PointResult, pd.DataFrame | None]:
 
 
 def _metric_values(records: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per finished request in arrival order (ms): the values whose batch means judge convergence."""
     done = records[records["status"] == "finished"].sort_values("arrival_s")
-    multi = done["output_tokens"] > 1
-    tpot = np.where(multi, (done["finish_s"] - done["first_token_s"]) / (done["output_tokens"] - 1).clip(lower=1),
-                    np.nan) * 1e3
-    return {"ttft": ((done["first_token_s"] - done["arrival_s"]) * 1e3).to_numpy(),
-            "tpot": tpot[np.isfinite(tpot)],
-            "e2el": ((done["finish_s"] - done["arrival_s"]) * 1e3).to_numpy()}
+    values = request_latencies_s(done)
+    multi = done["output_tokens"].to_numpy() > 1  # TPOT statistics leave single-token requests out
+    return {"ttft": values["ttft"] * 1e3, "tpot": values["tpot"][multi] * 1e3, "e2el": values["e2el"] * 1e3}
 
 
 def run_converged(task: PointTask, rule: ConvergenceRule) -> PointResult:

@@ -296,6 +296,19 @@ def _as_columns(requests: RequestColumns | RequestRecords | pd.DataFrame) -> Req
     return RequestColumns.from_frame(requests)
 
 
+def request_latencies_s(requests: RequestColumns | RequestRecords | pd.DataFrame) -> dict[str, np.ndarray]:
+    """``ttft``, ``tpot`` and ``e2el`` (seconds) of every finished request, in row order: the
+    per-request values a summary's statistics are taken over.  TPOT is ``(e2el - ttft) /
+    (output_tokens - 1)``, and 0 for a single-token request (vLLM's goodput rule; the TPOT
+    statistics leave such requests out); NaN where the records lack a time."""
+    cols = _as_columns(requests)
+    done = cols.status == FINISHED
+    arrival, first, finish, n_out = cols.arrival_s[done], cols.first_token_s[done], cols.finish_s[done], \
+        cols.output_tokens[done]
+    return {"ttft": first - arrival, "tpot": np.where(n_out > 1, (finish - first) / np.maximum(n_out - 1, 1), 0.0),
+            "e2el": finish - arrival}
+
+
 def summarize(requests: RequestColumns | RequestRecords | pd.DataFrame, itl: InterTokenLatencies | None = None,
               percentiles: tuple[float, ...] = (99,), first_counted: int = 0,
               goodput_slos_ms: Mapping[str, float] | None = None, duration_s: float | None = None) -> dict:
@@ -318,7 +331,7 @@ def summarize(requests: RequestColumns | RequestRecords | pd.DataFrame, itl: Int
     if first_counted:
         cols = cols.tail(first_counted)
     done = cols.status == FINISHED
-    arrival, first, finish = cols.arrival_s[done], cols.first_token_s[done], cols.finish_s[done]
+    first, finish = cols.first_token_s[done], cols.finish_s[done]
     n_in, n_out = cols.input_tokens[done], cols.output_tokens[done]
     completed = int(done.sum())
     has_first, has_finish = np.isfinite(first), np.isfinite(finish)
@@ -335,12 +348,10 @@ def summarize(requests: RequestColumns | RequestRecords | pd.DataFrame, itl: Int
         summary.update({key: count / seconds if seconds > 0 else 0.0 for key, count in (
             ("request_throughput", completed), ("output_throughput", total_out),
             ("total_token_throughput", total_in + total_out))})
-    ttft_s = (first - arrival)
-    e2el_s = (finish - arrival)
-    tpot_s = np.where(n_out > 1, (finish - first) / np.maximum(n_out - 1, 1), 0.0)
+    per_request = request_latencies_s(cols)
+    ttft_s, tpot_s, e2el_s = per_request["ttft"], per_request["tpot"], per_request["e2el"]
     if goodput_slos_ms and duration is not None:
-        summary["request_goodput"] = _goodput(goodput_slos_ms, {"ttft": ttft_s, "tpot": tpot_s, "e2el": e2el_s},
-                                              duration)
+        summary["request_goodput"] = _goodput(goodput_slos_ms, per_request, duration)
     both = has_first & has_finish
     if has_first.any() or not completed:
         summary.update(latency_stats("ttft", ttft_s[has_first] * 1e3, percentiles=percentiles))
