@@ -251,7 +251,7 @@ def itl_from_gaps(per_request_gaps_s) -> InterTokenLatencies:
 def _weighted_percentiles(values: np.ndarray, weights: np.ndarray, qs: np.ndarray) -> np.ndarray:
     """Percentiles ``qs`` (0..100) of ``values`` repeated ``weights`` times, with one sort: the
     linear interpolation between order statistics that ``np.percentile`` gives on the expansion."""
-    order = np.argsort(values, kind="stable")
+    order = np.argsort(values)  # tie order is irrelevant: tied values are equal, so is any rank among them
     v, cum = values[order], np.cumsum(weights[order])
     pos = qs / 100.0 * (cum[-1] - 1)
     lo, hi = np.floor(pos), np.ceil(pos)
