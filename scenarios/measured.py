@@ -87,8 +87,9 @@ def run_row(folder: Path, root: Path | None = None) -> dict:
     s = summarize(RequestColumns.from_frame(req), itl, percentiles=CURVE_PERCENTILES)
     duration = s.get("duration", math.nan)
     row.update({key: s[key] for key in MEASURED_KEYS if key in s})
-    row.update({"duration_s": duration,
-                "input_throughput": s["total_input_tokens"] / duration if duration > 0 else 0.0, "error": ""})
+    input_rate = s["total_input_tokens"] / duration if duration > 0 else 0.0
+    row.update({"duration_s": duration, "input_throughput": math.nan if math.isnan(duration) else input_rate,
+                "error": ""})
     if s["completed"] == 0:  # as for a simulated point: zero throughput measures no capacity
         row["error"] = f"no request completed: {s['failed']} of {len(req)} failed"
     row.update({key: s.get(key, math.nan) for key in latency_keys(CURVE_PERCENTILES)})
