@@ -17,7 +17,7 @@ architecture held out together, the terms refitted on the rest).
 
 ``python -m servesim.calibrate.kv_capacity [--data DIR] [--report out.json] [--table FILE.md]
 [--write-profiles]`` prints the fit and the error summary; ``--table`` writes the per-record table; ``--write-profiles`` rewrites only the ``memory`` section of
-every shipped profile (``calibrate/profiles/*.json``), the v1 profiles from the newest v1 era and
+every shipped profile (``sim/profiles/*.json``), the v1 profiles from the newest v1 era and
 the v0 profiles from the v0 era, with provenance.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 from scipy.optimize import least_squares
 
 from ..sim.memory import MemoryInputs, activation_peak_bytes, memory_breakdown, non_torch_bytes, weight_bytes_per_gpu
-from ..sim.profile import MemoryCoefficients
+from ..sim.profile import MemoryCoefficients, shipped_profiles_dir
 from ..sim.traces import find_shared_data
 from .kv_records import RECORDS_FILE, KvRecord, MemoryEra, file_digest, load_records
 from .kv_report import print_report, records_markdown
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", default=None, help="write the full report (JSON) here")
     parser.add_argument("--table", default=None, help="write the per-record error table (markdown) here")
     parser.add_argument("--write-profiles", action="store_true",
-                        help="rewrite the memory section of every shipped profile in calibrate/profiles/")
+                        help="rewrite the memory section of every shipped profile in sim/profiles/")
     args = parser.parse_args(argv)
     try:
         data_file = Path(args.data) / RECORDS_FILE if args.data else find_shared_data(str(RECORDS_FILE))
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         Path(args.table).write_text(records_markdown(report))
     if args.write_profiles:
-        for path in write_profiles(report, Path(__file__).resolve().parent / "profiles"):
+        for path in write_profiles(report, shipped_profiles_dir()):
             print(f"wrote memory section of {path}")
     return 0
 

@@ -20,10 +20,10 @@ from servesim.sim import traces
 from servesim.sim.cost_model import BatchShape, StepCostModel
 from servesim.sim.gpus import get_gpu
 from servesim.sim.model_catalog import get_model
-from servesim.sim.profile import StepCoefficients, load_profile
+from servesim.sim.profile import StepCoefficients, load_profile, shipped_profiles_dir
 
 PEAKS = kt.Peaks(hbm_bandwidth_bytes_per_s=3.35e12, bf16_flops=989e12, fp8_flops=1978e12)
-PROFILES = Path(kt.__file__).resolve().parent / "profiles"
+PROFILES = shipped_profiles_dir()
 NOISE = 0.03  # lognormal sigma of the synthetic tables: 3% per row, like repeated kernel timings
 
 
