@@ -122,6 +122,14 @@ BOUNDS: dict[str, Bound] = {
     "api_server_request_s": Bound(0.0, 0.02, "s per request in the API server", _CPU),
     "request_overhead_s": Bound(0.0, 0.3, "s per request on the client's path", "client time; >= 0"),
     "jitter_s": Bound(0.0, 0.2, "s, spread of the client's per-request time", "a spread; >= 0"),
+    # KV-capacity memory terms (calibrate/kv_capacity.py; MemoryCoefficients' invariant).
+    "activation_tensors_hidden": Bound(0.0, math.inf, "hidden-width tensors live at the forward peak", "a count"),
+    "weight_overhead_bytes": Bound(-math.inf, math.inf, "bytes per GPU beyond the parameter count",
+                                   "may be negative: the parameter count can over-count a little"),
+    "sampler_bytes_per_logit": Bound(0.0, math.inf, "bytes per logit at the sampler's peak", "memory; >= 0"),
+    "non_torch_bytes": Bound(0.0, math.inf, "bytes per GPU outside torch's allocator", "memory; >= 0"),
+    "non_torch_tp_bytes": Bound(0.0, math.inf, "bytes per GPU of the TP communicator (TP > 1)", "memory; >= 0"),
+    "non_torch_per_rank_bytes": Bound(0.0, math.inf, "bytes per GPU and TP rank beyond 2", "memory; >= 0"),
 }
 
 

@@ -34,7 +34,7 @@ import numpy as np
 from ..sim.memory import MemoryInputs, activation_peak_bytes, memory_breakdown, non_torch_bytes, weight_bytes_per_gpu
 from ..sim.profile import MemoryCoefficients, shipped_profiles_dir
 from ..sim.traces import find_shared_data
-from .fitting import Coefficient, Source, bounded_least_squares, jacobian_stderr
+from .fitting import Coefficient, Source, bounded_least_squares, bounds_arrays, jacobian_stderr
 from .kv_records import RECORDS_FILE, KvRecord, MemoryEra, file_digest, load_records
 from .kv_report import print_report, records_markdown
 
@@ -142,11 +142,12 @@ def fit_terms(records: list[KvRecord], start: FittedTerms | None = None, kv: boo
         coeffs = _unpack(x, eras)
         return np.asarray([v for r in usable for v in _residuals(r, coeffs[r.memory_era], kv)])
 
-    # weight_overhead_bytes may be negative (the parameter count can over-count a little); the rest >= 0.
-    # A TP term needs TP > 1 records: per-rank growth needs two distinct TP > 1 degrees, else it is
-    # pinned to 0 (and reported as not identified).
-    lower = [-np.inf if n == "weight_overhead_bytes" else 0.0 for n in SHARED] + [0.0] * len(PER_ERA) * len(eras)
-    upper = [np.inf] * len(lower)
+    # Ranges: fitting.BOUNDS (in optimiser units).  A TP term needs TP > 1 records: per-rank growth
+    # needs two distinct TP > 1 degrees, else it is pinned to 0 (and reported as not identified).
+    names_x = list(SHARED) + [n for _ in eras for n in PER_ERA]
+    lo_b, hi_b = bounds_arrays(names_x)
+    scale = np.array([_SCALE.get(n, 1.0) for n in names_x])
+    lower, upper = list(lo_b / scale), list(hi_b / scale)
     pinned: dict[MemoryEra, list[str]] = {}
     for k, era in enumerate(eras):
         tps = {r.tp for r in usable if r.era is era and r.tp > 1}
