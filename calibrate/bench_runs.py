@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,6 +96,7 @@ class BenchRun:
 
     @property
     def metrics(self) -> tuple[str, ...]:
+        names: tuple[str, ...]
         if not math.isinf(self.request_rate):
             names = OPEN_LOOP_METRICS
         else:
@@ -118,7 +120,7 @@ def _int_from(pattern: str, text: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     """Files named by folders (every ``*.json`` below), globs or paths; sorted, no duplicates."""
     out: list[Path] = []
     for raw in inputs:
@@ -167,13 +169,14 @@ def read_bench_run(path: str | Path, root: Path | None = None, seed: int = 0) ->
         notes.append("TP not recorded: 1 assumed")
     max_len = data.get("max_model_len") or _int_from(r"_len(\d+)", path.name)
     inputs, outputs = _lengths(path, data, "input_lens"), _lengths(path, data, "output_lens")
-    detailed = inputs is not None and outputs is not None
+    detailed = False
     measured = {k: float(data[k]) for k in ("duration", "output_throughput", "mean_tpot_ms", "median_tpot_ms",
                                              "p99_tpot_ms", "mean_itl_ms", "median_itl_ms", "mean_ttft_ms",
                                              "median_ttft_ms") if isinstance(data.get(k), (int, float))}
     num_prompts = int(data.get("num_prompts") or data.get("completed") or 0)
     failed = 0
-    if detailed:
+    if inputs is not None and outputs is not None:
+        detailed = True
         if inputs.size != outputs.size:
             raise ValueError(f"{path}: input_lens has {inputs.size} entries, output_lens {outputs.size}")
         ok = outputs > 0
@@ -223,7 +226,7 @@ def _summary_lengths(n: int, mean_in: float, mean_out: float, seed: int) -> tupl
     return inputs, outputs
 
 
-def load_bench_runs(inputs: list[str | Path], seed: int = 0) -> tuple[list[BenchRun], list[str]]:
+def load_bench_runs(inputs: Sequence[str | Path], seed: int = 0) -> tuple[list[BenchRun], list[str]]:
     """Every result file named by ``inputs`` (folders, globs, files): the runs kept and, for each
     file skipped, why."""
     paths = expand_inputs(inputs)

@@ -1,6 +1,6 @@
 """Cross-validation of the end-to-end fit on the ML.ENERGY chat rows; writes ``docs/crossval.md``.
 
-    python -m servesim.calibrate.crossval [--profile calibrate/profiles/h100-sxm_vllm-v0.json] [--refit]
+    python -m servesim.calibrate.crossval [--profile sim/profiles/h100-sxm_vllm-v0.json] [--refit]
 
 In-sample: the fit on all rows (read from the profile's ``fit_report.end_to_end``: values, Jacobian
 and residuals as ``servesim calibrate`` left them; ``--refit`` fits again first).  Held out: leave one model out (all its ``max_num_seqs`` rows) and
@@ -16,11 +16,13 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ..sim.profile import default_profile, load_profile
 from . import e2e_fit
+from .fitting import bounds_arrays, gauss_newton_step, residual_rows
 from .mlenergy import load_mlenergy
 
 METRICS = ("output_throughput", "tpot_s")
@@ -28,13 +30,10 @@ METRICS = ("output_throughput", "tpot_s")
 
 def fold_refit(result: e2e_fit.FitResult, params: tuple[str, ...], train_rows: np.ndarray) -> dict[str, float]:
     """One Gauss-Newton step on the training rows' residuals from the all-data optimum."""
-    idx = np.concatenate([[2 * i, 2 * i + 1] for i in np.flatnonzero(train_rows)])
-    j, r = result.jac[idx], result.residuals[idx]
-    step, *_ = np.linalg.lstsq(j, -r, rcond=None)
+    step = gauss_newton_step(result.jac, result.residuals, residual_rows(np.flatnonzero(train_rows), len(METRICS)))
     x = np.array([result.values[p] for p in params]) / result.scale + step
-    lo = np.array([e2e_fit.BOUNDS[p][0] for p in params]) / result.scale
-    hi = np.array([e2e_fit.BOUNDS[p][1] for p in params]) / result.scale
-    x = np.clip(x, lo, hi)
+    lo, hi = bounds_arrays(params)
+    x = np.clip(x, lo / result.scale, hi / result.scale)
     return {p: float(v * s) for p, v, s in zip(params, x, result.scale)}
 
 
@@ -70,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"fitting {params} on {len(rows)} rows ...", file=sys.stderr)
             full = e2e_fit.fit(rows, base, params, simulator=sim, max_nfev=args.max_nfev)
         in_sample = errors(rows, full.sims, [True] * len(rows))
-        folds = {"leave-one-model-out": sorted({r.model for r in rows}),
+        folds: dict[str, list[Any]] = {"leave-one-model-out": sorted({r.model for r in rows}),
                  "leave-one-max_num_seqs-out": sorted({r.max_num_seqs for r in rows})}
-        results: dict[str, list] = {}
+        results: dict[str, tuple[dict[str, list[float]], list]] = {}
         for kind, keys in folds.items():
-            held_all = {m: [] for m in METRICS}
+            held_all: dict[str, list[float]] = {m: [] for m in METRICS}
             per_fold = []
             for key in keys:
                 held = np.array([(r.model if kind.startswith("leave-one-model") else r.max_num_seqs) == key
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                     held_all[m].extend(errs[m])
                 per_fold.append((key, int(held.sum()), {m: float(np.median(errs[m])) for m in METRICS}, values))
                 print(f"  {kind} {key}: {per_fold[-1][2]}", file=sys.stderr)
-            results[kind] = [held_all, per_fold]
+            results[kind] = (held_all, per_fold)
     lines = ["# Cross-validation of the vLLM 0.5.4 end-to-end fit (ML.ENERGY v2 chat, H100)", "",
              "Regenerate: `python -m servesim.calibrate.crossval` (about 10 CPU-minutes; uses "
              "`../shared/data`). Method: " + " ".join(__doc__.split("\n\n")[2].split()), "",

@@ -14,6 +14,7 @@ from ..sim.profile import Profile
 from . import e2e_fit
 from .bench_runs import Deployment, load_bench_runs
 from .deployment_fit import FIT_PARAMS, RunTarget, fit_deployment
+from .fitting import Coefficient, Source
 
 
 def _data_relative(path: str) -> str:
@@ -69,13 +70,16 @@ def calibrate_deployment(data: dict, base: Profile, inputs: list, dep: Deploymen
     for p in params:
         boot = fit.bootstrap.get(p, {})
         prior = data["coefficients"].get(p, {})
-        data["coefficients"][p] = {
-            "value": fit.values[p], "stderr": boot.get("sd"),
-            "interval_90": [boot.get("p05"), boot.get("p95")] if boot else None,
-            "identifiability": fit.identifiability[p],
-            "prior": {"value": prior.get("value"), "source": prior.get("source")} if p.startswith("eff_") else None,
-            "source": f"end-to-end fit on {len(runs)} runs (simulation in the loop) of deployment {dep.name}; "
-                      f"{'prior: the base profile value, 15% log-sd' if p.startswith('eff_') else 'no prior, >= 0'}"}
+        verdict = fit.identifiability[p]
+        source = (Source.BOUND if "at its bound" in verdict else Source.PRIOR if "prior dominates" in verdict
+                  else Source.FITTED)
+        data["coefficients"][p] = Coefficient(
+            fit.values[p], boot.get("sd"), source,
+            f"end-to-end fit on {len(runs)} runs (simulation in the loop) of deployment {dep.name}; "
+            f"{'prior: the base profile value, 15% log-sd' if p.startswith('eff_') else 'no prior, >= 0'}").entry(
+            interval_90=[boot.get("p05"), boot.get("p95")] if boot else None,
+            identifiability=fit.identifiability[p],
+            prior={"value": prior.get("value"), "source": prior.get("source")} if p.startswith("eff_") else None)
     data["deployment"] = {"name": dep.name, "engine": dep.engine, "engine_version": dep.engine_version,
                           "num_scheduler_steps": dep.num_scheduler_steps, "max_num_seqs": dep.max_num_seqs,
                           "gpu_memory_utilization": dep.gpu_memory_utilization}

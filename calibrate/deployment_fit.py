@@ -28,7 +28,6 @@ import sys
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy.optimize import least_squares, lsq_linear
 
 from ..sim.config import make_engine_config
 from ..sim.gpus import get_gpu
@@ -36,6 +35,7 @@ from ..sim.model_catalog import get_model
 from ..sim.profile import Profile
 from ..sim.runner import simulate
 from .bench_runs import BenchRun, Deployment
+from .fitting import BOUNDS, CachedResiduals, bootstrap, bounded_least_squares, bounded_linear_step, group_weights
 
 EFFICIENCIES = ("eff_bw", "eff_mm", "eff_attn_prefill", "eff_attn_decode")
 CPU_TERMS = ("step_overhead_s", "layer_overhead_s", "prefill_layer_overhead_s", "tp_step_overhead_s", "per_seq_overhead_s", "per_token_overhead_s",
@@ -43,15 +43,11 @@ CPU_TERMS = ("step_overhead_s", "layer_overhead_s", "prefill_layer_overhead_s", 
 FIT_PARAMS = EFFICIENCIES + CPU_TERMS
 # Kernel-table efficiencies were measured on vLLM 0.24's kernels; a 2024 deployment ran older ones.
 PRIOR_REL_SD = 0.15
-EFF_BOUNDS = (0.05, 1.0)
 RESIDUAL_SD_FLOOR = 0.01
-# Units of the CPU terms in the optimiser (so variables are O(1)) and their physical upper bounds.
+# Units of the CPU terms in the optimiser (so variables are O(1)); their ranges are fitting.BOUNDS.
 CPU_SCALE = {"step_overhead_s": 1e-3, "layer_overhead_s": 1e-5, "prefill_layer_overhead_s": 1e-4, "tp_step_overhead_s": 1e-4, "per_seq_overhead_s": 1e-5,
              "per_token_overhead_s": 1e-6, "per_prefill_token_overhead_s": 1e-6,
              "api_server_request_s": 1e-4}
-CPU_UPPER = {"step_overhead_s": 0.1, "layer_overhead_s": 1e-3, "prefill_layer_overhead_s": 5e-3, "tp_step_overhead_s": 0.05, "per_seq_overhead_s": 2e-3,
-             "per_token_overhead_s": 1e-4, "per_prefill_token_overhead_s": 5e-5,
-             "api_server_request_s": 0.02}
 
 
 @dataclass(frozen=True)
@@ -106,14 +102,16 @@ class Parameterisation:
                          for p in self.params])
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """:data:`~servesim.calibrate.fitting.BOUNDS` in optimiser variables."""
         lo, hi = [], []
         for p in self.params:
+            low, high = BOUNDS[p].window()
             if p in EFFICIENCIES:
-                lo.append(math.log(EFF_BOUNDS[0] / self.prior[p]))
-                hi.append(math.log(EFF_BOUNDS[1] / self.prior[p]))
+                lo.append(math.log(low / self.prior[p]))
+                hi.append(math.log(high / self.prior[p]))
             else:
-                lo.append(0.0)
-                hi.append(CPU_UPPER[p] / CPU_SCALE[p])
+                lo.append(low / CPU_SCALE[p])
+                hi.append(high / CPU_SCALE[p])
         return np.array(lo), np.array(hi)
 
     def prior_residuals(self, x: np.ndarray) -> np.ndarray:
@@ -161,31 +159,29 @@ def fit_deployment(targets: list[RunTarget], base: Profile, simulator, params: t
     lo, hi = para.bounds()
     start = {p: (x0 or {}).get(p, getattr(base.step, p)) for p in params}
     x_start = np.clip(para.to_x(start), lo + 1e-9, hi - 1e-9)
-    cache: dict[tuple, tuple[np.ndarray, list]] = {}
     bar = None
     if progress:
         from tqdm import tqdm
         bar = tqdm(desc=desc, unit="eval", file=sys.stderr, mininterval=1.0, leave=False, disable=None)  # off when not a terminal
 
-    def data_res(x: np.ndarray) -> np.ndarray:
-        key = tuple(np.round(x, 12))
-        if key not in cache:
-            prof = replace(base, step=replace(base.step, **para.to_values(x)))
-            sims = simulator(targets, prof, engine)
-            cache[key] = (_residuals(targets, sims)[0], sims)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(rms=f"{math.sqrt(float(np.mean(cache[key][0] ** 2))):.3f}")
-        return cache[key][0]
+    def simulate_at(x: np.ndarray) -> tuple[np.ndarray, list]:
+        prof = replace(base, step=replace(base.step, **para.to_values(x)))
+        sims = simulator(targets, prof, engine)
+        return _residuals(targets, sims)[0], sims
 
+    def on_new(x: np.ndarray, r: np.ndarray) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(rms=f"{math.sqrt(float(np.mean(r ** 2))):.3f}")
+
+    data_res = CachedResiduals(simulate_at, 12, on_new)
     try:
-        res = least_squares(lambda x: np.concatenate([data_res(x), para.prior_residuals(x)]), x_start,
-                            bounds=(lo, hi), diff_step=diff_step, max_nfev=max_nfev, x_scale="jac")
+        res = bounded_least_squares(lambda x: np.concatenate([data_res(x), para.prior_residuals(x)]), x_start,
+                                    bounds=(lo, hi), diff_step=diff_step, max_nfev=max_nfev, x_scale="jac")
     finally:
         if bar is not None:
             bar.close()
-    r_data = data_res(res.x)
-    sims = cache[tuple(np.round(res.x, 12))][1]
+    r_data, sims = data_res.at(res.x)
     _, owner = _residuals(targets, sims)
     n_data = len(r_data)
     fit = DeploymentFit(para.to_values(res.x), sims, r_data, owner, np.asarray(res.jac)[:n_data], res.x, para,
@@ -212,22 +208,22 @@ def gauss_newton_refit(fit: DeploymentFit, row_weights: np.ndarray, damping: flo
     b = np.concatenate([b, np.zeros(len(fit.x))])
     # Bounded linear least squares: a term held at its bound stays there and the others are solved
     # for with it held (clipping an unbounded step afterwards would keep their compensation for it).
-    res = lsq_linear(a, b, bounds=(np.minimum(lo - fit.x, 0.0), np.maximum(hi - fit.x, 0.0)))
-    return np.clip(fit.x + res.x, lo, hi)
+    step = bounded_linear_step(a, b, np.minimum(lo - fit.x, 0.0), np.maximum(hi - fit.x, 0.0))
+    return np.clip(fit.x + step, lo, hi)
 
 
 def bootstrap_runs(fit: DeploymentFit, num_runs: int, num_replicates: int, seed: int) -> dict[str, dict]:
     """Per coefficient: bootstrap standard deviation and 5-95% interval over resampled runs."""
-    rng = np.random.default_rng(seed)
     # Replicates are centred on the full data's own linearised solution, so an optimum the optimiser
     # left slightly short of convergence does not read as spread.
     centre = gauss_newton_refit(fit, np.ones(len(fit.residuals)))
     lo, hi = fit.para.bounds()
-    draws = []
-    for _ in range(num_replicates):
-        counts = np.bincount(rng.integers(0, num_runs, num_runs), minlength=num_runs).astype(np.float64)
-        x = gauss_newton_refit(fit, counts[fit.row_run]) - centre + fit.x
-        draws.append(fit.para.to_values(np.clip(x, lo, hi)))
+
+    def refit(pick: np.ndarray) -> np.ndarray:
+        x = gauss_newton_refit(fit, group_weights(pick, num_runs)[fit.row_run]) - centre + fit.x
+        return np.clip(x, lo, hi)
+
+    draws = [fit.para.to_values(x) for x in bootstrap(num_runs, num_replicates, seed, refit)]
     out = {}
     for p in fit.para.params:
         v = np.array([d[p] for d in draws])

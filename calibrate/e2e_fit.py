@@ -20,28 +20,18 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from ..sim.config import make_engine_config
 from ..sim.gpus import get_gpu
 from ..sim.model_catalog import get_model
 from ..sim.profile import Profile
 from ..sim.runner import simulate
+from .fitting import CachedResiduals, bounded_least_squares, bounds_arrays, jacobian_stderr
 from .mlenergy import MAX_MODEL_LEN_CAP, MLEnergyRow, row_workload
 
-# Bounds of the coefficients that can be fitted end to end (physical ranges, not tuning knobs).
-BOUNDS: dict[str, tuple[float, float]] = {
-    "step_overhead_s": (0.0, 0.1),
-    "tp_step_overhead_s": (0.0, 0.05),
-    "per_seq_overhead_s": (0.0, 2e-3),
-    "per_token_overhead_s": (0.0, 1e-4),
-    "per_prefill_token_overhead_s": (0.0, 5e-5),
-    "layer_overhead_s": (0.0, 1e-3),
-    "eff_attn_decode": (0.05, 1.0),
-    "eff_attn_prefill": (0.05, 1.0),
-    "eff_bw": (0.2, 1.0),
-    "eff_mm": (0.1, 1.0),
-}
+# The coefficients that can be fitted end to end; their ranges are fitting.BOUNDS.
+FITTABLE = ("step_overhead_s", "tp_step_overhead_s", "per_seq_overhead_s", "per_token_overhead_s",
+            "per_prefill_token_overhead_s", "layer_overhead_s", "eff_attn_decode", "eff_attn_prefill", "eff_bw", "eff_mm")
 DEFAULT_PARAMS = ("step_overhead_s", "per_seq_overhead_s", "eff_attn_decode")
 
 
@@ -114,50 +104,40 @@ class FitResult:
     cost: float
     nfev: int
     message: str
-    jac: np.ndarray | None = None      # d residual / d (value / scale) at the optimum
-    scale: np.ndarray | None = None
+    jac: np.ndarray      # d residual / d (value / scale) at the optimum
+    scale: np.ndarray
 
 
 def fit(rows: list[MLEnergyRow], base: Profile, params: tuple[str, ...] = DEFAULT_PARAMS,
         simulator: RowSimulator | None = None, engine: str = "vllm-v0",
         x0: dict[str, float] | None = None, max_nfev: int = 40) -> FitResult:
     """Least-squares fit of ``params`` (other coefficients stay as in ``base``)."""
-    unknown = [p for p in params if p not in BOUNDS]
+    unknown = [p for p in params if p not in FITTABLE]
     if unknown:
-        raise ValueError(f"cannot fit {unknown} end to end; fittable: {sorted(BOUNDS)}")
+        raise ValueError(f"cannot fit {unknown} end to end; fittable: {sorted(FITTABLE)}")
     own = simulator is None
     simulator = simulator or RowSimulator()
     start = {p: (x0 or {}).get(p, getattr(base.step, p)) for p in params}
-    lo = np.array([BOUNDS[p][0] for p in params])
-    hi = np.array([BOUNDS[p][1] for p in params])
+    lo, hi = bounds_arrays(params)
     # Optimise in units of each coefficient's upper bound so the variables are O(1).
     scale = hi
     x_start = np.clip(np.array([start[p] for p in params]) / scale, lo / scale + 1e-9, hi / scale - 1e-9)
-    cache: dict[tuple, tuple[np.ndarray, list]] = {}
 
-    def evaluate(x: np.ndarray) -> np.ndarray:
-        key = tuple(np.round(x, 12))
-        if key not in cache:
-            prof = with_coefficients(base, {p: float(v * s) for p, v, s in zip(params, x, scale)})
-            sims = simulator(rows, prof, engine)
-            cache[key] = (log_residuals(rows, sims), sims)
-        return cache[key][0]
+    def simulate_at(x: np.ndarray) -> tuple[np.ndarray, list]:
+        prof = with_coefficients(base, {p: float(v * s) for p, v, s in zip(params, x, scale)})
+        sims = simulator(rows, prof, engine)
+        return log_residuals(rows, sims), sims
 
+    evaluate = CachedResiduals(simulate_at, 12)
     try:
-        res = least_squares(evaluate, x_start, bounds=(lo / scale, hi / scale), diff_step=0.02,
-                            max_nfev=max_nfev, x_scale="jac")
+        res = bounded_least_squares(evaluate, x_start, bounds=(lo / scale, hi / scale), diff_step=0.02,
+                                    max_nfev=max_nfev, x_scale="jac")
     finally:
         if own:
             simulator.close()
     values = {p: float(v * s) for p, v, s in zip(params, res.x, scale)}
-    m, n = len(res.fun), len(params)
-    s2 = float(res.fun @ res.fun) / max(m - n, 1)
-    try:
-        cov = np.linalg.inv(res.jac.T @ res.jac) * s2
-        stderr = {p: float(math.sqrt(max(cov[i, i], 0.0)) * scale[i]) for i, p in enumerate(params)}
-    except np.linalg.LinAlgError:
-        stderr = {p: float("nan") for p in params}
-    evaluate(res.x)
-    residuals, sims = cache[tuple(np.round(res.x, 12))]
+    se = jacobian_stderr(res.jac, res.fun, pinv=False)
+    stderr = {p: float(se[i] * scale[i]) for i, p in enumerate(params)}
+    residuals, sims = evaluate.at(res.x)
     return FitResult(values, stderr, sims, residuals, float(res.cost), int(res.nfev), res.message,
                      np.asarray(res.jac), scale)

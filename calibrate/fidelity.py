@@ -21,6 +21,7 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,12 +36,12 @@ from .validate_runs import plot_rows, profile_deployment
 TARGET_METRICS = ("duration", "output_throughput", "median_tpot_ms", "median_ttft_ms")
 TARGETS = {"duration": 0.05, "output_throughput": 0.05, "median_tpot_ms": 0.10, "median_ttft_ms": 0.15}
 BEGIN, END = "<!-- fidelity:begin -->", "<!-- fidelity:end -->"
-DATASETS = {
+DATASETS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "lambda-sep2024": ("h100/lambda_sep2024", "h100-sxm_vllm-v0.6_lambda-sep2024", ("tp", "n", "model")),
     "lambda-aug2024": ("h100/lambda_aug2024", "h100-sxm_vllm-v0.5_lambda-aug2024", ("tp", "n", "max_model_len")),
 }
 # Settings the files do not record, tried against the chosen one (docs/fidelity.md, "What was inferred").
-CANDIDATES = {
+CANDIDATES: dict[str, list[dict[str, Any]]] = {
     "lambda-sep2024": [{"num_scheduler_steps": k} for k in (1, 8, 10, 12)]
     + [{"max_num_seqs": 1024}, {"gpu_memory_utilization": 0.9}, {"gpu_memory_utilization": 0.9, "max_num_seqs": 1024}],
     "lambda-aug2024": [{"num_scheduler_steps": k} for k in (1, 2, 4)]
@@ -73,7 +74,7 @@ def crossvalidate(name: str, workers: int | None, refit_nfev: int, all_nfev: int
         base = replace(profile, step=replace(profile.step, **full.values))
         in_sample = [dict(run=r.key, tp=r.tp, requests=r.num_requests, detailed=r.detailed,
                           **_row(r, s)) for r, s in zip(runs, full.sims)]
-        out = {"name": name, "profile": profile_name, "runs": len(runs), "skipped": skipped, "values": full.values,
+        out: dict[str, Any] = {"name": name, "profile": profile_name, "runs": len(runs), "skipped": skipped, "values": full.values,
                "in_sample": in_sample, "splits": {}, "deployment": dep,
                "inference": render_inference(name, runs, dep, base, CANDIDATES[name])}
         for split in splits:

@@ -12,10 +12,12 @@ Two kinds of evidence, both printed into ``docs/fidelity.md`` by :mod:`servesim.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
 
+from ..sim.profile import Profile
 from .bench_runs import BenchRun, Deployment
 from .deployment_fit import RunTarget, _residuals, simulate_run
 
@@ -91,7 +93,7 @@ def decode_breakdown_ms(profile, model_name: str, tp: int, num_seqs: int, contex
     }
 
 
-def render_breakdown(profiles: dict[str, object], model: str, tp_values: tuple[int, ...], num_seqs: int,
+def render_breakdown(profiles: Mapping[str, Profile], model: str, tp_values: tuple[int, ...], num_seqs: int,
                      context: int) -> list[str]:
     lines = [f"Decode step of {model} with {num_seqs} running sequences at {context} tokens of context, "
              "ms per step (a step yields one token per sequence; per-pass terms divided by the steps per pass):", "",

@@ -25,14 +25,17 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import yaml
-from scipy.optimize import least_squares
+from scipy.optimize import OptimizeResult
+
+from .fitting import Coefficient, Source, bootstrap, bounded_least_squares, jacobian_stderr
 
 TABLES = {
     "gemm": "gemm_vllm_0.24.0_gemm_perf.parquet",
@@ -211,7 +214,7 @@ class FitResult:
     jacobian_stderr: dict[str, float]
     n_rows: int
     n_groups: int
-    residuals: dict[str, float]  # of the fitted formula; "cost_model_form" nests those of the cost model's form
+    residuals: dict[str, Any]  # floats of the fitted formula; "cost_model_form" nests those of the cost model's form
 
     def report(self) -> dict:
         return {"values": _sig(self.values), "stderr": _sig(self.stderr),
@@ -232,7 +235,7 @@ def residual_summary(predicted: np.ndarray, measured: np.ndarray) -> dict[str, f
 
 
 def fit_log(name: str, measured_s: np.ndarray, predict: Callable[..., np.ndarray], start: dict[str, float],
-            groups: np.ndarray | None = None, n_boot: int = 200, seed: int = 0) -> FitResult:
+            groups: Sequence[Hashable] | np.ndarray | None = None, n_boot: int = 200, seed: int = 0) -> FitResult:
     """Fit positive parameters of ``predict(**params)`` to ``measured_s`` in log space.
 
     ``groups`` labels rows that share a shape; the bootstrap resamples whole groups (every row its
@@ -244,23 +247,22 @@ def fit_log(name: str, measured_s: np.ndarray, predict: Callable[..., np.ndarray
     def residuals(theta: np.ndarray) -> np.ndarray:
         return np.log(predict(**dict(zip(names, np.exp(theta))))) - log_measured
 
-    def solve(theta0: np.ndarray, rows: np.ndarray | None = None):
+    def solve(theta0: np.ndarray, rows: np.ndarray | None = None) -> OptimizeResult:
         fun = residuals if rows is None else (lambda t: residuals(t)[rows])
-        return least_squares(fun, theta0, method="trf", x_scale=1.0)
+        return bounded_least_squares(fun, theta0, method="trf", x_scale=1.0)
 
     best = solve(np.log([start[n] for n in names]))
     values = np.exp(best.x)
-    dof = max(len(log_measured) - len(names), 1)
-    cov = np.linalg.pinv(best.jac.T @ best.jac) * (2 * best.cost / dof)
-    jac_se = values * np.sqrt(np.clip(np.diag(cov), 0.0, None))  # delta method from log space
+    # Delta method from log space; 2 * cost is the sum of squared residuals.
+    jac_se = values * jacobian_stderr(best.jac, best.fun, sum_of_squares=2 * best.cost)
     codes = pd.factorize(pd.Series(list(groups)) if groups is not None else pd.RangeIndex(len(log_measured)))[0]
     members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
     boot_se = jac_se
     if n_boot > 0:
-        rng = np.random.default_rng(seed)
-        picks = (rng.integers(0, len(members), len(members)) for _ in range(n_boot))
-        draws = [np.exp(solve(best.x, np.concatenate([members[i] for i in pick])).x) for pick in picks]
-        boot_se = np.std(draws, axis=0, ddof=1)
+        def refit(pick: np.ndarray) -> np.ndarray:
+            return np.exp(solve(best.x, np.concatenate([members[i] for i in pick])).x)
+
+        boot_se = np.std(bootstrap(len(members), n_boot, seed, refit), axis=0, ddof=1)
     return FitResult(name, dict(zip(names, values)), dict(zip(names, boot_se)), dict(zip(names, jac_se)),
                      len(log_measured), len(members), residual_summary(np.exp(best.fun + log_measured), measured_s))
 
@@ -309,8 +311,8 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _coef(value: float, stderr: float, source: str) -> dict:
-    return {"value": float(f"{value:.4g}"), "stderr": float(f"{stderr:.2g}"), "source": source}
+def _coef(value: float, stderr: float, source: str, kind: Source = Source.KERNEL_TABLE) -> dict:
+    return Coefficient(value, stderr, kind, source).entry(4, 2)
 
 
 def fit_all(data_dir: str | Path, n_boot: int = 200) -> dict[str, FitResult]:
@@ -367,11 +369,12 @@ def coefficients(fits: dict[str, FitResult], engine: str) -> dict[str, dict]:
                                           ar_src + "; message bytes per second (algbw)"),
         "layer_overhead_s": _coef(GEMMS_PER_LAYER * g.values["launch_s"] + da.values["launch_s"],
                                   float(np.hypot(GEMMS_PER_LAYER * g.stderr["launch_s"], da.stderr["launch_s"])),
-                                  f"derived: {GEMMS_PER_LAYER} x gemm_bf16.launch_s + generation_attention.launch_s"),
+                                  f"derived: {GEMMS_PER_LAYER} x gemm_bf16.launch_s + generation_attention.launch_s",
+                                  Source.DERIVED),
     }
     for name, (value, se) in CPU_PRIORS[engine].items():
-        out[name] = {"value": value, "stderr": se, "source": f"prior ({engine}): not measurable from kernel "
-                     "tables; to be fitted end to end by the calibration issue"}
+        out[name] = Coefficient(value, se, Source.PRIOR, f"prior ({engine}): not measurable from kernel "
+                                "tables; to be fitted end to end by the calibration issue").entry()
     return out
 
 
@@ -381,8 +384,8 @@ def memory_priors(data_dir: str | Path) -> dict[str, dict]:
     from dataclasses import asdict  # noqa: PLC0415
 
     from ..sim.profile import MemoryCoefficients  # noqa: PLC0415
-    return {name: {"value": float(value), "stderr": None, "source": "prior: MemoryCoefficients default; fit with "
-                   "python -m servesim.calibrate.kv_capacity --write-profiles (docs/memory.md)"}
+    return {name: Coefficient(float(value), None, Source.PRIOR, "prior: MemoryCoefficients default; fit with "
+                              "python -m servesim.calibrate.kv_capacity --write-profiles (docs/memory.md)").entry()
             for name, value in asdict(MemoryCoefficients()).items()}
 
 
@@ -390,7 +393,7 @@ def power_constants(power_yaml: Path) -> dict[str, dict]:
     """PowerCoefficients: Splitwise's constant power model (H100 80GB, W per GPU); stderr is a prior spread."""
     cfg = yaml.safe_load(power_yaml.read_text())
     src = f"Splitwise {power_yaml.name} (h100-80gb)"
-    return {key: {"value": float(cfg[section]["h100-80gb"]), "stderr": se, "source": src} for key, section, se in
+    return {key: Coefficient(float(cfg[section]["h100-80gb"]), se, Source.PRIOR, src).entry() for key, section, se in
             (("idle_w", "idle_power", 15.0), ("prefill_w", "prompt_power", 100.0), ("decode_w", "token_power", 100.0))}
 
 

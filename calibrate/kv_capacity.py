@@ -17,7 +17,7 @@ architecture held out together, the terms refitted on the rest).
 
 ``python -m servesim.calibrate.kv_capacity [--data DIR] [--report out.json] [--table FILE.md]
 [--write-profiles]`` prints the fit and the error summary; ``--table`` writes the per-record table; ``--write-profiles`` rewrites only the ``memory`` section of
-every shipped profile (``calibrate/profiles/*.json``), the v1 profiles from the newest v1 era and
+every shipped profile (``sim/profiles/*.json``), the v1 profiles from the newest v1 era and
 the v0 profiles from the v0 era, with provenance.
 """
 from __future__ import annotations
@@ -30,11 +30,11 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from ..sim.memory import MemoryInputs, activation_peak_bytes, memory_breakdown, non_torch_bytes, weight_bytes_per_gpu
-from ..sim.profile import MemoryCoefficients
+from ..sim.profile import MemoryCoefficients, shipped_profiles_dir
 from ..sim.traces import find_shared_data
+from .fitting import Coefficient, Source, bounded_least_squares, bounds_arrays, jacobian_stderr
 from .kv_records import RECORDS_FILE, KvRecord, MemoryEra, file_digest, load_records
 from .kv_report import print_report, records_markdown
 
@@ -99,7 +99,7 @@ def _residuals(rec: KvRecord, mem: MemoryCoefficients, kv: bool = True) -> list[
     inp = memory_inputs(rec)
     out: list[float] = []
     if rec.weights_gib is not None:
-        w = weight_bytes_per_gpu(rec.model, rec.weight_dtype, rec.tp) + mem.weight_overhead_bytes
+        w = weight_bytes_per_gpu(rec.spec, rec.weight_dtype, rec.tp) + mem.weight_overhead_bytes
         out.append(w / GIB - rec.weights_gib)
     if rec.activation_peak_gib is not None:
         out.append(activation_peak_bytes(inp, mem) / GIB - rec.activation_peak_gib)
@@ -114,7 +114,7 @@ def _residuals(rec: KvRecord, mem: MemoryCoefficients, kv: bool = True) -> list[
 def _logged_available_gib(rec: KvRecord) -> float | None:
     """Available KV memory as logged, or from the reported tokens (mid-block: the floor loses < 1 block)."""
     if rec.reported_tokens is not None:
-        per_token = rec.model.kv_bytes_per_token(rec.kv_cache_dtype, rec.tp)
+        per_token = rec.spec.kv_bytes_per_token(rec.kv_cache_dtype, rec.tp)
         return (rec.reported_tokens + rec.block_size / 2) * per_token / GIB
     return rec.available_kv_gib if rec.failed_to_fit else None
 
@@ -130,7 +130,7 @@ def fit_terms(records: list[KvRecord], start: FittedTerms | None = None, kv: boo
                                                   or r.non_torch_gib is not None or r.weights_gib is not None)]
     if not usable:
         raise ValueError("no usable KV-capacity records to fit")
-    eras = sorted({r.era for r in usable}, key=lambda e: list(MemoryEra).index(e))
+    eras = sorted({r.memory_era for r in usable}, key=lambda e: list(MemoryEra).index(e))
     default = MemoryCoefficients()
     first = start.coefficients.get(eras[0], default) if start else default
     x0 = [getattr(first, n) / _SCALE.get(n, 1.0) for n in SHARED]
@@ -140,13 +140,14 @@ def fit_terms(records: list[KvRecord], start: FittedTerms | None = None, kv: boo
 
     def fun(x: np.ndarray) -> np.ndarray:
         coeffs = _unpack(x, eras)
-        return np.asarray([v for r in usable for v in _residuals(r, coeffs[r.era], kv)])
+        return np.asarray([v for r in usable for v in _residuals(r, coeffs[r.memory_era], kv)])
 
-    # weight_overhead_bytes may be negative (the parameter count can over-count a little); the rest >= 0.
-    # A TP term needs TP > 1 records: per-rank growth needs two distinct TP > 1 degrees, else it is
-    # pinned to 0 (and reported as not identified).
-    lower = [-np.inf if n == "weight_overhead_bytes" else 0.0 for n in SHARED] + [0.0] * len(PER_ERA) * len(eras)
-    upper = [np.inf] * len(lower)
+    # Ranges: fitting.BOUNDS (in optimiser units).  A TP term needs TP > 1 records: per-rank growth
+    # needs two distinct TP > 1 degrees, else it is pinned to 0 (and reported as not identified).
+    names_x = list(SHARED) + [n for _ in eras for n in PER_ERA]
+    lo_b, hi_b = bounds_arrays(names_x)
+    scale = np.array([_SCALE.get(n, 1.0) for n in names_x])
+    lower, upper = list(lo_b / scale), list(hi_b / scale)
     pinned: dict[MemoryEra, list[str]] = {}
     for k, era in enumerate(eras):
         tps = {r.tp for r in usable if r.era is era and r.tp > 1}
@@ -159,24 +160,19 @@ def fit_terms(records: list[KvRecord], start: FittedTerms | None = None, kv: boo
     # The peak is a max() of two phases: where the forward pass is the larger one the sampler term
     # has no gradient, so start the sampler from both sorting regimes the records show (~13 and
     # ~37 bytes per logit) and keep the better optimum.
-    best = None
+    candidates = []
     for sampler_start in ((None,) if start else (default.sampler_bytes_per_logit, 37.0)):
         x_try = np.asarray(x0, float)
         for k in range(len(eras)):
             if sampler_start is not None:
                 x_try[len(SHARED) + k * len(PER_ERA) + PER_ERA.index("sampler_bytes_per_logit")] = sampler_start
-        sol_try = least_squares(fun, x_try, loss="soft_l1", f_scale=ROBUST_SCALE_GIB, bounds=(lower, upper),
-                                x_scale="jac")
-        if best is None or sol_try.cost < best.cost:
-            best = sol_try
-    sol = best
+        candidates.append(bounded_least_squares(fun, x_try, loss="soft_l1", f_scale=ROBUST_SCALE_GIB,
+                                                bounds=(lower, upper), x_scale="jac"))
+    sol = min(candidates, key=lambda s: s.cost)  # the first of equal optima, as the starts are listed
     coeffs = _unpack(sol.x, eras)
     names = list(SHARED) + [n for _ in eras for n in PER_ERA]
     jac, res = sol.jac, sol.fun
-    dof = max(len(res) - len(sol.x), 1)
-    s2 = float(res @ res) / dof
-    cov = np.linalg.pinv(jac.T @ jac) * s2
-    se_all = np.sqrt(np.clip(np.diag(cov), 0, None))
+    se_all = jacobian_stderr(jac, res)
     stderr: dict[MemoryEra, dict[str, float]] = {}
     ident: dict[MemoryEra, tuple[str, ...]] = {}
     col_norm = np.linalg.norm(jac, axis=0)
@@ -200,12 +196,11 @@ def fit_cuda_graph_pool(records: list[KvRecord]) -> dict:
             and r.era is MemoryEra.V1_017]
     if len(rows) < 3:
         return {"n": len(rows)}
-    layers = np.asarray([r.model.num_layers for r in rows], float)
+    layers = np.asarray([r.spec.num_layers for r in rows], dtype=np.float64)
     y = np.asarray([r.cuda_graph_gib for r in rows])
-    sol = least_squares(lambda x: x[0] + x[1] * layers - y, np.asarray([0.3, 0.02]), loss="soft_l1",
+    sol = bounded_least_squares(lambda x: x[0] + x[1] * layers - y, np.asarray([0.3, 0.02]), loss="soft_l1",
                         f_scale=ROBUST_SCALE_GIB)
-    cov = np.linalg.pinv(sol.jac.T @ sol.jac) * float(sol.fun @ sol.fun) / max(len(y) - 2, 1)
-    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    se = jacobian_stderr(sol.jac, sol.fun)
     err = np.abs(sol.fun)
     return {"n": len(rows), "era": MemoryEra.V1_017.value, "form": "a_gib + b_gib_per_layer * num_layers",
             "a_gib": float(sol.x[0]), "a_stderr": float(se[0]), "b_gib_per_layer": float(sol.x[1]),
@@ -214,7 +209,7 @@ def fit_cuda_graph_pool(records: list[KvRecord]) -> dict:
 
 def predict(rec: KvRecord, terms: FittedTerms) -> dict:
     """Predicted KV tokens, available memory and components for one record under ``terms``."""
-    mem = terms.coefficients[rec.era]
+    mem = terms.coefficients[rec.memory_era]
     b = memory_breakdown(memory_inputs(rec), mem)
     return {"tokens": b.kv_capacity_tokens, "available_gib": b.available_kv_bytes / GIB,
             "weights_gib": b.weight_bytes / GIB, "activation_gib": b.activation_bytes / GIB,
@@ -223,7 +218,7 @@ def predict(rec: KvRecord, terms: FittedTerms) -> dict:
 
 def _row(rec: KvRecord, pred: dict) -> dict:
     rel = pred["tokens"] / rec.reported_tokens - 1 if rec.reported_tokens else None
-    return {"index": rec.index, "model": rec.model.name, "model_id": rec.model_id, "era": rec.era.value,
+    return {"index": rec.index, "model": rec.spec.name, "model_id": rec.model_id, "era": rec.memory_era.value,
             "version": rec.version.split(" ")[0], "tp": rec.tp, "weight_dtype": rec.weight_dtype,
             "kv_cache_dtype": rec.kv_cache_dtype, "util": rec.gpu_memory_utilization,
             "reported_tokens": rec.reported_tokens, "predicted_tokens": pred["tokens"], "rel_error": rel,
@@ -254,15 +249,15 @@ def evaluate(records: list[KvRecord]) -> dict:
     terms = fit_terms(usable)
     in_sample = [_row(r, predict(r, terms)) for r in usable]
     lomo: list[dict] = []
-    for name in sorted({r.model.name for r in usable}):
-        train = [r for r in usable if r.model.name != name]
-        held = [r for r in usable if r.model.name == name]
+    for name in sorted({r.spec.name for r in usable}):
+        train = [r for r in usable if r.spec.name != name]
+        held = [r for r in usable if r.spec.name == name]
         train_eras = {r.era for r in train}
         fold = fit_terms(train, start=terms)
         for r in held:
             if r.era not in train_eras:
                 lomo.append({**_row(r, predict(r, terms)), "rel_error": None,
-                             "note": f"era {r.era.value} has no other model to fit on"})
+                             "note": f"era {r.memory_era.value} has no other model to fit on"})
                 continue
             lomo.append(_row(r, predict(r, fold)))
     lomo.sort(key=lambda r: r["index"])
@@ -326,22 +321,21 @@ def memory_section(report: dict, era: MemoryEra) -> dict:
     for f in fields(MemoryCoefficients):
         value = float(block["values"][f.name])
         if f.name in FIXED_SOURCES:
-            out[f.name] = {"value": value, "stderr": 0.0, "source": FIXED_SOURCES[f.name]}
+            out[f.name] = Coefficient(value, 0.0, Source.FIXED, FIXED_SOURCES[f.name]).entry()
             continue
         if f.name == "cuda_graph_bytes":
-            out[f.name] = {"value": 0.0, "stderr": 0.0, "source": "vLLM captures CUDA graphs after sizing the KV "
-                           "cache and does not deduct them (v0; v1 up to 0.19 unless "
-                           "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1); see docs/memory.md"}
+            out[f.name] = Coefficient(0.0, 0.0, Source.FIXED, "vLLM captures CUDA graphs after sizing the KV "
+                                      "cache and does not deduct them (v0; v1 up to 0.19 unless "
+                                      "VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS=1); see docs/memory.md").entry()
             continue
         se = block["stderr"].get(f.name, 0.0)
-        entry = {"value": float(f"{value:.5g}"), "stderr": float(f"{se:.3g}") if np.isfinite(se) else 0.0,
-                 "source": src}
+        coef = Coefficient(value, float(se) if np.isfinite(se) else 0.0, Source.FITTED, src)
         if f.name in block["not_identified"]:
             # No information in this era's records: the newest era's value stands as the spread.
-            entry["stderr"] = float(f"{abs(float(newest['values'][f.name])):.3g}")
-            entry["source"] += ("; NOT IDENTIFIED by this era's records (held at its bound); stderr is the "
-                                f"{MemoryEra.V1_017.value} value as a prior spread")
-        out[f.name] = entry
+            coef = Coefficient(value, abs(float(newest["values"][f.name])), Source.BOUND,
+                               src + "; NOT IDENTIFIED by this era's records (held at its bound); stderr is the "
+                               f"{MemoryEra.V1_017.value} value as a prior spread")
+        out[f.name] = coef.entry(5, 3)
     return out
 
 
@@ -365,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", default=None, help="write the full report (JSON) here")
     parser.add_argument("--table", default=None, help="write the per-record error table (markdown) here")
     parser.add_argument("--write-profiles", action="store_true",
-                        help="rewrite the memory section of every shipped profile in calibrate/profiles/")
+                        help="rewrite the memory section of every shipped profile in sim/profiles/")
     args = parser.parse_args(argv)
     try:
         data_file = Path(args.data) / RECORDS_FILE if args.data else find_shared_data(str(RECORDS_FILE))
@@ -379,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.table:
         Path(args.table).write_text(records_markdown(report))
     if args.write_profiles:
-        for path in write_profiles(report, Path(__file__).resolve().parent / "profiles"):
+        for path in write_profiles(report, shipped_profiles_dir()):
             print(f"wrote memory section of {path}")
     return 0
 

@@ -138,6 +138,20 @@ class KvRecord:
         return self.skip_reason is None
 
     @property
+    def spec(self) -> ModelSpec:
+        """The catalogue model of a usable record (a skipped one may have none: ValueError)."""
+        if self.model is None:
+            raise ValueError(f"KV record {self.index} ({self.model_id}) has no catalogue model: {self.skip_reason}")
+        return self.model
+
+    @property
+    def memory_era(self) -> MemoryEra:
+        """The memory-profiler era of a usable record (a skipped one may have none: ValueError)."""
+        if self.era is None:
+            raise ValueError(f"KV record {self.index} ({self.version}) has no known era: {self.skip_reason}")
+        return self.era
+
+    @property
     def failed_to_fit(self) -> bool:
         """vLLM reported a negative KV budget ("No available memory for the cache blocks")."""
         return self.available_kv_gib is not None and self.available_kv_gib <= 0
@@ -196,7 +210,8 @@ def _row(index: int, row: dict[str, str]) -> KvRecord:
     tp, pp = int(_lead_number(row["tp"]) or 1), int(_lead_number(row["pp"]) or 1)
     util = _lead_number(row["gpu_memory_utilization"])
     if util is None:
-        util, _ = 0.9, assumptions.append("gpu_memory_utilization 0.9 (vLLM default; not in the record)")
+        util = 0.9
+        assumptions.append("gpu_memory_utilization 0.9 (vLLM default; not in the record)")
     max_len = int(_lead_number(row["max_model_len"]) or (model.max_position_embeddings if model else 2048))
     v0 = era is MemoryEra.V0
     seqs = _lead_number(row["max_num_seqs"])

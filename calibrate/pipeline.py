@@ -35,6 +35,7 @@ from ..sim.gpus import get_gpu
 from ..sim.profile import Profile, default_profile, load_profile
 from . import e2e_fit
 from .bench_runs import Deployment
+from .fitting import Coefficient, Source, bounded_linear_step, jacobian_stderr
 from .kernel_tables import _sha256
 from .mlenergy import MLEnergyRow, load_mlenergy
 
@@ -103,27 +104,20 @@ def _profile_dict(profile: Profile) -> dict:
 def fit_power(rows: list[MLEnergyRow], sims: list[dict], idle_w: float, tdp_w: float) -> dict:
     """Prefill and decode watts per GPU so that ``idle*(1-busy) + prefill*f_p + decode*f_d``
     matches each row's measured average power (non-negative least squares, clipped to TDP)."""
-    from scipy.optimize import lsq_linear
-    a, b = [], []
+    a_rows, b_rows = [], []
     for row, sim in zip(rows, sims):
         if not np.isfinite(row.power_w_per_gpu):
             continue
         f_p, busy = sim["prefill_fraction"], sim["busy_fraction"]
-        a.append([f_p, busy - f_p])
-        b.append(row.power_w_per_gpu - idle_w * (1 - busy))
-    a, b = np.asarray(a), np.asarray(b)
-    res = lsq_linear(a, b, bounds=([idle_w, idle_w], [tdp_w, tdp_w]))
-    pred = a @ res.x + (np.asarray([r.power_w_per_gpu for r in rows if np.isfinite(r.power_w_per_gpu)]) - b)
+        a_rows.append([f_p, busy - f_p])
+        b_rows.append(row.power_w_per_gpu - idle_w * (1 - busy))
+    a, b = np.asarray(a_rows), np.asarray(b_rows)
+    x = bounded_linear_step(a, b, np.array([idle_w, idle_w]), np.array([tdp_w, tdp_w]))
+    pred = a @ x + (np.asarray([r.power_w_per_gpu for r in rows if np.isfinite(r.power_w_per_gpu)]) - b)
     meas = np.asarray([r.power_w_per_gpu for r in rows if np.isfinite(r.power_w_per_gpu)])
-    dof = max(len(b) - 2, 1)
-    s2 = float(((a @ res.x - b) ** 2).sum()) / dof
-    try:
-        cov = np.linalg.inv(a.T @ a) * s2
-        se = np.sqrt(np.clip(np.diag(cov), 0, None))
-    except np.linalg.LinAlgError:
-        se = np.array([np.nan, np.nan])
+    se = jacobian_stderr(a, a @ x - b, pinv=False)
     rel = np.abs(pred - meas) / meas
-    return {"prefill_w": (float(res.x[0]), float(se[0])), "decode_w": (float(res.x[1]), float(se[1])),
+    return {"prefill_w": (float(x[0]), float(se[0])), "decode_w": (float(x[1]), float(se[1])),
             "median_rel_error": float(np.median(rel)), "p90_rel_error": float(np.percentile(rel, 90)),
             "rows": int(len(b))}
 
@@ -169,15 +163,20 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
                                                                               if k != "profiles"}}
             if not any(classify(Path(p)) in ("kernel_tables", "aiconfigurator_core") for p in inputs):
                 for k in ("eff_bw", "eff_mm"):
-                    data["coefficients"][k] = {"value": vf.values[k], "stderr": vf.stderr[k],
-                                               "source": f"Vidur operator profiles {path}"}
+                    data["coefficients"][k] = Coefficient(vf.values[k], vf.stderr[k], Source.KERNEL_TABLE,
+                                                          f"Vidur operator profiles {path}").entry()
             digest = hashlib.sha256("".join(_sha256(Path(f)) for f in ew["profiles"]).encode()).hexdigest()
             provenance.append({"file": str(path), "sha256": digest, "kind": "vidur operator profiles",
                                "profiles": ew["profiles"], "sha256_of": "the concatenated sha256 of the profiles",
                                "source": "microsoft/vidur data/profiling/compute/h100 (MIT)"})
         elif kind == "probe_run":
+            from ..measure.rundir import load_run
             from .probe_fit import fit_probe_run
-            pf = fit_probe_run(path, model=None, gpu=gpu, engine=engine)
+            model = load_run(path).get("model")
+            if not isinstance(model, str) or not model:
+                raise ValueError(f"probe run {path}: run.json records no model; fit it with "
+                                 "python -m servesim.calibrate.probe_fit RUN_DIR --model NAME")
+            pf = fit_probe_run(path, model=model, gpu=gpu, engine=engine)
             for section in ("coefficients", "memory"):
                 data[section].update(pf.get(section, {}))
             provenance.extend(pf.get("provenance", [{"file": str(path), "kind": "probe_run"}]))
@@ -213,14 +212,14 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
         with e2e_fit.RowSimulator(workers, gpu) as sim:
             result = e2e_fit.fit(targets, fitted, params, simulator=sim, engine=engine, max_nfev=max_nfev, x0=start)
         for p in params:
-            data["coefficients"][p] = {"value": result.values[p], "stderr": result.stderr[p],
-                                       "source": f"end-to-end fit on {len(targets)} runs (simulation in the loop)"}
+            data["coefficients"][p] = Coefficient(result.values[p], result.stderr[p], Source.FITTED,
+                                                  f"end-to-end fit on {len(targets)} runs (simulation in the loop)").entry()
         i = 0
-        for target, sim in zip(targets, result.sims):
+        for target, simulated in zip(targets, result.sims):
             row = {"target": target.key}
             for name, measured in target.fit_metrics().items():
                 row[f"{name}_measured"] = measured
-                row[f"{name}_simulated"] = sim[name]
+                row[f"{name}_simulated"] = simulated[name]
                 row[f"{name}_rel_error"] = float(np.expm1(result.residuals[i]))
                 i += 1
             table.append(row)
@@ -242,9 +241,9 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
             idle = data["power"]["idle_w"]["value"]
             pw = fit_power(mlenergy_rows, ml_sims, idle, get_gpu(gpu).tdp_w)
             for k in ("prefill_w", "decode_w"):
-                data["power"][k] = {"value": pw[k][0], "stderr": pw[k][1],
-                                    "source": f"fit to ML.ENERGY average GPU power ({pw['rows']} runs); "
-                                              "Splitwise constants (700/380 W) as the check"}
+                data["power"][k] = Coefficient(pw[k][0], pw[k][1], Source.FITTED,
+                                               f"fit to ML.ENERGY average GPU power ({pw['rows']} runs); "
+                                               "Splitwise constants (700/380 W) as the check").entry()
             data["fit_report"]["power"] = {k: pw[k] for k in ("median_rel_error", "p90_rel_error", "rows")}
     data["calibrated_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     data["generated_by"] = "servesim calibrate " + " ".join(str(p) for p in inputs) + f" --engine {engine} --gpu {gpu}"

@@ -36,6 +36,7 @@ from ..sim.model_catalog import get_model
 from ..sim.profile import Profile
 from ..sim.runner import simulate
 from ..sim.workload import ClosedLoop
+from .fitting import CachedResiduals, bootstrap, bounded_least_squares, bounds_arrays, gauss_newton_step, residual_rows
 
 SILICON_FILE = "h100/aiconfigurator_silicon/qwen3_32b_vllm_0.12.csv"
 MODELS = {"Qwen/Qwen3-32B": "qwen3-32b"}
@@ -180,29 +181,24 @@ def errors(rows: list[SiliconRow], sims: list[dict]) -> dict[str, np.ndarray]:
 
 
 
-# Fitted terms and their physical ranges: step coefficients (sim/profile.py) and the client's
-# request path (sim/clients.py).  per_token_overhead_s counts every scheduled token and
-# per_seq_overhead_s every scheduled sequence: for decodes the two are one term per sequence, so
-# per_token_overhead_s is what the data sees as the per-prefill-token cost.
-STEP_BOUNDS: dict[str, tuple[float, float]] = {
-    "step_overhead_s": (0.0, 0.05),
-    "tp_step_overhead_s": (0.0, 0.02),
-    "per_seq_overhead_s": (0.0, 5e-4),
-    "per_token_overhead_s": (0.0, 2e-4),
-}
-CLIENT_BOUNDS: dict[str, tuple[float, float]] = {
-    "request_overhead_s": (0.0, 0.3),
-    "jitter_s": (0.0, 0.2),
-}
+# Fitted terms: step coefficients (sim/profile.py) and the client's request path (sim/clients.py);
+# their ranges are fitting.BOUNDS, searched in its "silicon" windows.  per_token_overhead_s counts
+# every scheduled token and per_seq_overhead_s every scheduled sequence: for decodes the two are one
+# term per sequence, so per_token_overhead_s is what the data sees as the per-prefill-token cost.
+STEP_TERMS = ("step_overhead_s", "tp_step_overhead_s", "per_seq_overhead_s", "per_token_overhead_s")
+CLIENT_TERMS = ("request_overhead_s", "jitter_s")
+FITTABLE = STEP_TERMS + CLIENT_TERMS
+BOUNDS_FIT = "silicon"  # the fitting.Bound window this fit searches
 DEFAULT_PARAMS = ("step_overhead_s", "tp_step_overhead_s", "per_seq_overhead_s", "per_token_overhead_s",
                   "request_overhead_s", "jitter_s")
 
 
 def apply(profile: Profile, client: ClientModel, values: dict[str, float]) -> tuple[Profile, ClientModel]:
     """``profile`` and ``client`` with the fitted ``values`` substituted."""
-    step = {k: v for k, v in values.items() if k in STEP_BOUNDS}
-    cl = {k: v for k, v in values.items() if k in CLIENT_BOUNDS}
-    return replace(profile, step=replace(profile.step, **step)), replace(client, **cl)
+    step = {k: v for k, v in values.items() if k in STEP_TERMS}
+    cl = replace(client, request_overhead_s=values.get("request_overhead_s", client.request_overhead_s),
+                 jitter_s=values.get("jitter_s", client.jitter_s))
+    return replace(profile, step=replace(profile.step, **step)), cl
 
 
 def residuals(rows: list[SiliconRow], sims: list[dict]) -> np.ndarray:
@@ -221,8 +217,8 @@ class SiliconFit:
     residuals: np.ndarray
     nfev: int
     message: str
-    x: np.ndarray | None = None     # optimum in range units of ``params``
-    jac: np.ndarray | None = None   # d residual / d x at the optimum
+    x: np.ndarray     # optimum in range units of ``params``
+    jac: np.ndarray   # d residual / d x at the optimum
     params: tuple[str, ...] = ()
 
 
@@ -236,55 +232,50 @@ def fit(rows: list[SiliconRow], profile: Profile, client: ClientModel, params: t
     replicates is the stderr.  A term is *not identified* when its value sits within 1% of the
     range from a bound, or when the 95% bootstrap interval spans more than half its range.
     """
-    from scipy.optimize import least_squares
-    bounds = STEP_BOUNDS | CLIENT_BOUNDS
-    unknown = [p for p in params if p not in bounds]
+    unknown = [p for p in params if p not in FITTABLE]
     if unknown:
-        raise ValueError(f"cannot fit {unknown} on silicon rows; fittable: {sorted(bounds)}")
-    lo = np.array([bounds[p][0] for p in params])
-    hi = np.array([bounds[p][1] for p in params])
+        raise ValueError(f"cannot fit {unknown} on silicon rows; fittable: {sorted(FITTABLE)}")
+    lo, hi = bounds_arrays(params, BOUNDS_FIT)
     # Optimise in units of each range, from the prior (profile and client values), kept at least 1%
     # of the range off the lower bound so the first differences see the term at all.
-    start = {**{k: getattr(profile.step, k) for k in STEP_BOUNDS}, **{k: getattr(client, k) for k in CLIENT_BOUNDS}}
+    start = {**{k: getattr(profile.step, k) for k in STEP_TERMS}, **{k: getattr(client, k) for k in CLIENT_TERMS}}
     x0 = np.clip((np.array([start[p] for p in params]) - lo) / (hi - lo), 0.01, 0.99)
     own = simulator is None
     simulator = simulator or Simulator()
-    cache: dict[tuple, tuple[np.ndarray, list]] = {}
 
-    def evaluate(x: np.ndarray) -> np.ndarray:
-        key = tuple(np.round(x, 10))
-        if key not in cache:
-            prof, cl = apply(profile, client, {p: float(lo_i + v * (h - lo_i))
-                                               for p, v, lo_i, h in zip(params, x, lo, hi)})
-            sims = simulator(rows, prof, cl)
-            cache[key] = (residuals(rows, sims), sims)
-            r = cache[key][0]
-            log(f"  eval {len(cache):3d}: rms log error {math.sqrt(float(r @ r) / len(r)):.4f}  "
-                + " ".join(f"{p}={lo_i + v * (h - lo_i):.3g}" for p, v, lo_i, h in zip(params, x, lo, hi)))
-        return cache[key][0]
+    def simulate_at(x: np.ndarray) -> tuple[np.ndarray, list]:
+        prof, cl = apply(profile, client, {p: float(lo_i + v * (h - lo_i)) for p, v, lo_i, h in zip(params, x, lo, hi)})
+        sims = simulator(rows, prof, cl)
+        return residuals(rows, sims), sims
+
+    def on_new(x: np.ndarray, r: np.ndarray) -> None:
+        log(f"  eval {len(cached.cache):3d}: rms log error {math.sqrt(float(r @ r) / len(r)):.4f}  "
+            + " ".join(f"{p}={lo_i + v * (h - lo_i):.3g}" for p, v, lo_i, h in zip(params, x, lo, hi)))
+
+    cached = CachedResiduals(simulate_at, 10, on_new)
 
     def jacobian(x: np.ndarray) -> np.ndarray:
         # Forward differences of 2% of each range (backward at the upper bound): the simulated
         # means are piecewise smooth in the coefficients, so steps must span many engine steps.
-        f0 = evaluate(x)
+        f0 = cached(x)
         cols = []
         for i in range(len(x)):
             h = 0.02 if x[i] + 0.02 <= 1.0 else -0.02
             xi = x.copy()
             xi[i] += h
-            cols.append((evaluate(xi) - f0) / h)
+            cols.append((cached(xi) - f0) / h)
         return np.column_stack(cols)
 
     try:
-        res = least_squares(evaluate, x0, jac=jacobian, bounds=(np.zeros(len(params)), np.ones(len(params))),
-                            max_nfev=max_nfev, x_scale=1.0)
+        res = bounded_least_squares(cached, x0, jac=jacobian, bounds=(np.zeros(len(params)), np.ones(len(params))),
+                                    max_nfev=max_nfev, x_scale=1.0)
     finally:
         if own:
             simulator.close()
     values = {p: float(lo_i + v * (h - lo_i)) for p, v, lo_i, h in zip(params, res.x, lo, hi)}
-    r, sims = cache[tuple(np.round(res.x, 10))]
+    r, sims = cached.at(res.x)
     stderr, unidentified = _bootstrap(rows, res.x, res.jac, res.fun, params, lo, hi, n_boot, seed)
-    return SiliconFit(values, stderr, unidentified, sims, np.asarray(r), len(cache), str(res.message),
+    return SiliconFit(values, stderr, unidentified, sims, np.asarray(r), len(cached.cache), str(res.message),
                       np.asarray(res.x), np.asarray(res.jac), tuple(params))
 
 
@@ -296,14 +287,11 @@ def _bootstrap(rows, x, jac, fun, params, lo, hi, n_boot: int, seed: int) -> tup
     reps = np.empty((0, len(params)))
     if n_boot:
         per_row = len(fun) // len(rows)
-        rng = np.random.default_rng(seed)
-        out = []
-        for _ in range(n_boot):
-            pick = rng.integers(0, len(rows), len(rows))
-            idx = (pick[:, None] * per_row + np.arange(per_row)).ravel()
-            step, *_ = np.linalg.lstsq(jac[idx], -fun[idx], rcond=None)
-            out.append(lo + np.clip(x + step, 0.0, 1.0) * span)
-        reps = np.array(out)
+
+        def refit(pick: np.ndarray) -> np.ndarray:
+            return lo + np.clip(x + gauss_newton_step(jac, fun, residual_rows(pick, per_row)), 0.0, 1.0) * span
+
+        reps = bootstrap(len(rows), n_boot, seed, refit)
     stderr = {p: float(reps[:, i].std(ddof=1)) if len(reps) > 1 else math.nan for i, p in enumerate(params)}
     unidentified = {}
     col = np.linalg.norm(jac, axis=0) if jac is not None and jac.size else np.zeros(len(params))
@@ -345,9 +333,7 @@ def crossval(rows: list[SiliconRow], profile: Profile, client: ClientModel, para
     to the bounds); the held-out rows are then simulated with those values.  Held-out residuals
     never enter a refit, but the linearisation point saw them, so this approximates the exact refit.
     """
-    bounds = STEP_BOUNDS | CLIENT_BOUNDS
-    lo = np.array([bounds[p][0] for p in params])
-    hi = np.array([bounds[p][1] for p in params])
+    lo, hi = bounds_arrays(params, BOUNDS_FIT)
     per_row = 2
     out = []
     for split, folds in splits(rows).items():
@@ -360,8 +346,7 @@ def crossval(rows: list[SiliconRow], profile: Profile, client: ClientModel, para
                         log=lambda m: None)
                 values = f.values
             else:
-                idx = (np.asarray(train)[:, None] * per_row + np.arange(per_row)).ravel()
-                step, *_ = np.linalg.lstsq(full.jac[idx], -full.residuals[idx], rcond=None)
+                step = gauss_newton_step(full.jac, full.residuals, residual_rows(np.asarray(train), per_row))
                 x = np.clip(full.x + step, 0.0, 1.0)
                 values = {p: float(lo_i + v * (h - lo_i)) for p, v, lo_i, h in zip(params, x, lo, hi)}
             prof, cl = apply(profile, client, values)

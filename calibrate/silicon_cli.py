@@ -11,13 +11,15 @@ import numpy as np
 
 from ..sim.clients import ClientKind, ClientModel, client_preset
 from ..sim.profile import Profile
+from .fitting import Coefficient, Source
 from .silicon import (
-    CLIENT_BOUNDS,
+    CLIENT_TERMS,
     DEFAULT_PARAMS,
     DEPLOYMENT,
+    FITTABLE,
     PROTOCOL,
     SILICON_FILE,
-    STEP_BOUNDS,
+    STEP_TERMS,
     Deployment,
     SiliconFit,
     SiliconRow,
@@ -51,19 +53,19 @@ def update_profile(data: dict, f: SiliconFit, rows: list[SiliconRow], path: Path
     src = (f"end-to-end fit on {len(rows)} vLLM 0.12 silicon rows (Qwen3-32B, TP 2/4/8), simulation in the "
            f"loop with the aiperf client; stderr: row bootstrap")
     for p, v in f.values.items():
-        if p not in STEP_BOUNDS:
+        if p not in STEP_TERMS:
             continue
         entry = data["coefficients"].setdefault(p, {})
         if p in f.unidentified:
             entry["source"] = f"{entry.get('source', 'prior')}; not identified by the silicon rows: {f.unidentified[p]}"
             continue
-        data["coefficients"][p] = {"value": float(f"{v:.4g}"), "stderr": float(f"{f.stderr[p]:.2g}"), "source": src}
+        data["coefficients"][p] = Coefficient(v, f.stderr[p], Source.FITTED, src).entry(4, 2)
     e = errors(rows, f.sims) if f.sims else {"ttft": np.array([]), "tpot": np.array([])}
     data.setdefault("fit_report", {})["silicon_vllm_0.12"] = {
         "values": f.values, "stderr": f.stderr, "not_identified": f.unidentified, "nfev": f.nfev,
         "message": f.message, "in_sample_median_abs_rel_error": {"mean_ttft_ms": median_abs(e["ttft"]),
                                                                   "mean_tpot_ms": median_abs(e["tpot"])},
-        "client": {"kind": client.kind.value, **{k: f.values.get(k, getattr(client, k)) for k in CLIENT_BOUNDS}},
+        "client": {"kind": client.kind.value, **{k: f.values.get(k, getattr(client, k)) for k in CLIENT_TERMS}},
         "protocol": {"warmup_per_user": PROTOCOL.warmup_per_user, "counted_per_user": PROTOCOL.counted_per_user},
         "deployment_inferred": {"max_num_batched_tokens": DEPLOYMENT.max_num_batched_tokens,
                                 "max_num_seqs": DEPLOYMENT.max_num_seqs},
@@ -79,12 +81,12 @@ def annotate_notes(data: dict) -> None:
     rep = data.get("fit_report", {}).get("silicon_vllm_0.12")
     if not rep:
         return
-    fitted = [p for p in rep["values"] if p in STEP_BOUNDS and p not in rep["not_identified"]]
+    fitted = [p for p in rep["values"] if p in STEP_TERMS and p not in rep["not_identified"]]
     marker = " Silicon fit (vLLM 0.12):"
     notes = data.get("notes", "").split(marker)[0]
     data["notes"] = (f"{notes}{marker} {', '.join(fitted) or 'nothing'} fitted end to end on the Qwen3-32B rows "
                      f"(fit_report.silicon_vllm_0.12, docs/fidelity-v1.md); not identified there, so kept as priors: "
-                     f"{', '.join(p for p in rep['not_identified'] if p in STEP_BOUNDS) or 'none'}.")
+                     f"{', '.join(p for p in rep['not_identified'] if p in STEP_TERMS) or 'none'}.")
 
 
 def calibrate_into(data: dict, path: Path, profile: Profile, engine: str, workers: int | None = None,
@@ -136,9 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         profile = load_profile(args.profile) if args.profile else default_profile("h100-sxm", "vllm-v1")
         client = client_preset(args.client)
         params = tuple(p.strip() for p in args.params.split(",") if p.strip())
-        bad = [p for p in params if p not in STEP_BOUNDS | CLIENT_BOUNDS]
+        bad = [p for p in params if p not in FITTABLE]
         if bad:
-            raise ValueError(f"--params: {bad} cannot be fitted here; valid: {sorted(STEP_BOUNDS | CLIENT_BOUNDS)}")
+            raise ValueError(f"--params: {bad} cannot be fitted here; valid: {sorted(FITTABLE)}")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

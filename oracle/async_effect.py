@@ -48,7 +48,7 @@ def run_async(cfg, stream) -> tuple[int, dict[int, int]]:
         if sched.has_requests():
             out = sched.schedule()
             ids = list(out.num_scheduled_tokens)
-            tokens = []
+            tokens: list[list[int]] = []
             for rid in ids:
                 r = requests[rid]
                 if r.is_prefill_chunk:

@@ -53,8 +53,9 @@ class SchedulerRecorder:
         self._finished: list[int] = []
         self._schedule, self._update, self._on_finish = scheduler.schedule, scheduler.update_from_output, \
             scheduler.on_finish
-        scheduler.schedule = self.schedule
-        scheduler.update_from_output = self.update_from_output
+        # The recorder wraps this one scheduler's methods (instance attributes, the class untouched).
+        scheduler.schedule = self.schedule  # type: ignore[method-assign]
+        scheduler.update_from_output = self.update_from_output  # type: ignore[method-assign]
         scheduler.on_finish = self.on_finish
 
     def schedule(self, now: float) -> SchedulerOutput:

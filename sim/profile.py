@@ -2,8 +2,8 @@
 
 A profile is a JSON file (schema in ``docs/profile-schema.md``) with the engine it describes
 (``vllm-v1`` or ``vllm-v0`` and the version measured), the GPU, and for every coefficient a value,
-an uncertainty and where it came from.  Profiles are produced by :mod:`servesim.calibrate` and the
-shipped defaults live in ``calibrate/profiles/``.
+an uncertainty and where it came from.  Profiles are produced by :mod:`servesim.calibrate`; the
+shipped defaults are this package's data, ``sim/profiles/*.json`` (:func:`shipped_profiles_dir`).
 """
 from __future__ import annotations
 
@@ -173,16 +173,19 @@ def load_profile(path: str | Path) -> Profile:
         raise ValueError(f"profile {path}: malformed ({type(exc).__name__}: {exc}); see docs/profile-schema.md") from None
 
 
+def shipped_profiles_dir() -> Path:
+    """The folder of the shipped profiles: ``sim/profiles/``, package data of the package that reads
+    them (installed with it; in a source checkout, the repository's folder, which the calibrate
+    ``--write-profiles`` commands rewrite)."""
+    return Path(str(resources.files("servesim.sim") / "profiles"))
+
+
 def shipped_profiles() -> dict[str, Path]:
-    """Shipped profiles by name, from ``calibrate/profiles``: each file under its stem (the engine
-    defaults are ``<gpu>_<engine>``; deployments ``<gpu>_<engine><version>_<deployment>``) and
-    under the ``aliases`` it lists."""
-    folder = resources.files("servesim.calibrate") / "profiles"
+    """Shipped profiles by name, from :func:`shipped_profiles_dir`: each file under its stem (the
+    engine defaults are ``<gpu>_<engine>``; deployments ``<gpu>_<engine><version>_<deployment>``)
+    and under the ``aliases`` it lists."""
     out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir(), key=str):
-        if not str(p).endswith(".json"):
-            continue
-        path = Path(str(p))
+    for path in sorted(shipped_profiles_dir().glob("*.json"), key=str):
         out[path.stem] = path
         try:
             aliases = json.loads(path.read_text()).get("aliases", [])

@@ -196,3 +196,10 @@ def test_calibrate_recovers_step_overhead_from_a_bench_result(tmp_path):
     assert data["coefficients"]["step_overhead_s"]["source"].startswith("end-to-end fit on 1 runs")
     assert table[0]["target"] == "bench" and abs(table[0]["mean_tpot_ms_rel_error"]) < 0.02
     assert any(p.get("kind") == "vllm bench serve result" for p in data["provenance"])
+
+
+def test_calibrate_on_a_probe_run_without_a_model_names_the_problem(tmp_path):
+    from servesim.calibrate.pipeline import calibrate
+    (tmp_path / "run.json").write_text(json.dumps({"url": "http://127.0.0.1:8000"}))
+    with pytest.raises(ValueError, match="records no model"):
+        calibrate([tmp_path], "vllm-v1", log=lambda m: None)

@@ -20,10 +20,10 @@ from servesim.sim import traces
 from servesim.sim.cost_model import BatchShape, StepCostModel
 from servesim.sim.gpus import get_gpu
 from servesim.sim.model_catalog import get_model
-from servesim.sim.profile import StepCoefficients, load_profile
+from servesim.sim.profile import StepCoefficients, load_profile, shipped_profiles, shipped_profiles_dir
 
 PEAKS = kt.Peaks(hbm_bandwidth_bytes_per_s=3.35e12, bf16_flops=989e12, fp8_flops=1978e12)
-PROFILES = Path(kt.__file__).resolve().parent / "profiles"
+PROFILES = shipped_profiles_dir()
 NOISE = 0.03  # lognormal sigma of the synthetic tables: 3% per row, like repeated kernel timings
 
 
@@ -185,6 +185,15 @@ def test_cli_writes_a_loadable_profile(tmp_path):
 
 
 # ----- shipped profiles ------------------------------------------------------------------------
+def test_shipped_profiles_are_package_data_of_the_package_that_reads_them():
+    import servesim.sim
+    assert PROFILES == Path(servesim.sim.__file__).parent / "profiles"
+    assert not (Path(kt.__file__).parent / "profiles").exists()
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"servesim.sim" = ["data/*.csv", "data/*.json", "profiles/*.json"]' in pyproject
+    assert {p.stem for p in PROFILES.glob("*.json")} <= set(shipped_profiles())
+
+
 @pytest.mark.parametrize("engine,version", [("vllm-v1", "0.24.0"), ("vllm-v0", "0.5.4")])
 def test_shipped_profile_loads_with_sources(engine, version):
     path = PROFILES / f"h100-sxm_{engine}.json"

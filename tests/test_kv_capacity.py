@@ -17,7 +17,7 @@ from servesim.sim.config import make_engine_config
 from servesim.sim.gpus import get_gpu
 from servesim.sim.memory import MemoryInputs, kv_capacity, memory_breakdown, weight_bytes_per_gpu
 from servesim.sim.model_catalog import get_model
-from servesim.sim.profile import MemoryCoefficients, load_profile
+from servesim.sim.profile import MemoryCoefficients, load_profile, shipped_profiles_dir
 from servesim.sim.traces import find_shared_data
 
 GIB = 2**30
@@ -141,7 +141,7 @@ def test_a_tp_term_without_tp_records_is_reported_not_identified():
 
 
 def test_write_profiles_rewrites_only_the_memory_section(tmp_path):
-    src = Path(__file__).resolve().parents[1] / "calibrate" / "profiles"
+    src = shipped_profiles_dir()
     for p in src.glob("*.json"):
         shutil.copy(p, tmp_path / p.name)
     before = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("*.json")}
@@ -198,7 +198,7 @@ def test_real_memory_components_match_their_logged_values(real_result):
 
 
 def test_a_profile_with_the_old_memory_terms_is_refused_then_rewritten(tmp_path):
-    src = Path(__file__).resolve().parents[1] / "calibrate" / "profiles" / "h100-sxm_vllm-v1.json"
+    src = shipped_profiles_dir() / "h100-sxm_vllm-v1.json"
     data = json.loads(src.read_text())
     data["memory"] = {"non_torch_bytes": {"value": 1e9}, "activation_bytes_per_token_hidden": {"value": 18.0},
                       "cuda_graph_bytes": {"value": 5e8}}

@@ -1,0 +1,1 @@
+../../servesim/__init__.py

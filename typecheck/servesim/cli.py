@@ -1,0 +1,1 @@
+../../servesim/cli.py

@@ -1,0 +1,1 @@
+../../servesim/cluster_cli.py
