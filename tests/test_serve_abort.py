@@ -105,8 +105,10 @@ async def _scenario(url: str, kv_name: str) -> None:
 @pytest.mark.parametrize("engine, kv_name", [("vllm-v1", "vllm:kv_cache_usage_perc"),
                                              ("vllm-v0", "vllm:gpu_cache_usage_perc")])
 def test_disconnected_clients_abort_their_requests_end_to_end(engine, kv_name):
+    # Half speed: the long request A decodes for about 30 s of wall time, far longer than the
+    # steps before its client leaves, even on a loaded machine.
     with ServeProcess("--engine", engine, "--num-gpu-blocks", "400", "--max-num-seqs", "1",
-                      "--disable-uvicorn-access-log", speed=1) as proc:
+                      "--disable-uvicorn-access-log", speed=0.5) as proc:
         asyncio.run(_scenario(proc.url, kv_name))
 
 
