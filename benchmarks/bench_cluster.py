@@ -27,11 +27,12 @@ import numpy as np
 from servesim.sim.cluster_config import homogeneous_cluster
 from servesim.sim.cluster_runner import simulate_cluster
 from servesim.sim.config import make_engine_config
+from servesim.sim.data_paths import find_shared_data
 from servesim.sim.gpus import get_gpu
 from servesim.sim.model_catalog import get_model
 from servesim.sim.router import ReplicaLoad, RouterConfig, RouterKind, make_router
 from servesim.sim.runner import SimOptions
-from servesim.sim.traces import find_shared_data, load_trace, rescale_arrivals
+from servesim.sim.traces import load_trace, rescale_arrivals
 from servesim.sim.workload import Workload
 
 

@@ -21,7 +21,7 @@ def _data_relative(path: str) -> str:
     """A path under the shared data folder as ``<relative path>`` (machine-independent), else as given."""
     from pathlib import Path
 
-    from ..sim.traces import find_shared_data
+    from ..sim.data_paths import find_shared_data
     try:
         root = Path(find_shared_data(".")).resolve()
         return str(Path(path).resolve().relative_to(root))

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from ..sim.data_paths import find_shared_data
 from ..sim.profile import load_profile, shipped_profiles
-from ..sim.traces import find_shared_data
 from . import e2e_fit
 from .bench_runs import load_bench_runs
 from .deployment_fit import RunTarget, fit_at, fit_deployment, gauss_newton_refit, simulate_run

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sim.data_paths import find_shared_data
 from ..sim.memory import MemoryInputs, activation_peak_bytes, memory_breakdown, non_torch_bytes, weight_bytes_per_gpu
 from ..sim.profile import MemoryCoefficients, shipped_profiles_dir
-from ..sim.traces import find_shared_data
 from .fitting import Coefficient, Source, bounded_least_squares, bounds_arrays, jacobian_stderr
 from .kv_records import RECORDS_FILE, KvRecord, MemoryEra, file_digest, load_records
 from .kv_report import print_report, records_markdown

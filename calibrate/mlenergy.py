@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..sim.traces import find_shared_data, read_length_pairs
+from ..sim.data_paths import find_shared_data
+from ..sim.traces import read_length_pairs
 from ..sim.workload import Workload, spawn_streams
 
 MLENERGY_CSV = "h100/mlenergy_v2_chat/mlenergy_v2_h100_chat.csv"

@@ -145,7 +145,7 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
             if kind == "aiconfigurator_core":
                 import tempfile
 
-                from ..sim.traces import find_shared_data
+                from ..sim.data_paths import find_shared_data
                 from .aiconfigurator import stage_tables
                 path = stage_tables(gpu, tempfile.mkdtemp(prefix="servesim-aic-"))
                 power_yaml = find_shared_data("h100/splitwise/configs_power_model_constant.yaml")

@@ -108,8 +108,8 @@ def calibrate_into(data: dict, path: Path, profile: Profile, engine: str, worker
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
+    from ..sim.data_paths import find_shared_data
     from ..sim.profile import default_profile, load_profile
-    from ..sim.traces import find_shared_data
     from . import silicon
     ap = argparse.ArgumentParser(prog="python -m servesim.calibrate.silicon",
                                  description=silicon.__doc__.split("\n\n")[0])

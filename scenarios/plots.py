@@ -18,8 +18,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..sim.uncertainty import t_interval  # noqa: E402
 from .regions import Boundary, Regions  # noqa: E402
 from .schema import Axis, Scenario  # noqa: E402
+from .sweep_dir import series_path  # noqa: E402
 
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 CURRENCY = "USD"  # prices and costs are read as US dollars (docs/scenarios.md, "Economics")
@@ -96,7 +98,6 @@ def _figure(name: str, title: str, caption: str, fig) -> Figure:
 def _stats(part: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Seed mean per demand and its 95% confidence band (Student t over the seeds; the mean itself
     with one seed)."""
-    from ..sim.uncertainty import t_interval
     g = part.groupby("demand")[column]
     mean = g.mean()
     bands = [t_interval(list(v.dropna()), 0.95) for _, v in g]
@@ -265,7 +266,6 @@ def regions_figure(curve: pd.DataFrame, sc: Scenario, r: Regions) -> Figure | No
 
 def timeseries_figure(out: Path, sc: Scenario, r: Regions) -> Figure | None:
     """Running, waiting and KV usage over time at up to four points of the sweep (first seed)."""
-    from .sweep import series_path
     pts = list(sc.sweep.points)
     picks = [pts[0]] + [b.value for b in (r.equilibrium, r.saturation) if b.value is not None] + [pts[-1]]
     chosen = []

@@ -104,7 +104,7 @@ def engine_config(dep: Deployment, base_dir: str = ".") -> EngineConfig:
 def trace_file(trace: str, base_dir: str = ".") -> Path:
     """``shared:<relative>`` in the shared data folder, else a path relative to the scenario file."""
     if trace.startswith("shared:"):
-        from ..sim.traces import find_shared_data
+        from ..sim.data_paths import find_shared_data
         return find_shared_data(trace[len("shared:"):])
     path = Path(trace).expanduser()
     return path if path.is_absolute() else Path(base_dir) / path

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..sim.lengths import SHAREGPT_CONVERSATIONS_STATS, SHAREGPT_FIRST_TURN_STATS
 from .advice import NodeAdvice, node_advice
 from .plots import Figure, metric_panels, regions_figure, timeseries_figure
 from .regions import Regions, mean_curve
@@ -51,7 +52,6 @@ def _fmt(v) -> str:
 
 def workload_text(w) -> str:
     """What a variant's traffic is, with the statistics of its length dataset."""
-    from ..sim.lengths import SHAREGPT_CONVERSATIONS_STATS, SHAREGPT_FIRST_TURN_STATS
     if w.trace:
         return f"{w.kind.value}, {w.trace}"
     lengths = {"fixed": f"fixed: in {w.input_len:,} / out {w.output_len:,} tokens",

@@ -24,11 +24,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..sim.profile import shipped_profiles
+from ..sim.uncertainty import t_interval
 from .economics import add_economics
 from .loader import ScenarioError, scenario_from_dict, scenario_to_dict
-from .points import PointResult, PointTask, run_point
+from .points import PointResult, PointTask, run_point, trace_file
 from .regions import Regions, find_regions, mean_curve, regions_frame
+from .report import write_report
 from .schema import Scenario, ScenarioFile
+from .sweep_dir import point_path, points_dir, series_path
 
 EXECUTORS = ("local", "dask")
 
@@ -76,7 +80,6 @@ def _file_digest(path: Path) -> str:
 
 def input_files(sc: Scenario) -> dict[str, Path]:
     """The files a variant reads besides the scenario itself: trace, profile and model JSONs."""
-    from .points import trace_file
     files: dict[str, Path] = {}
     base = Path(sc.base_dir)
     if sc.workload.trace:
@@ -86,7 +89,6 @@ def input_files(sc: Scenario) -> dict[str, Path]:
             files["trace"] = base / sc.workload.trace
     dep = sc.deployment
     if dep.profile:
-        from ..sim.profile import shipped_profiles
         files["profile"] = shipped_profiles().get(dep.profile, base / dep.profile)
     if dep.model.endswith(".json"):
         files["model"] = base / dep.model
@@ -115,12 +117,8 @@ def _atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def point_path(out: Path, task: PointTask) -> Path:
-    return out / "points" / task.scenario.name / f"{task.key}.json"
-
-
-def series_path(out: Path, variant: str, demand: float, axis: str) -> Path:
-    return out / "series" / variant / f"{axis}={demand:g}.parquet"
+def _point_path(out: Path, task: PointTask) -> Path:
+    return point_path(out, task.scenario.name, task.key)
 
 
 def all_tasks(sf: ScenarioFile) -> list[PointTask]:
@@ -130,7 +128,7 @@ def all_tasks(sf: ScenarioFile) -> list[PointTask]:
 
 
 def _done(out: Path, task: PointTask, prints: dict[str, str]) -> bool:
-    path = point_path(out, task)
+    path = _point_path(out, task)
     if not path.exists():
         return False
     try:
@@ -147,7 +145,7 @@ def _save(out: Path, task: PointTask, result: PointResult, prints: dict[str, str
         target = series_path(out, task.scenario.name, task.demand, task.scenario.sweep.axis.value)
         _atomic_write(target, lambda p: result.series.to_parquet(p, index=False))
     row = {**result.row, "fingerprint": prints[task.scenario.name]}
-    _atomic_write(point_path(out, task), lambda p: p.write_text(json.dumps(row, default=float)))
+    _atomic_write(_point_path(out, task), lambda p: p.write_text(json.dumps(row, default=float)))
 
 
 # ---------------------------------------------------------------------------------- executors
@@ -202,7 +200,7 @@ def load_points(out: Path, sf: ScenarioFile) -> pd.DataFrame:
     for sc in sf.variants:
         fp = fingerprint(sc)
         wanted = {(float(d), int(s)) for d in sc.sweep.points for s in sc.sweep.seeds}
-        for path in sorted((out / "points" / sc.name).glob("*.json")):
+        for path in sorted(points_dir(out, sc.name).glob("*.json")):
             try:
                 row = json.loads(path.read_text())
             except (json.JSONDecodeError, OSError, UnicodeDecodeError):
@@ -229,7 +227,6 @@ CI_COLUMNS = ("request_throughput", "output_throughput", "p99_ttft_ms", "p99_tpo
 def with_intervals(mean: pd.DataFrame, part: pd.DataFrame) -> pd.DataFrame:
     """``<column>_ci_lo`` / ``_ci_hi``: the 95% Student-t interval over the seeds of each demand's
     mean (docs/scenarios.md, "Intervals"), for the throughputs and p99 latencies."""
-    from ..sim.uncertainty import t_interval
     if "error" in part:
         part = part[part["error"].fillna("") == ""]
     for col in CI_COLUMNS:
@@ -257,7 +254,6 @@ def write_outputs(out: Path, sf: ScenarioFile, curve: pd.DataFrame, regions: lis
                                                                            indent=2, default=float)))
     _atomic_write(files["regions_csv"], lambda p: regions_frame(regions).to_csv(p, index=False))
     if report:
-        from .report import write_report
         files.update(write_report(out, sf, curve, regions))
     return files
 

@@ -265,10 +265,10 @@ def cmd_list(args) -> int:
 
 
 # Each package that has commands of its own exposes ``register(subparsers)`` in its ``cli`` module
-# (``servesim.calibrate.cli``: calibrate, validate; ``servesim.measure.cli``: measure, serve;
+# (``servesim.calibrate.cli``: calibrate, validate; ``servesim.measure.cli``: measure; ``servesim.serve.cli``: serve;
 # ``servesim.scenarios.cli``: sweep, regions, plan).  A command's handler is ``args.func(args)``
 # returning the exit status.
-COMMAND_MODULES = ("servesim.calibrate.cli", "servesim.measure.cli", "servesim.scenarios.cli")
+COMMAND_MODULES = ("servesim.calibrate.cli", "servesim.measure.cli", "servesim.serve.cli", "servesim.scenarios.cli")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -30,6 +30,8 @@ import json
 import sys
 from pathlib import Path
 
+from .data_paths import find_shared_data
+
 FAMILIES = {"lambda_sep2024": "llama3", "lambda_aug2024": "mistral"}
 OUT_DIR = Path(__file__).parent / "data"
 TABLE = OUT_DIR / "sharegpt_first_turn.csv"
@@ -90,7 +92,6 @@ def write(rows: list[dict], provenance: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .traces import find_shared_data
     argv = sys.argv[1:] if argv is None else argv
     h100 = Path(argv[0]) if argv else find_shared_data("h100")
     rows, provenance = derive(Path(h100))

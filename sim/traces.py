@@ -17,8 +17,8 @@ rows, then multiply every inter-arrival gap by ``time_scale`` or rescale to a me
 and counted in ``Workload.num_clamped_outputs``.  A malformed file raises ``ValueError`` naming
 the file, the line (data rows start at line 2 of a CSV) and what was expected.
 
-Also here, because they read files: :func:`find_shared_data` (locates ``shared/data``) and
-:func:`sharegpt_lengths` (length pairs sampled from the ShareGPT table).
+Also here, because it reads a file: :func:`sharegpt_lengths` (length pairs sampled from the
+ShareGPT table, found by :func:`~servesim.sim.data_paths.find_shared_data`).
 """
 from __future__ import annotations
 
@@ -35,37 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .data_paths import find_shared_data
 from .workload import Workload, gamma_arrivals, spawn_streams
-
-DATA_ENV = "SERVESIM_DATA"
-
-
-def find_shared_data(relative: str = "") -> Path:
-    """``shared/data/<relative>``: from ``$SERVESIM_DATA`` if set, else the nearest ``shared/data``.
-
-    Without the variable, every ancestor of the working directory and of this file is tried for
-    a ``shared/data`` folder holding ``relative`` (the repo sits beside ``shared/``).
-    Raises ``FileNotFoundError`` listing where it looked.
-    """
-    env = os.environ.get(DATA_ENV)
-    if env:
-        path = Path(env).expanduser() / relative
-        if path.exists():
-            return path
-        raise FileNotFoundError(f"{path} does not exist "
-                                f"(${DATA_ENV}={env!r} should be a folder like shared/data)")
-    looked: list[Path] = []
-    for start in (Path.cwd().resolve(), Path(__file__).resolve().parent):
-        for folder in (start, *start.parents):
-            root = folder / "shared" / "data"
-            if root in looked:
-                continue
-            looked.append(root)
-            if (root / relative).exists():
-                return root / relative
-    raise FileNotFoundError(f"shared data file {relative!r} not found under any of: "
-                            f"{', '.join(map(str, looked))}; set ${DATA_ENV} to the shared/data folder")
-
 
 # ------------------------------------------------------------------------------- column helpers
 

@@ -331,7 +331,7 @@ def test_bad_input(line, expected, files, capsys, tmp_path, monkeypatch):
     ("simulate --burst 4 --tp 16", "exceeds the 8 GPUs"),
 ])
 def test_bad_input_through_the_installed_command(line, expected, files):
-    proc = subprocess.run([sys.executable, "-m", "servesim", *_argv(line, files)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-I", "-m", "servesim", *_argv(line, files)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert expected in proc.stderr and proc.stdout == ""

@@ -15,11 +15,11 @@ from servesim.calibrate.pipeline import classify
 from servesim.calibrate.validate import compare, format_table, load_bench_result, validate
 from servesim.cli import main
 from servesim.sim.config import make_engine_config
+from servesim.sim.data_paths import find_shared_data
 from servesim.sim.gpus import get_gpu
 from servesim.sim.model_catalog import get_model
 from servesim.sim.profile import MemoryCoefficients, Profile, StepCoefficients
 from servesim.sim.runner import simulate
-from servesim.sim.traces import find_shared_data
 from servesim.sim.workload import WorkloadSpec, build_workload
 
 

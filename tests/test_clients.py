@@ -108,11 +108,11 @@ def test_unknown_client_kind_lists_valid_ones():
 
 
 def test_cli_client_flags():
-    out = subprocess.run([sys.executable, "-m", "servesim", "simulate", "--concurrency", "4", "--num-requests", "8",
+    out = subprocess.run([sys.executable, "-I", "-m", "servesim", "simulate", "--concurrency", "4", "--num-requests", "8",
                           "--client", "aiperf", "--warmup-requests", "4", "--input-len", "256", "--output-len", "16",
                           "--json"], capture_output=True, text=True, check=True)
     s = json.loads(out.stdout)
     assert s["completed"] == 8 and s["std_ttft_ms"] > 0
-    bad = subprocess.run([sys.executable, "-m", "servesim", "simulate", "--concurrency", "4", "--client-jitter", "-1"],
+    bad = subprocess.run([sys.executable, "-I", "-m", "servesim", "simulate", "--concurrency", "4", "--client-jitter", "-1"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "--client-jitter" in bad.stderr and "Traceback" not in bad.stderr

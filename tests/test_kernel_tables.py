@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from servesim.calibrate import kernel_tables as kt
-from servesim.sim import traces
+from servesim.sim import data_paths
 from servesim.sim.cost_model import BatchShape, StepCostModel
 from servesim.sim.gpus import get_gpu
 from servesim.sim.model_catalog import get_model
@@ -29,7 +29,7 @@ NOISE = 0.03  # lognormal sigma of the synthetic tables: 3% per row, like repeat
 
 def _shared() -> Path | None:
     try:
-        return traces.find_shared_data("h100/aiconfigurator_vllm_0.24")
+        return data_paths.find_shared_data("h100/aiconfigurator_vllm_0.24")
     except FileNotFoundError:
         return None
 

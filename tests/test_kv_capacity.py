@@ -14,11 +14,11 @@ from servesim.calibrate.kv_capacity import evaluate, fit_terms, report_dict, wri
 from servesim.calibrate.kv_records import RECORDS_FILE, KvRecord, MemoryEra, load_records
 from servesim.cli import main
 from servesim.sim.config import make_engine_config
+from servesim.sim.data_paths import find_shared_data
 from servesim.sim.gpus import get_gpu
 from servesim.sim.memory import MemoryInputs, kv_capacity, memory_breakdown, weight_bytes_per_gpu
 from servesim.sim.model_catalog import get_model
 from servesim.sim.profile import MemoryCoefficients, load_profile, shipped_profiles_dir
-from servesim.sim.traces import find_shared_data
 
 GIB = 2**30
 H100 = get_gpu("h100-sxm")

@@ -162,8 +162,8 @@ def test_sigterm_stops_measure_and_the_server_it_launched(tmp_path):
     plan = tmp_path / "plan.yaml"
     plan.write_text(json.dumps({"name": "long", "max_requests": 100, "request_timeout_s": 60,
                                 "families": {"decode": {"concurrency": [2], "prompt_len": 32, "output_len": 4000}}}))
-    launch = f"{sys.executable} -m servesim serve --port {port} --speed 1 --max-model-len 8192"
-    proc = subprocess.Popen([sys.executable, "-m", "servesim", "measure", "--url", url, "--plan", str(plan),
+    launch = f"{sys.executable} -I -m servesim serve --port {port} --speed 1 --max-model-len 8192"
+    proc = subprocess.Popen([sys.executable, "-I", "-m", "servesim", "measure", "--url", url, "--plan", str(plan),
                              "--out", str(tmp_path / "run"), "--launch", launch, "--no-plots",
                              "--launch-timeout", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -47,10 +47,14 @@ RUN_KEYS = {"schema_version", "plan", "sessions", "url", "model", "max_model_len
 
 
 class ServeProcess:
-    """``python -m servesim serve`` in a subprocess on a free loopback port (``--port 0``)."""
+    """``python -m servesim serve`` in a subprocess on a free loopback port (``--port 0``).
+
+    Every subprocess of the suite runs ``python -I -m servesim``: isolated mode keeps the working
+    directory off ``sys.path``, so the installed package runs, not the source folder ``servesim/``
+    of the repository root (which holds only the console package; ARCHITECTURE.md)."""
 
     def __init__(self, *args: str, speed: float = 20.0, timeout_s: float = 30.0) -> None:
-        cmd = [sys.executable, "-m", "servesim", "serve", "--port", "0", "--speed", str(speed),
+        cmd = [sys.executable, "-I", "-m", "servesim", "serve", "--port", "0", "--speed", str(speed),
                "--max-model-len", "4096", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: queue.Queue = queue.Queue()
@@ -208,7 +212,7 @@ def test_server_killed_mid_plan_leaves_a_partial_run_that_resume_completes(tmp_p
 def test_launcher_starts_reads_kv_and_stops_only_its_own_server(tmp_path):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = f"{sys.executable} -m servesim serve --port {port} --speed 50 --max-model-len 2048 --num-gpu-blocks 777"
+    cmd = f"{sys.executable} -I -m servesim serve --port {port} --speed 50 --max-model-len 2048 --num-gpu-blocks 777"
     plan = {"name": "launch", "families": {"kv_capacity": {}, "prefill": {"prompt_lens": [16], "repeats": 1}}}
     out = tmp_path / "run"
     assert measure(url, out, plan, launch=cmd, plots=False) == 0

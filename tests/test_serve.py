@@ -10,8 +10,8 @@ import pytest
 import requests
 from test_measure_harness import ServeProcess
 
-from servesim.measure.live_engine import LiveEngine
 from servesim.measure.metrics_csv import cache_config, parse_metrics
+from servesim.serve.live_engine import LiveEngine
 from servesim.sim.config import make_engine_config
 from servesim.sim.gpus import get_gpu
 from servesim.sim.model_catalog import get_model

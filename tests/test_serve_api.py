@@ -105,7 +105,7 @@ def test_chat_without_max_tokens_stops_at_an_eos_length_from_the_distribution(se
 
 
 def test_sharegpt_eos_lengths_are_seeded_and_realistic():
-    from servesim.measure.serve_support import EosLengths
+    from servesim.serve.support import EosLengths
     a, b = EosLengths("sharegpt", seed=3), EosLengths("sharegpt", seed=3)
     draws = [a.draw() for _ in range(200)]
     assert draws == [b.draw() for _ in range(200)]
@@ -218,8 +218,8 @@ def test_speed_inflation_is_said_and_reported(server):
 def test_stalled_connection_is_closed_and_a_non_draining_write_times_out():
     import asyncio
 
-    from servesim.measure.serve import ServeApp
-    from servesim.measure.serve_support import ServeOptions
+    from servesim.serve.server import ServeApp
+    from servesim.serve.support import ServeOptions
     from servesim.sim.config import make_engine_config
     from servesim.sim.gpus import get_gpu
     from servesim.sim.model_catalog import get_model
@@ -255,7 +255,7 @@ def test_low_fd_limit_does_not_flood_the_log():
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
 
-    proc = subprocess.Popen([sys.executable, "-m", "servesim", "serve", "--port", "0", "--max-model-len", "4096"],
+    proc = subprocess.Popen([sys.executable, "-I", "-m", "servesim", "serve", "--port", "0", "--max-model-len", "4096"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=limit)
     try:
         line, deadline = "", time.monotonic() + 30

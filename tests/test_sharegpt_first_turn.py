@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from servesim.sim import sharegpt_first_turn as derivation
+from servesim.sim.data_paths import find_shared_data
 from servesim.sim.lengths import SHAREGPT_FIRST_TURN_STATS, first_turn_lengths, first_turn_table
-from servesim.sim.traces import find_shared_data
 from servesim.sim.workload import WorkloadSpec, build_workload
 
 

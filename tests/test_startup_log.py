@@ -9,7 +9,7 @@ import pytest
 
 from servesim.measure.launcher import parse_kv_log
 from servesim.measure.startup_log import FailureKind, parse_startup_log
-from servesim.sim.traces import find_shared_data
+from servesim.sim.data_paths import find_shared_data
 
 # Hand-written in vLLM's formats (not copied from any log).
 V1_LOG = """\

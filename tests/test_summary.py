@@ -25,7 +25,7 @@ from servesim.sim.metrics import (
     latency_stats,
     summarize,
 )
-from servesim.sim.traces import find_shared_data
+from servesim.sim.data_paths import find_shared_data
 
 # Four requests (seconds): three finish, one is rejected at arrival.  Tokens of request 0 at
 # 0.1, 0.2, 0.3, 0.4, 0.5; of request 1 at 0.4, 0.6, 0.8, 1.0; request 2 has a single token.

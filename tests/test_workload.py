@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from servesim.sim import traces
+from servesim.sim import data_paths, traces
 from servesim.sim.workload import (
     ClosedLoop,
     LengthDist,
@@ -34,7 +34,7 @@ from servesim.sim.workload import (
 
 def _shared_data() -> Path | None:
     try:
-        return traces.find_shared_data("traces")
+        return data_paths.find_shared_data("traces")
     except FileNotFoundError:
         return None
 
@@ -401,13 +401,13 @@ def test_find_shared_data_uses_env_and_explains_misses(tmp_path, monkeypatch):
     (tmp_path / "traces").mkdir()
     _write(tmp_path / "traces" / "t.csv", "x\n")
     monkeypatch.setenv("SERVESIM_DATA", str(tmp_path))
-    assert traces.find_shared_data("traces/t.csv") == tmp_path / "traces" / "t.csv"
+    assert data_paths.find_shared_data("traces/t.csv") == tmp_path / "traces" / "t.csv"
     with pytest.raises(FileNotFoundError, match="SERVESIM_DATA"):
-        traces.find_shared_data("traces/missing.csv")
+        data_paths.find_shared_data("traces/missing.csv")
     monkeypatch.delenv("SERVESIM_DATA")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="set \\$SERVESIM_DATA"):
-        traces.find_shared_data("traces/no_such_file_anywhere.csv")
+        data_paths.find_shared_data("traces/no_such_file_anywhere.csv")
 
 
 @needs_shared

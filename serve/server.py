@@ -2,7 +2,7 @@
 
 Routes: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streaming server-sent events or
 one JSON answer), ``GET /v1/models``, ``/health``, ``/ping``, ``/version``, ``/metrics``
-(Prometheus text, :mod:`servesim.measure.serve_metrics`), ``POST /tokenize`` and ``/detokenize``.
+(Prometheus text, :mod:`servesim.serve.metrics`), ``POST /tokenize`` and ``/detokenize``.
 Requests go to a :class:`LiveEngine`, the engine of ``servesim simulate`` advanced with the wall
 clock times ``--speed`` (docs/serve.md).  vLLM's current OpenAI server is the reference:
 
@@ -37,6 +37,7 @@ from aiohttp import web
 from .. import __version__
 from ..sim.config import EngineConfig, EngineVersion
 from .live_engine import LiveEngine, Stream
+from .metrics import ServeMetrics
 from .openai_protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -46,8 +47,7 @@ from .openai_protocol import (
     error_body,
     validation_error_body,
 )
-from .serve_metrics import ServeMetrics
-from .serve_support import (
+from .support import (
     AccessLogger,
     EosLengths,
     QuietAcceptErrors,

@@ -23,6 +23,9 @@ from http import HTTPStatus
 import numpy as np
 from aiohttp.abc import AbstractAccessLogger
 
+from ..sim.data_paths import find_shared_data
+from ..sim.lengths import LengthDist
+from ..sim.traces import read_length_pairs
 from .openai_protocol import ChatMessage
 
 
@@ -100,17 +103,15 @@ class EosLengths:
         self.dist = dist
         self.rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         self.table: np.ndarray | None = None
-        self.length_dist = None
+        self.length_dist: LengthDist | None = None
         self.note = ""
         if dist == "sharegpt":
-            from ..sim.traces import find_shared_data, read_length_pairs
             try:
                 self.table = read_length_pairs(find_shared_data("traces/sharegpt_lengths_llama2.csv"))[1]
             except FileNotFoundError as exc:
                 self.note = (f"no ShareGPT length table ({exc}); requests without max_tokens run to "
                              "max_model_len (pass --output-len-dist, e.g. lognormal:250:1.0)")
         else:
-            from ..sim.lengths import LengthDist
             self.length_dist = LengthDist.parse(dist)
             self.length_dist.sample(1, np.random.default_rng(0))  # fails now for impossible params
 
