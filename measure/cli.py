@@ -103,12 +103,11 @@ def _report_speed_overhead(out: Path) -> None:
 
 # ----- serve -------------------------------------------------------------------------------------
 def _add_serve(sub) -> None:
-    from ..cli import add_engine_arguments
     p = sub.add_parser("serve", help="serve the simulator as an OpenAI-compatible (vLLM-like) endpoint",
                        description="Run the simulated replica behind /v1/completions, /v1/chat/completions, "
                                    "/v1/models, /health, /version and /metrics, in real time times --speed "
                                    "(docs/serve.md).")
-    add_engine_arguments(p)
+    at.add_engine_args(p)
     p.add_argument("--served-model-name", help="name clients request (default: --model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=at.PORT, default=8000, help="port (default 8000; 0 picks a free one)")
@@ -144,10 +143,10 @@ def _env_seconds(name: str, default: float) -> float:
 def cmd_serve(args) -> int:
     import os
 
-    from ..cli import engine_config
+    from ..sim.config import create_engine_config
     from .serve import serve
     from .serve_support import ServeOptions
-    cfg = engine_config(args)
+    cfg = create_engine_config(at.engine_args_from(args))
     keys = tuple(args.api_key) or tuple(k for k in (os.environ.get("VLLM_API_KEY"),) if k)
     opts = ServeOptions(speed=args.speed, served_model_name=args.served_model_name or args.model, api_keys=keys,
                         output_len_dist=args.output_len_dist, seed=args.seed,

@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .workload import Workload, gamma_arrivals, spawn_streams
+from .arrivals import gamma_arrivals
+from .request_streams import Workload, spawn_streams
 
 DATA_ENV = "SERVESIM_DATA"
 
