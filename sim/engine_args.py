@@ -154,11 +154,11 @@ class EngineArgs:
             raise ValueError(f"long_prefill_token_threshold={self.long_prefill_token_threshold}: a vllm-v1 option "
                              "(vLLM 0.6's v0 scheduler has no such cap)")
         ctx = DefaultContext(gpu_memory_bytes, max_position_embeddings, profile_num_scheduler_steps)
-        out = self
-        for name, rules in VLLM_DEFAULTS.items():  # in dependency order
-            if getattr(out, name) is None:
-                out = replace(out, **{name: rules[version](out, ctx)})
-        return out
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, rules in VLLM_DEFAULTS.items():  # in dependency order: a rule reads those before it
+            if values[name] is None:
+                values[name] = rules[version](values, ctx)
+        return replace(self, **values)
 
 
 @dataclass(frozen=True)
@@ -176,7 +176,7 @@ class DefaultContext:
         return self.gpu_memory_bytes >= 70 * 2**30
 
 
-DefaultRule = Callable[[EngineArgs, DefaultContext], Any]
+DefaultRule = Callable[[dict[str, Any], DefaultContext], Any]  # (the knobs resolved so far, context)
 
 # vLLM's default of each ``None`` knob per engine generation, applied in this order (a rule may
 # read knobs resolved before it); the ``defaults`` text of each field's ArgSpec documents them.
@@ -187,7 +187,7 @@ VLLM_DEFAULTS: dict[str, dict[EngineVersion, DefaultRule]] = {
     "max_num_seqs": {EngineVersion.V1: lambda a, c: 1024 if c.big_gpu else 256, EngineVersion.V0: lambda a, c: 256},
     "max_num_batched_tokens": {
         EngineVersion.V1: lambda a, c: 8192 if c.big_gpu else 2048,
-        EngineVersion.V0: lambda a, c: 512 if a.enable_chunked_prefill else max(a.max_model_len or 0, 2048)},
+        EngineVersion.V0: lambda a, c: 512 if a["enable_chunked_prefill"] else max(a["max_model_len"], 2048)},
     "num_scheduler_steps": {EngineVersion.V1: lambda a, c: 1,
                             EngineVersion.V0: lambda a, c: c.profile_num_scheduler_steps},
 }

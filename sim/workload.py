@@ -78,7 +78,7 @@ class WorkloadSpec:
     num_requests: int | None = arg(None, flags=("--num-requests",), section="workload", unit="requests", lo=0,
                                    help="requests to simulate")
     rate: float | None = arg(None, section="workload", unit="requests/s", lo=0.0, lo_open=True, allow_inf=True,
-                             help="mean arrival rate (inf: a burst)")
+                             help="mean arrival rate (inf: a burst; simulate: --rate, --bench-rate)")
     burstiness: float | None = arg(None, flags=("--burstiness",), section="workload", lo=0.0, lo_open=True,
                                    allow_inf=True, help="gamma shape of the inter-arrival gaps (1 = Poisson)")
     input_len: int = arg(1024, flags=("--input-len",), section="workload", unit="tokens", lo=1, hi=10_000_000,
@@ -106,7 +106,7 @@ class WorkloadSpec:
     trace_kind: str | None = None
     time_scale: float | None = arg(None, flags=("--time-scale",), unit="x", lo=0.0, lo_open=True,
                                    help="multiply a trace's inter-arrival gaps")
-    num_users: int | None = arg(None, section="workload", unit="users", lo=1, help="closed loop: concurrent users")
+    num_users: int | None = arg(None, section="workload", unit="users", lo=1, help="closed loop: concurrent users (simulate: --concurrency)")
     think_time_s: float = arg(0.0, flags=("--think-time",), section="workload", unit="s", lo=0.0,
                               help="closed loop: mean think time between a user's requests")
     think_time_dist: ThinkTimeDist = ThinkTimeDist.EXPONENTIAL

@@ -12,13 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from servesim.cli import build_parser, main, workload_spec
+from servesim.cli import build_parser, main
 from servesim.scenarios.loader import ScenarioError, scenario_from_dict
 from servesim.scenarios.points import point_workload
 from servesim.scenarios.schema import WorkloadSection
 from servesim.sim.arg_spec import spec_of
 from servesim.sim.clients import client_preset
 from servesim.sim.workload import WorkloadSpec, build_workload
+from servesim.simulate_run import workload_spec
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC = {f.name: f for f in dataclasses.fields(WorkloadSpec)}
