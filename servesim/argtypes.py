@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .sim.arg_spec import ArgSpec, arg_fields
+from .sim.arg_spec import ArgSpec, arg_fields, vllm_flags
 from .sim.engine_args import EngineArgs
 
 # At most this many requests in one simulation (about 2 GB of per-request arrays and records).
@@ -149,7 +149,7 @@ def flag_help(spec: ArgSpec, default: Any) -> str:
     elif spec.omitted:
         parts.append(f"(default: {spec.omitted})")
     if spec.vllm:
-        parts.append(f"vLLM: {spec.vllm}")
+        parts.append(f"(vLLM {vllm_flags(spec)})")
     return " ".join(parts).replace("%", "%%")
 
 

@@ -147,6 +147,8 @@ def cmd_list(args) -> int:
 # The packages' own commands: each ``cli`` module exposes ``register(subparsers)``
 # (calibrate.cli: calibrate, validate; measure.cli: measure, serve; scenarios.cli: sweep, regions,
 # plan ...); a command's handler is ``args.func(args)`` returning the exit status.
+# MERGE (serve branch): with serve/cli.py, add ``from .serve import cli as serve_cli`` above and
+# ``serve_cli`` after ``measure_cli`` below (serve/cli.py then provides ``servesim serve``).
 COMMAND_MODULES = (calibrate_cli, measure_cli, scenarios_cli)
 
 

@@ -12,7 +12,7 @@ import re
 import sys
 from pathlib import Path
 
-from .sim.arg_spec import ArgSpec, arg_fields, bounds_text
+from .sim.arg_spec import ArgSpec, arg_fields, bounds_text, vllm_flags
 from .sim.engine_args import EngineArgs
 from .sim.workload import WorkloadSpec
 
@@ -38,12 +38,12 @@ def _allowed(spec: ArgSpec) -> str:
 def engine_args_table() -> str:
     """One row per :class:`EngineArgs` field: flags, scenario key, vLLM name, unit, allowed values,
     the default under each engine generation, and what it is."""
-    rows = ["| flag | scenario key | vLLM | unit | allowed | default vllm-v1 | default vllm-v0 | what |",
+    rows = ["| flag | scenario key | vLLM flag | unit | allowed | default vllm-v1 | default vllm-v0 | what |",
             "|---|---|---|---|---|---|---|---|"]
     for f, spec, _, _ in arg_fields(EngineArgs):
         key = spec.scenario or f.name
         where = f"`deployment.{key}`" if spec.section == "deployment" else f"`deployment.knobs.{key}`"
-        rows.append(f"| {', '.join(f'`{x}`' for x in spec.flags)} | {where} | {spec.vllm or '(servesim)'} "
+        rows.append(f"| {', '.join(f'`{x}`' for x in spec.flags)} | {where} | {f'`{vllm_flags(spec)}`' if spec.vllm else '(servesim)'} "
                     f"| {spec.unit} | {_allowed(spec)} | {_default(spec, f.default, 'vllm-v1')} "
                     f"| {_default(spec, f.default, 'vllm-v0')} | {spec.help} |")
     return "\n".join(rows) + "\n"

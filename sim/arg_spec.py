@@ -32,7 +32,8 @@ _META_KEY = "servesim_arg"
 class ArgSpec:
     """How one configuration field is documented, exposed and checked.
 
-    ``flags`` are the command-line option strings (the first is the canonical one; none: the field
+    ``vllm`` is the name of vLLM's ``EngineArgs`` attribute it mirrors (its flag:
+    :func:`vllm_flags`; empty: servesim's own).  ``flags`` are the command-line option strings (the first is the canonical one; none: the field
     has no flag).  ``scenario`` is its key in a scenario file (default: the field name) inside
     ``section`` (none: scenarios do not set it).  Numbers must lie in ``[lo, hi]`` (``(lo, hi]``
     with ``lo_open``); ``choices`` lists the allowed values (``cli_choices`` False: argparse does
@@ -62,6 +63,11 @@ class ArgSpec:
 def arg(default: Any = None, **spec: Any) -> Any:
     """A dataclass field with default ``default`` described by ``ArgSpec(**spec)``."""
     return dataclasses.field(default=default, metadata={_META_KEY: ArgSpec(**spec)})
+
+
+def vllm_flags(spec: ArgSpec) -> str:
+    """vLLM's command-line spelling of ``spec.vllm`` (``max_num_seqs`` -> ``--max-num-seqs``)."""
+    return " / ".join(f"--{name.strip().replace('_', '-')}" for name in spec.vllm.split("/")) if spec.vllm else ""
 
 
 def spec_of(f: dataclasses.Field) -> ArgSpec:
@@ -176,4 +182,5 @@ def derive_fields(source: type, section: str, *, names: Sequence[str] | None = N
     return decorate
 
 
-__all__ = ["ArgSpec", "arg", "arg_fields", "base_type", "bounds_text", "check_fields", "check_value", "derive_fields", "spec_of"]
+__all__ = ["ArgSpec", "arg", "arg_fields", "base_type", "bounds_text", "check_fields", "check_value", "derive_fields", "spec_of",
+           "vllm_flags"]
