@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 
-from ..sim.arg_spec import check_fields, derive_fields, spec_of
+from ..sim.arg_spec import check_fields, derive_fields
 from ..sim.engine_args import EngineArgs
 from ..sim.workload import WorkloadSpec
 
@@ -105,12 +105,10 @@ class EngineKnobs:
 class Deployment:
     """One replica: a model on ``tp`` GPUs of one type, served by one engine generation.
 
-    The fields before ``knobs`` are the ``deployment`` fields of
-    :class:`~servesim.sim.engine_args.EngineArgs` (``tp`` is its ``tensor_parallel_size``),
-    added by :func:`derive_fields`; ``model`` is required.  ``model_overrides`` replaces fields of
-    the catalogue's ``ModelSpec`` (e.g. ``max_position_embeddings`` for a long-context variant),
-    as ``(field, value)`` pairs.  ``profile`` is a profile JSON path or a shipped profile name;
-    None picks the shipped one.
+    The fields before ``knobs`` are the ``deployment`` fields of :class:`EngineArgs` (``tp``:
+    ``tensor_parallel_size``; ``model`` required), added by :func:`derive_fields`; ``profile`` is
+    a JSON path or a shipped profile name.  ``model_overrides`` replaces fields of the catalogue's
+    ``ModelSpec`` (e.g. ``max_position_embeddings`` for a long-context variant) as pairs.
     """
 
     knobs: EngineKnobs = field(default_factory=EngineKnobs)
@@ -121,10 +119,7 @@ class Deployment:
 
     def engine_args(self) -> EngineArgs:
         """The :class:`EngineArgs` this deployment and its knobs describe."""
-        values = {f.name: getattr(self.knobs, f.name) for f in dataclasses.fields(self.knobs)}
-        values.update({_DEPLOYMENT_KEYS[f.name]: getattr(self, f.name) for f in dataclasses.fields(self)
-                       if f.name in _DEPLOYMENT_KEYS})
-        return EngineArgs(**values)
+        return EngineArgs.from_scenario_keys({**_values(self.knobs), **_values(self)})
 
     @property
     def label(self) -> str:
@@ -136,9 +131,10 @@ class Deployment:
 # The deployment fields a cluster group may set differently from the scenario's deployment.
 GROUP_OVERRIDES = ("gpu", "tp", "profile", "weight_dtype", "kv_cache_dtype")
 
-# Scenario key of each deployment-level field -> its EngineArgs name (``tp`` -> ``tensor_parallel_size``).
-_DEPLOYMENT_KEYS = {spec_of(f).scenario or f.name: f.name for f in dataclasses.fields(EngineArgs)
-                    if spec_of(f).section == "deployment"}
+
+
+def _values(section: object) -> dict[str, object]:
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -177,13 +173,9 @@ class WorkloadSection:
 
     def spec(self, **changes: object) -> WorkloadSpec:
         """The :class:`WorkloadSpec` of these fields with ``changes`` (the point's kind, count, ...)."""
-        values = {name: getattr(self, name) for name in _SPEC_FIELDS}
-        values.update(changes)
-        return WorkloadSpec(**values)  # type: ignore[arg-type]
-
-
-_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(WorkloadSection) if f.name in
-                     {g.name for g in dataclasses.fields(WorkloadSpec)} and f.name != "kind")
+        spec_fields = {f.name for f in dataclasses.fields(WorkloadSpec)} - {"kind"}
+        values = {k: v for k, v in _values(self).items() if k in spec_fields}
+        return WorkloadSpec(**{**values, **changes})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

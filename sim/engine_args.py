@@ -24,7 +24,7 @@ the :class:`~servesim.sim.config.EngineConfig` the simulator runs.  The defaults
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -133,6 +133,13 @@ class EngineArgs:
     @property
     def version(self) -> EngineVersion:
         return EngineVersion(self.engine)
+
+    @classmethod
+    def from_scenario_keys(cls, values: Mapping[str, Any]) -> EngineArgs:
+        """The knobs of a scenario's deployment and knobs sections, by scenario key (``tp`` for
+        ``tensor_parallel_size``); keys that are no knob (``model_overrides``) are ignored."""
+        names = {spec_of(f).scenario or f.name: f.name for f in fields(cls)}
+        return cls(**{names[k]: v for k, v in values.items() if k in names})
 
     def resolved(self, *, gpu_memory_bytes: float, max_position_embeddings: int,
                  profile_num_scheduler_steps: int = 1) -> EngineArgs:
