@@ -279,3 +279,15 @@ def test_schema_and_points_do_not_restate_the_knobs():
 def test_engine_version_enum_is_shared():
     from servesim.sim import config
     assert config.EngineVersion is EngineVersion
+
+
+def test_resolved_scenario_round_trips():
+    """The resolved scenario.json a sweep writes reads back to the same generated sections."""
+    from servesim.scenarios.loader import scenario_to_dict
+    data = _scenario({"model": "llama-3.1-8b", "engine": "vllm-v0", "tp": 2, "kv_cache_dtype": "fp8",
+                      "knobs": {"max_num_seqs": 64, "num_scheduler_steps": 4}})
+    data["cluster"] = {"groups": [{"replicas": 1, "gpu": "h200", "knobs": {"max_num_seqs": 8}}]}
+    sf = scenario_from_dict(data)
+    again = scenario_from_dict(scenario_to_dict(sf))
+    assert again.variants == sf.variants
+    assert again.variants[0].cluster.groups[0].gpu == "h200" and again.variants[0].cluster.groups[0].tp is None
