@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import argtypes as at
+from ..sim.engine_args import EngineArgs
 
 
 def register(sub) -> None:
@@ -16,9 +17,9 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="+", help="kernel-table folders, ML.ENERGY CSV, aiconfigurator silicon CSV, "
                    "probe run directories, vllm bench --save-result files (a folder or glob of them: one deployment)")
     p.add_argument("-o", "--output", required=True, help="profile JSON to write")
-    p.add_argument("--engine", default="vllm-v0", choices=["vllm-v0", "vllm-v1"],
-                   help="engine policy the measurements came from (default vllm-v0: ML.ENERGY used vLLM 0.5.4)")
-    p.add_argument("--gpu", default="h100-sxm")
+    at.add_args(p, EngineArgs, ("engine", "gpu"), {"engine": {
+        "default": "vllm-v0", "help": "engine policy the measurements came from (default vllm-v0: ML.ENERGY used "
+                                      "vLLM 0.5.4)"}})
     p.add_argument("--base", help="start from this profile instead of the shipped one")
     p.add_argument("--params", help="comma-separated step coefficients to fit end to end "
                    "(default step_overhead_s,per_seq_overhead_s,eff_attn_decode)")
@@ -28,9 +29,9 @@ def register(sub) -> None:
     d = p.add_argument_group("deployment of bench results (what the files do not record)")
     d.add_argument("--name", help="profile/deployment name (default: the output file's stem)")
     d.add_argument("--engine-version", help="vLLM version the deployment ran, e.g. 0.6.1")
-    d.add_argument("--num-scheduler-steps", type=at.POSITIVE_INT, default=1, help="vLLM 0.6 multi-step decode steps per pass")
-    d.add_argument("--max-num-seqs", type=at.POSITIVE_INT, help="server's max_num_seqs (default: the engine's)")
-    d.add_argument("--gpu-memory-utilization", type=at.FRACTION, default=0.9)
+    at.add_args(d, EngineArgs, ("num_scheduler_steps", "max_num_seqs", "gpu_memory_utilization"), {
+        "num_scheduler_steps": {"default": 1, "help": "vLLM 0.6 multi-step decode steps per pass (default 1)"},
+        "max_num_seqs": {"help": "server's max_num_seqs (default: the engine's)"}})
     d.add_argument("--bootstrap", type=at.NON_NEGATIVE_INT, default=200, help="bootstrap replicates over runs (0: none)")
     d.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_calibrate)
@@ -40,23 +41,19 @@ def register(sub) -> None:
                                    "simulated metrics with relative errors.")
     v.add_argument("measured", help="vllm bench serve --save-result JSON (with or without --save-detailed), a "
                    "folder or glob of them (one row per run), or a servesim measure run directory")
-    v.add_argument("-p", "--profile", help="profile JSON (default: the shipped one for --gpu/--engine)")
-    v.add_argument("--model", help="model (default: from the measured file)")
-    v.add_argument("--gpu", default="h100-sxm")
-    v.add_argument("--engine", default="vllm-v1", choices=["vllm-v1", "vllm-v0"])
-    v.add_argument("--tp", type=at.POSITIVE_INT, default=1)
-    v.add_argument("--max-num-seqs", type=at.POSITIVE_INT)
-    v.add_argument("--max-num-batched-tokens", type=at.POSITIVE_INT)
-    v.add_argument("--max-model-len", type=at.int_range(2))
-    v.add_argument("--gpu-memory-utilization", type=at.FRACTION, default=0.9)
-    v.add_argument("--num-gpu-blocks", type=at.POSITIVE_INT)
+    at.add_args(v, EngineArgs, ("profile", "model", "gpu", "engine", "tensor_parallel_size", "max_num_seqs",
+                                "max_num_batched_tokens", "max_model_len", "gpu_memory_utilization", "num_gpu_blocks",
+                                "num_scheduler_steps"), {
+        "profile": {"flags": ("-p", "--profile"), "type": None,
+                    "help": "profile JSON or shipped name (default: the shipped one for --gpu/--engine)"},
+        "model": {"default": None, "help": "model (default: from the measured file)"},
+        "num_scheduler_steps": {"help": "vllm-v0 multi-step (default: the profile's deployment)"}})
     v.add_argument("--request-rate", type=at.RATE, help="override the file's request rate (inf: burst)")
     v.add_argument("--burstiness", type=at.float_range(0.0, allow_inf=True))
     v.add_argument("--max-concurrency", type=at.POSITIVE_INT)
     v.add_argument("--seed", type=at.SEED, default=0)
     v.add_argument("--point", help="run directories: only this probe point (default: every load point)")
     v.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    v.add_argument("--num-scheduler-steps", type=at.POSITIVE_INT, help="vllm-v0 multi-step (default: the profile's deployment)")
     v.add_argument("--plot", help="folders/globs: write the predicted-vs-measured plot here (default validate.png)")
     v.set_defaults(func=cmd_validate)
 
@@ -153,10 +150,7 @@ def cmd_validate_runs(args) -> int:
 def cmd_validate(args) -> int:
     if _is_many_runs(args.measured):
         return cmd_validate_runs(args)
-    from ..sim.config import make_engine_config
-    from ..sim.gpus import get_gpu
-    from ..sim.model_catalog import get_model
-    from ..sim.profile import load_profile
+    from ..sim.config import create_engine_config
     from .validate import format_table, load_measured, validate
     runs = load_measured(args.measured, args.point, **({} if Path(args.measured).is_dir() else {
         "rate": args.request_rate, "burstiness": args.burstiness, "max_concurrency": args.max_concurrency,
@@ -167,11 +161,7 @@ def cmd_validate(args) -> int:
         if not model_name:
             raise ValueError("the measured run does not name its model: pass --model")
         max_len = args.max_model_len or run.settings.get("max_model_len")
-        cfg = make_engine_config(get_model(model_name), get_gpu(args.gpu), args.engine, tp=args.tp,
-                                 profile=load_profile(args.profile) if args.profile else None,
-                                 max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                                 max_model_len=max_len, gpu_memory_utilization=args.gpu_memory_utilization,
-                                 num_gpu_blocks=args.num_gpu_blocks)
+        cfg = create_engine_config(at.engine_args_from(args, model=model_name, max_model_len=max_len))
         rows, _ = validate(run, cfg, args.seed)
         results.append((run, cfg, rows))
     if args.json:

@@ -68,7 +68,7 @@ def _stats(x: np.ndarray) -> dict[str, float]:
 
 def workload_assumptions(w: WorkloadSection, base_dir: str = ".", seed: int = 0, n: int = 4000) -> dict:
     """Arrival process and length statistics (input/output tokens) of a workload section."""
-    from ..sim.workload import WorkloadSpec, build_workload
+    from ..sim.workload import build_workload
     from .points import trace_file, trace_window
     arrivals = {ArrivalKind.POISSON: "Poisson", ArrivalKind.GAMMA: f"gamma (burstiness {w.burstiness:g})",
                 ArrivalKind.TRACE: f"trace {w.trace}, inter-arrival gaps rescaled to the rate"}.get(w.kind, w.kind.value)
@@ -77,11 +77,7 @@ def workload_assumptions(w: WorkloadSection, base_dir: str = ".", seed: int = 0,
         if w.kind is ArrivalKind.TRACE:
             wl = trace_window(trace_file(w.trace, base_dir), n, seed, None)
         else:
-            wl = build_workload(WorkloadSpec(kind="burst", num_requests=n, dataset=w.dataset,
-                                             input_len=w.input_len, output_len=w.output_len,
-                                             range_ratio=w.range_ratio, input_dist=w.input_dist,
-                                             output_dist=w.output_dist, max_input_tokens=w.max_input_tokens,
-                                             max_output_tokens=w.max_output_tokens), seed)
+            wl = build_workload(w.spec(kind="burst", num_requests=n), seed)
         out["input_tokens"] = _stats(np.asarray(wl.input_tokens))
         out["output_tokens"] = _stats(np.asarray(wl.output_tokens))
         out["lengths_sampled"] = len(wl.input_tokens)

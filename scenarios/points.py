@@ -22,14 +22,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..sim.config import EngineConfig, make_engine_config
-from ..sim.gpus import get_gpu
+from ..sim.config import EngineConfig, create_engine_config
 from ..sim.metrics import RequestRecords, request_latencies_s, summarize
 from ..sim.model_catalog import get_model
 from ..sim.models import ModelSpec
-from ..sim.profile import load_profile, shipped_profiles
 from ..sim.runner import SimOptions
-from ..sim.workload import ClosedLoop, Workload, WorkloadSpec, build_workload
+from ..sim.workload import ClosedLoop, Workload, build_workload
 from .cluster_point import cluster_columns, point_demand, simulate_point
 from .schema import ArrivalKind, Axis, Deployment, Scenario
 from .stability import ConvergenceRule, converged, stability_columns
@@ -84,18 +82,7 @@ def resolve_model(dep: Deployment, base_dir: str = ".") -> ModelSpec:
 
 def engine_config(dep: Deployment, base_dir: str = ".") -> EngineConfig:
     """The :class:`EngineConfig` of a deployment (raises ``ValueError`` if vLLM would refuse it)."""
-    profile = None
-    if dep.profile:
-        shipped = shipped_profiles()
-        profile = load_profile(shipped[dep.profile] if dep.profile in shipped else Path(base_dir) / dep.profile)
-    k = dep.knobs
-    return make_engine_config(
-        resolve_model(dep, base_dir), get_gpu(dep.gpu), dep.engine, tp=dep.tp, weight_dtype=dep.weight_dtype,
-        profile=profile, max_num_seqs=k.max_num_seqs, max_num_batched_tokens=k.max_num_batched_tokens,
-        max_model_len=k.max_model_len, enable_chunked_prefill=k.enable_chunked_prefill,
-        enable_prefix_caching=k.enable_prefix_caching, block_size=k.block_size,
-        gpu_memory_utilization=k.gpu_memory_utilization, kv_cache_dtype=dep.kv_cache_dtype,
-        num_gpu_blocks=k.num_gpu_blocks, preemption_mode=k.preemption_mode, swap_space_gib=k.swap_space_gib)
+    return create_engine_config(dep.engine_args(), model=resolve_model(dep, base_dir), base_dir=base_dir)
 
 
 # ----------------------------------------------------------------------------------- the traffic
@@ -149,23 +136,19 @@ def _clamp(n: int, sc: Scenario) -> int:
 def point_workload(sc: Scenario, demand: float, seed: int) -> Workload | ClosedLoop:
     """The requests of one point: the workload section with the swept quantity set to ``demand``."""
     w, axis = sc.workload, sc.sweep.axis
-    lengths = dict(input_len=w.input_len, output_len=w.output_len)
+    common: dict = {"name": sc.name}
     if axis is Axis.INPUT_LEN:
-        lengths["input_len"] = int(demand)
+        common["input_len"] = int(demand)
     elif axis is Axis.OUTPUT_LEN:
-        lengths["output_len"] = int(demand)
-    common = dict(dataset=w.dataset, range_ratio=w.range_ratio, input_dist=w.input_dist,
-                  output_dist=w.output_dist, max_input_tokens=w.max_input_tokens,
-                  max_output_tokens=w.max_output_tokens, name=sc.name, **lengths)
+        common["output_len"] = int(demand)
     rate = demand if axis is Axis.RATE else w.rate
     if w.kind is ArrivalKind.BURST:
         n = int(demand) if axis is Axis.BURST else (w.num_requests or 1)
-        return build_workload(WorkloadSpec(kind="burst", num_requests=n, **common), seed)
+        return build_workload(w.spec(kind="burst", num_requests=n, **common), seed)
     if w.kind is ArrivalKind.CLOSED:
         users = int(demand) if axis is Axis.CONCURRENCY else int(w.num_users)
         n = w.num_requests or _clamp(w.requests_per_user * users, sc)
-        return build_workload(WorkloadSpec(kind="closed", num_requests=n, num_users=users,
-                                           think_time_s=w.think_time_s, **common), seed)
+        return build_workload(w.spec(kind="closed", num_requests=n, num_users=users, **common), seed)
     if w.num_requests:
         n = w.num_requests
     elif w.duration_s:
@@ -175,8 +158,7 @@ def point_workload(sc: Scenario, demand: float, seed: int) -> Workload | ClosedL
     if w.kind is ArrivalKind.TRACE:
         return trace_window(trace_file(w.trace, sc.base_dir), n, seed, rate)
     kind = "gamma" if w.kind is ArrivalKind.GAMMA else "poisson"
-    return build_workload(WorkloadSpec(kind=kind, num_requests=n, rate=rate, burstiness=w.burstiness, **common),
-                          seed)
+    return build_workload(w.spec(kind=kind, num_requests=n, rate=rate, **common), seed)
 
 
 # ------------------------------------------------------------------------------------ reduction

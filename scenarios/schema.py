@@ -17,6 +17,10 @@ import math
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ..sim.arg_spec import check_fields, derive_fields
+from ..sim.engine_args import EngineArgs
+from ..sim.workload import WorkloadSpec
+
 
 class Axis(str, Enum):
     """What a sweep varies.  The first three are demand axes (regions apply); the others are not."""
@@ -57,9 +61,6 @@ AXIS_KINDS: dict[Axis, tuple[ArrivalKind, ...]] = {
     Axis.OUTPUT_LEN: (ArrivalKind.BURST, ArrivalKind.CLOSED, ArrivalKind.POISSON, ArrivalKind.GAMMA),
 }
 
-DATASETS = ("fixed", "random", "sharegpt", "sharegpt-conversations", "dist")
-ENGINES = ("vllm-v1", "vllm-v0")
-DTYPES = ("auto", "fp32", "bf16", "fp16", "fp8", "int8", "int4")
 BILLABLE = ("total", "output", "input")
 SLO_METRICS = ("ttft", "tpot", "e2el", "itl")
 THROUGHPUTS = ("output_throughput", "total_token_throughput", "request_throughput")
@@ -89,60 +90,36 @@ def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
 
 
 @dataclass(frozen=True)
+@derive_fields(EngineArgs, "knobs")
 class EngineKnobs:
-    """vLLM engine arguments under vLLM's names; None means vLLM's default for the engine."""
-
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    max_model_len: int | None = None
-    enable_chunked_prefill: bool | None = None
-    enable_prefix_caching: bool | None = None
-    block_size: int = 16
-    gpu_memory_utilization: float = 0.9
-    num_gpu_blocks: int | None = None
-    preemption_mode: str = "recompute"
-    swap_space_gib: float = 4.0
+    """vLLM engine arguments under vLLM's names (``deployment.knobs``): the ``knobs`` fields of
+    :class:`~servesim.sim.engine_args.EngineArgs`, added by :func:`derive_fields`, with its
+    defaults and checks; None means vLLM's default for the engine."""
 
     def __post_init__(self) -> None:
-        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "num_gpu_blocks"):
-            value = getattr(self, name)
-            _check(value is None or value >= 1, f"{name} must be >= 1 (or omitted for vLLM's default), got {value}")
-        _check(self.block_size in (1, 8, 16, 32, 64, 128), f"block_size must be one of 1, 8, 16, 32, 64, 128, "
-                                                            f"got {self.block_size}")
-        _check(0 < self.gpu_memory_utilization <= 1, "gpu_memory_utilization must be in (0, 1], got "
-                                                     f"{self.gpu_memory_utilization}")
-        _check(self.preemption_mode in ("recompute", "swap"), "preemption_mode must be one of "
-                                                              f"['recompute', 'swap'], got {self.preemption_mode!r}")
-        _positive("swap_space_gib", self.swap_space_gib, allow_zero=True)
+        check_fields(self)
 
 
 @dataclass(frozen=True)
+@derive_fields(EngineArgs, "deployment", required=("model",))
 class Deployment:
     """One replica: a model on ``tp`` GPUs of one type, served by one engine generation.
 
-    ``model_overrides`` replaces fields of the catalogue's ``ModelSpec`` (e.g.
-    ``max_position_embeddings`` for a long-context variant), as ``(field, value)`` pairs.
-    ``profile`` is a profile JSON path or a shipped profile name; None picks the shipped one.
+    The fields before ``knobs`` are the ``deployment`` fields of :class:`EngineArgs` (``tp``:
+    ``tensor_parallel_size``; ``model`` required), added by :func:`derive_fields`; ``profile`` is
+    a JSON path or a shipped profile name.  ``model_overrides`` replaces fields of the catalogue's
+    ``ModelSpec`` (e.g. ``max_position_embeddings`` for a long-context variant) as pairs.
     """
 
-    model: str
-    gpu: str = "h100-sxm"
-    tp: int = 1
-    engine: str = "vllm-v1"
-    weight_dtype: str | None = None
-    kv_cache_dtype: str = "auto"
-    profile: str | None = None
     knobs: EngineKnobs = field(default_factory=EngineKnobs)
     model_overrides: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self) -> None:
-        _check(self.tp >= 1, f"tp must be >= 1, got {self.tp}")
-        _check(self.engine in ENGINES, f"engine must be one of {list(ENGINES)}, got {self.engine!r}")
-        _check(self.weight_dtype is None or self.weight_dtype in DTYPES[1:],
-               f"weight_dtype must be one of {list(DTYPES[1:])} (or omitted for the checkpoint's), "
-               f"got {self.weight_dtype!r}")
-        _check(self.kv_cache_dtype in DTYPES, f"kv_cache_dtype must be one of {list(DTYPES)}, "
-                                              f"got {self.kv_cache_dtype!r}")
+        check_fields(self)
+
+    def engine_args(self) -> EngineArgs:
+        """The :class:`EngineArgs` this deployment and its knobs describe."""
+        return EngineArgs.from_scenario_keys({**_values(self.knobs), **_values(self)})
 
     @property
     def label(self) -> str:
@@ -151,53 +128,54 @@ class Deployment:
         return f"{self.model} on {self.tp}x {self.gpu} ({dtype}{kv}, {self.engine})"
 
 
+# The deployment fields a cluster group may set differently from the scenario's deployment.
+GROUP_OVERRIDES = ("gpu", "tp", "profile", "weight_dtype", "kv_cache_dtype")
+
+
+
+def _values(section: object) -> dict[str, object]:
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
+@derive_fields(WorkloadSpec, "workload", defaults={"dataset": "fixed", "burstiness": 1.0}, types={"dataset": str})
 class WorkloadSection:
     """The traffic, minus the swept quantity (which the sweep axis sets point by point).
 
-    Request counts: ``num_requests`` fixes it; otherwise open loops use ``ceil(rate * duration_s)``
-    and closed loops ``requests_per_user * users``, clamped to ``[min_requests, max_requests]``.
-    ``trace`` is a file path (relative to the scenario file) or ``shared:traces/<file>`` for the
-    shared data folder; seed ``s`` replays the window of rows ``[s*n, s*n + n)`` of it.
+    The lengths, rates and users are the ``workload`` fields of
+    :class:`~servesim.sim.workload.WorkloadSpec` (added by :func:`derive_fields`, checked by its
+    rules; ``dataset`` defaults to ``fixed`` and ``burstiness`` to 1 here); :meth:`spec` builds the
+    spec of one point.  Request counts: ``num_requests`` fixes it; otherwise open loops use
+    ``ceil(rate * duration_s)`` and closed loops ``requests_per_user * users``, clamped to
+    ``[min_requests, max_requests]``.  ``trace`` is a file path (relative to the scenario file) or
+    ``shared:traces/<file>`` for the shared data folder; seed ``s`` replays the window of rows
+    ``[s*n, s*n + n)`` of it.
     """
 
     kind: ArrivalKind
-    dataset: str = "fixed"
-    input_len: int = 1024
-    output_len: int = 128
-    range_ratio: float = 0.0
-    input_dist: str | None = None
-    output_dist: str | None = None
-    max_input_tokens: int | None = None
-    max_output_tokens: int | None = None
     trace: str | None = None
-    num_requests: int | None = None
     duration_s: float | None = None
     requests_per_user: int = 4
     min_requests: int = 1
     max_requests: int | None = None
-    num_users: int | None = None
-    think_time_s: float = 0.0
-    burstiness: float = 1.0
-    rate: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", _enum(ArrivalKind, self.kind, "kind"))
-        _check(self.dataset in DATASETS, f"dataset must be one of {list(DATASETS)}, got {self.dataset!r}")
-        _check(self.input_len >= 1 and self.output_len >= 1,
-               f"input_len and output_len must be >= 1 token, got {self.input_len}, {self.output_len}")
-        _check(0 <= self.range_ratio < 1, f"range_ratio must be in [0, 1), got {self.range_ratio}")
+        check_fields(self)
         _check(self.dataset != "dist" or bool(self.input_dist and self.output_dist),
                "dataset 'dist' needs input_dist and output_dist, e.g. 'lognormal:900:0.5'")
         _check((self.kind is ArrivalKind.TRACE) == bool(self.trace),
                "kind 'trace' needs trace (a path or shared:traces/<file>); other kinds take no trace")
-        for name in ("num_requests", "requests_per_user", "min_requests", "max_requests", "num_users"):
+        for name in ("num_requests", "requests_per_user", "min_requests", "max_requests"):
             value = getattr(self, name)
             _check(value is None or value >= 1, f"{name} must be >= 1, got {value}")
         _positive("duration_s", self.duration_s)
-        _positive("think_time_s", self.think_time_s, allow_zero=True)
-        _positive("burstiness", self.burstiness)
-        _positive("rate", self.rate)
+
+    def spec(self, **changes: object) -> WorkloadSpec:
+        """The :class:`WorkloadSpec` of these fields with ``changes`` (the point's kind, count, ...)."""
+        spec_fields = {f.name for f in dataclasses.fields(WorkloadSpec)} - {"kind"}
+        values = {k: v for k, v in _values(self).items() if k in spec_fields}
+        return WorkloadSpec(**{**values, **changes})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -336,22 +314,20 @@ class Advice:
 
 
 @dataclass(frozen=True)
+@derive_fields(EngineArgs, "deployment", names=GROUP_OVERRIDES, inherit=True)
 class ClusterGroupSection:
     """One replica group of a heterogeneous cluster: its role and count, and what differs from the
-    scenario's deployment (``gpu``, ``tp``, ``profile``, dtypes, engine ``knobs``)."""
+    scenario's deployment: the :data:`GROUP_OVERRIDES` fields of the deployment (added from
+    :class:`~servesim.sim.engine_args.EngineArgs`, None: as the deployment) and engine ``knobs``."""
 
     replicas: int
     role: str = "collocated"
     name: str = ""
-    gpu: str | None = None
-    tp: int | None = None
-    profile: str | None = None
-    weight_dtype: str | None = None
-    kv_cache_dtype: str | None = None
     knobs: tuple = ()
     power_cap_w: float | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self)
         _check(self.replicas >= 1, f"replicas must be >= 1, got {self.replicas}")
         _check(self.role in CLUSTER_ROLES, f"role must be one of {list(CLUSTER_ROLES)}, got {self.role!r}")
         _check(self.tp is None or self.tp >= 1, f"tp must be >= 1, got {self.tp}")
@@ -360,6 +336,7 @@ class ClusterGroupSection:
         allowed = [f.name for f in dataclasses.fields(EngineKnobs)]
         bad = [k for k, _ in knobs if k not in allowed]
         _check(not bad, f"unknown engine knob {bad[0] if bad else ''!r}; allowed: {allowed}")
+        EngineKnobs(**dict(knobs))  # the values, by EngineArgs' rules
         object.__setattr__(self, "knobs", knobs)
         _positive("power_cap_w", self.power_cap_w)
 

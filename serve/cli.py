@@ -7,7 +7,7 @@ import asyncio
 import os
 
 from .. import argtypes as at
-from ..cli import add_engine_arguments, engine_config
+from ..sim.config import create_engine_config
 
 
 def register(sub) -> None:
@@ -15,7 +15,7 @@ def register(sub) -> None:
                        description="Run the simulated replica behind /v1/completions, /v1/chat/completions, "
                                    "/v1/models, /health, /version and /metrics, in real time times --speed "
                                    "(docs/serve.md).")
-    add_engine_arguments(p)
+    at.add_engine_args(p)
     p.add_argument("--served-model-name", help="name clients request (default: --model)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=at.PORT, default=8000, help="port (default 8000; 0 picks a free one)")
@@ -52,7 +52,7 @@ def cmd_serve(args) -> int:
     # only when serving, not on every `servesim` start-up, which registers this command.
     from .server import serve
     from .support import ServeOptions
-    cfg = engine_config(args)
+    cfg = create_engine_config(at.engine_args_from(args))
     keys = tuple(args.api_key) or tuple(k for k in (os.environ.get("VLLM_API_KEY"),) if k)
     opts = ServeOptions(speed=args.speed, served_model_name=args.served_model_name or args.model, api_keys=keys,
                         output_len_dist=args.output_len_dist, seed=args.seed,

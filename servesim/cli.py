@@ -6,52 +6,33 @@ naming the problem and exit with status 2; nothing half-written is left behind.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 from . import argtypes as at
-from .sim.config import make_engine_config
+from . import cluster_cli
+from .calibrate import cli as calibrate_cli
+from .measure import cli as measure_cli
+from .scenarios import cli as scenarios_cli
+from .serve import cli as serve_cli
 from .sim.gpus import get_gpu, list_gpus
 from .sim.lengths import SHAREGPT_CONVERSATIONS_STATS, SHAREGPT_FIRST_TURN_STATS
 from .sim.model_catalog import get_model, list_models
-from .sim.profile import load_profile
-from .sim.runner import SimOptions, simulate, write_results
-from .sim.workload import WorkloadSpec, build_workload
-
-
-def _bool_flag(p: argparse.ArgumentParser, name: str, help: str) -> None:
-    p.add_argument(f"--{name}", dest=name.replace("-", "_"), action=argparse.BooleanOptionalAction,
-                   default=None, help=help)
+from .sim.runner import SimOptions, simulate
+from .sim.workload import LENGTH_FIELDS, WorkloadSpec, build_workload
+from .simulate_run import (  # noqa: F401 (engine_config, workload_spec: re-exported)
+    SUMMARY_ROWS,
+    check_completed,
+    engine_config,
+    prepare_simulation,
+    report_results,
+    workload_spec,
+)
 
 
 def add_engine_arguments(p: argparse.ArgumentParser) -> None:
-    """The deployment and vLLM engine knobs shared by ``simulate`` and ``serve`` (see :func:`engine_config`)."""
-    g = p.add_argument_group("deployment")
-    g.add_argument("--model", default="llama-3.1-8b", help="catalogue name or path to a config.json "
-                   "(default llama-3.1-8b; `servesim models` lists them)")
-    g.add_argument("--gpu", default="h100-sxm", help="GPU (default h100-sxm; `servesim gpus` lists them)")
-    g.add_argument("--tp", "--tensor-parallel-size", dest="tp", type=at.POSITIVE_INT, default=1)
-    g.add_argument("--engine", default="vllm-v1", choices=["vllm-v1", "vllm-v0"])
-    g.add_argument("--profile", type=at.input_file, help="profile JSON (default: the shipped one for --gpu and --engine)")
-    g.add_argument("--dtype", help="weight dtype: bf16, fp16, fp8, int4 (default: the checkpoint's)")
-    k = p.add_argument_group("engine knobs (vLLM names; defaults as vLLM sets them for the engine)")
-    k.add_argument("--max-num-seqs", type=at.POSITIVE_INT)
-    k.add_argument("--max-num-batched-tokens", type=at.POSITIVE_INT)
-    k.add_argument("--block-size", type=int, default=16, choices=[1, 8, 16, 32, 64, 128])
-    k.add_argument("--gpu-memory-utilization", type=at.float_range(0.0, 1.0), default=0.9)
-    k.add_argument("--max-model-len", type=at.int_range(2))
-    _bool_flag(k, "enable-chunked-prefill", "chunked prefill (always on in vllm-v1)")
-    _bool_flag(k, "enable-prefix-caching", "prefix caching (default on in vllm-v1, off in vllm-v0; hits need "
-               "prefix hashes, as Mooncake traces carry)")
-    k.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8", "fp8_e4m3", "fp8_e5m2", "fp16", "bf16"])
-    k.add_argument("--num-gpu-blocks", type=at.POSITIVE_INT, help="use this KV capacity instead of the memory model")
-    k.add_argument("--preemption-mode", default="recompute", choices=["recompute", "swap"],
-                   help="vllm-v0 only: swap preempted requests' KV to CPU instead of recomputing")
-    k.add_argument("--swap-space", type=at.NON_NEGATIVE, default=4.0, help="CPU swap space per GPU, GiB (vllm-v0)")
-    k.add_argument("--num-scheduler-steps", type=at.POSITIVE_INT,
-                   help="vllm-v0 only (vLLM 0.6 multi-step): decode steps per scheduling pass; their tokens "
-                        "stream together at the end of the window (default: the profile's deployment, else 1)")
+    """The deployment and vLLM engine flags shared by ``simulate`` and ``serve``: every
+    :class:`~servesim.sim.engine_args.EngineArgs` field (see :func:`engine_config`)."""
+    at.add_engine_args(p)
 
 
 def _add_simulate(sub) -> None:
@@ -68,8 +49,9 @@ def _add_simulate(sub) -> None:
     arrivals.add_argument("--bench-json", type=at.input_file, help="lengths of a `vllm bench serve --save-result` JSON "
                           "(arrivals from --request-rate in the file unless --bench-rate)")
     w.add_argument("--bench-rate", type=at.RATE, help="arrival rate for --bench-json (inf: burst)")
-    w.add_argument("--burstiness", type=at.float_range(0.0, allow_inf=True), default=1.0, help="gamma shape for --rate (1 = Poisson)")
-    w.add_argument("--think-time", type=at.NON_NEGATIVE, default=0.0, help="mean think time (s) for --concurrency")
+    at.add_args(w, WorkloadSpec, ("burstiness", "think_time_s"), {
+        "burstiness": {"default": 1.0, "help": "gamma shape for --rate (1 = Poisson; default 1)"},
+        "think_time_s": {"help": "mean think time for --concurrency [s] (default 0)"}})
     c = p.add_argument_group("closed-loop client (--concurrency; docs/clients.md)")
     c.add_argument("--client", default="ideal", choices=["ideal", "vllm-bench", "aiperf", "guidellm"],
                    help="which benchmark client the users behave like (default ideal: no request overhead, "
@@ -78,16 +60,13 @@ def _add_simulate(sub) -> None:
     c.add_argument("--client-overhead", type=at.NON_NEGATIVE, help="fixed send-to-engine time per request, s")
     c.add_argument("--client-jitter", type=at.NON_NEGATIVE, help="mean of the exponential extra delay per request, s")
     c.add_argument("--ramp-up", type=at.NON_NEGATIVE, help="spread the users' first requests over this many s")
-    w.add_argument("--num-requests", type=at.REQUEST_COUNT, help="requests to simulate (default 1000; traces: all rows)")
-    w.add_argument("--dataset", choices=["fixed", "random", "sharegpt", "sharegpt-conversations"], default=None,
-                   help="lengths: fixed --input-len/--output-len (default), vLLM-style random around them, "
-                        f"sharegpt = first-turn prompts as `vllm bench serve --dataset-name sharegpt` sends them "
-                        f"(shipped table: {SHAREGPT_FIRST_TURN_STATS}), or sharegpt-conversations = whole "
-                        f"conversations ({SHAREGPT_CONVERSATIONS_STATS}; table in ../shared/data)")
-    w.add_argument("--input-len", type=at.int_range(1, 10_000_000), default=1024)
-    w.add_argument("--output-len", type=at.int_range(1, 10_000_000), default=128)
-    w.add_argument("--range-ratio", type=at.float_range(0.0, 0.999999, lo_open=False), default=0.0)
-    w.add_argument("--time-scale", type=at.POSITIVE, help="multiply a trace's inter-arrival gaps")
+    at.add_args(w, WorkloadSpec, ("num_requests", *LENGTH_FIELDS, "time_scale"), {
+        "num_requests": {"type": at.REQUEST_COUNT, "help": "requests to simulate (default 1000; traces: all rows)"},
+        "dataset": {"help": f"lengths: fixed --input-len/--output-len (default), vLLM-style random around them, "
+                            f"sharegpt = first-turn prompts as `vllm bench serve --dataset-name sharegpt` sends them "
+                            f"(shipped table: {SHAREGPT_FIRST_TURN_STATS}), sharegpt-conversations = whole "
+                            f"conversations ({SHAREGPT_CONVERSATIONS_STATS}; table in ../shared/data), or dist = "
+                            "--input-dist/--output-dist".replace("%", "%%")}})
     r = p.add_argument_group("run")
     r.add_argument("--seed", type=at.SEED, default=0)
     r.add_argument("--seeds", type=at.POSITIVE_INT, default=1, metavar="N",
@@ -102,61 +81,7 @@ def _add_simulate(sub) -> None:
     r.add_argument("--sample-interval", type=at.float_range(1e-3, lo_open=False), default=0.2, help="time-series interval (simulated s)")
     r.add_argument("--exact", action="store_true", help="per-request reference path every step (slow)")
     p.set_defaults(func=cmd_simulate)
-    from .cluster_cli import add_cluster_arguments
-    add_cluster_arguments(p, sub)  # --replicas etc. (run by servesim/cluster_cli.py), power-headroom
-
-
-def workload_spec(args) -> WorkloadSpec:
-    lengths = dict(input_len=args.input_len, output_len=args.output_len, dataset=args.dataset,
-                   range_ratio=args.range_ratio)
-    n = args.num_requests
-    if args.burst is not None:
-        return WorkloadSpec(kind="burst", num_requests=args.burst, **lengths)
-    if args.concurrency is not None:
-        from .sim.clients import client_preset
-        client = client_preset(args.client, num_warmup_requests=args.warmup_requests,
-                               request_overhead_s=args.client_overhead, jitter_s=args.client_jitter,
-                               ramp_up_s=args.ramp_up)
-        return WorkloadSpec(kind="closed", num_requests=n or 1000, num_users=args.concurrency,
-                            think_time_s=args.think_time, client=client, **lengths)
-    if args.trace:
-        return WorkloadSpec(kind="trace", trace_path=args.trace, num_requests=n, time_scale=args.time_scale)
-    if args.bench_json:
-        return WorkloadSpec(kind="bench_json", trace_path=args.bench_json, num_requests=n, rate=args.bench_rate,
-                            burstiness=args.burstiness if args.bench_rate else None)
-    rate = args.rate if args.rate is not None else 10.0
-    kind = "poisson" if args.burstiness == 1.0 else "gamma"
-    return WorkloadSpec(kind=kind, num_requests=n or 1000, rate=rate, burstiness=args.burstiness, **lengths)
-
-
-def engine_config(args):
-    model = get_model(args.model)
-    gpu = get_gpu(args.gpu)
-    profile = load_profile(args.profile) if args.profile else None
-    return make_engine_config(
-        model, gpu, args.engine, tp=args.tp, weight_dtype=args.dtype, profile=profile,
-        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        max_model_len=args.max_model_len, enable_chunked_prefill=args.enable_chunked_prefill,
-        enable_prefix_caching=args.enable_prefix_caching, block_size=args.block_size,
-        gpu_memory_utilization=args.gpu_memory_utilization, kv_cache_dtype=args.kv_cache_dtype,
-        num_gpu_blocks=args.num_gpu_blocks, preemption_mode=args.preemption_mode, swap_space_gib=args.swap_space,
-        num_scheduler_steps=args.num_scheduler_steps)
-
-
-SUMMARY_ROWS = (
-    ("completed", "requests completed", "{:d}"), ("failed", "requests rejected", "{:d}"),
-    ("duration", "duration (s)", "{:.2f}"), ("request_throughput", "request throughput (req/s)", "{:.2f}"),
-    ("output_throughput", "output throughput (tok/s)", "{:.1f}"),
-    ("total_token_throughput", "total token throughput (tok/s)", "{:.1f}"),
-    ("mean_ttft_ms", "TTFT mean (ms)", "{:.1f}"), ("median_ttft_ms", "TTFT median (ms)", "{:.1f}"),
-    ("p99_ttft_ms", "TTFT p99 (ms)", "{:.1f}"), ("mean_tpot_ms", "TPOT mean (ms)", "{:.2f}"),
-    ("p99_tpot_ms", "TPOT p99 (ms)", "{:.2f}"), ("mean_itl_ms", "ITL mean (ms)", "{:.2f}"),
-    ("p99_itl_ms", "ITL p99 (ms)", "{:.2f}"), ("mean_e2el_ms", "E2E latency mean (ms)", "{:.1f}"),
-    ("kv_capacity_tokens", "KV capacity (tokens)", "{:d}"), ("num_gpu_blocks", "GPU blocks", "{:d}"),
-    ("peak_kv_usage", "peak KV usage", "{:.1%}"), ("num_preemptions", "preemptions", "{:d}"),
-    ("mean_num_running", "mean running requests", "{:.1f}"),
-    ("mean_gpu_power_w", "mean GPU power (W, profile's constant power model)", "{:.0f}"),
-)
+    cluster_cli.add_cluster_arguments(p, sub)  # --replicas etc. (run by servesim/cluster_cli.py), power-headroom
 
 
 def print_summary(summary: dict, cfg, wall_s: float, file=sys.stdout) -> None:
@@ -175,50 +100,6 @@ def print_summary(summary: dict, cfg, wall_s: float, file=sys.stdout) -> None:
         print(f"  (means over seeds {summary['seeds']} and {summary['num_profile_draws']} profile draws; "
               f"[..] = {summary['confidence']:.0%} confidence interval)", file=file)
     print(f"  simulated in {wall_s:.2f} s wall ({summary['completed'] / max(wall_s, 1e-9):,.0f} req/s)", file=file)
-
-
-EXIT_NOTHING_COMPLETED = 1
-
-
-def prepare_simulation(args):
-    """What every simulate path does before the work: the output folder checked, the engine
-    configuration and the workload built, an empty workload refused.  Returns (cfg, spec, workload)."""
-    if args.out:
-        at.check_writable_dir(args.out)  # before the work, not after it
-    cfg = engine_config(args)
-    spec = workload_spec(args)
-    workload = build_workload(spec, seed=args.seed)
-    if len(workload) == 0:
-        raise ValueError(f"the workload has no requests ({spec.trace_path or spec.kind.value}): nothing to simulate")
-    return cfg, spec, workload
-
-
-def check_completed(result, workload) -> int | None:
-    """A run where nothing completed is an error with the reason (``EXIT_NOTHING_COMPLETED``, not
-    0.0 ms latencies); rejections are warned about.  ``None`` when there is a result to report."""
-    failed = result.summary["failed"]
-    reason = getattr(result, "rejection_reason", "") or "see the summary"
-    if result.summary["completed"] == 0:
-        print(f"servesim: error: no request completed: all {failed} were rejected ({reason}); "
-              "raise --max-model-len or shorten the requests", file=sys.stderr)
-        return EXIT_NOTHING_COMPLETED
-    if failed:
-        print(f"servesim: warning: {failed} of {len(workload)} requests were rejected ({reason})", file=sys.stderr)
-    return None
-
-
-def report_results(args, result, cfg, spec, print_fn, extra: dict | None = None) -> int:
-    """Write ``--out`` and print the summary (``--json``: the summary alone), for every simulate path."""
-    if args.out:
-        write_results(result, args.out, {"workload": {k: (v.value if hasattr(v, "value") else v)
-                                                      for k, v in vars(spec).items()}, **(extra or {})})
-    if args.json:
-        print(json.dumps(result.summary, indent=2))
-    else:
-        print_fn(result.summary, cfg, result.wall_s)
-        if args.out:
-            print(f"  results written to {Path(args.out).resolve()}")
-    return 0
 
 
 def cmd_simulate(args) -> int:
@@ -264,11 +145,10 @@ def cmd_list(args) -> int:
     return 0
 
 
-# Each package that has commands of its own exposes ``register(subparsers)`` in its ``cli`` module
-# (``servesim.calibrate.cli``: calibrate, validate; ``servesim.measure.cli``: measure; ``servesim.serve.cli``: serve;
-# ``servesim.scenarios.cli``: sweep, regions, plan).  A command's handler is ``args.func(args)``
-# returning the exit status.
-COMMAND_MODULES = ("servesim.calibrate.cli", "servesim.measure.cli", "servesim.serve.cli", "servesim.scenarios.cli")
+# The packages' own commands: each ``cli`` module exposes ``register(subparsers)``
+# (calibrate.cli: calibrate, validate; measure.cli: measure; serve.cli: serve; scenarios.cli: sweep,
+# regions, plan ...); a command's handler is ``args.func(args)`` returning the exit status.
+COMMAND_MODULES = (calibrate_cli, measure_cli, serve_cli, scenarios_cli)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -279,7 +159,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import importlib
     parser = _Parser(prog="servesim", description="Capacity-planning simulator for LLM serving")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"servesim {__version__}")
@@ -288,13 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     for what in ("models", "gpus", "profiles"):
         sp = sub.add_parser(what, help=f"list the built-in {what}")
         sp.set_defaults(func=cmd_list, what=what)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+    for module in COMMAND_MODULES:
         module.register(sub)
     return parser
 

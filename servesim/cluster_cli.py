@@ -11,7 +11,14 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
+from .scenarios.cluster_point import power_headroom
+from .sim.cluster_config import homogeneous_cluster
+from .sim.cluster_runner import simulate_cluster
 from .sim.router import RouterConfig, RouterKind
+from .sim.runner import SimOptions
+from .simulate_run import SUMMARY_ROWS, check_completed, prepare_simulation, report_results
 
 
 def add_cluster_arguments(p: argparse.ArgumentParser, sub=None) -> None:
@@ -45,7 +52,6 @@ def wants_cluster(args) -> bool:
 
 
 def cluster_config(args, engine):
-    from .sim.cluster_config import homogeneous_cluster
     for name in ("replicas", "prefill_replicas", "decode_replicas"):
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0 (got {getattr(args, name)})")
@@ -56,7 +62,6 @@ def cluster_config(args, engine):
 
 
 def print_cluster_summary(summary: dict, cfg, wall_s: float, file=sys.stdout) -> None:
-    from .cli import SUMMARY_ROWS
     mode = "disaggregated" if summary["disaggregated"] else "collocated"
     print(f"servesim cluster: {summary['num_replicas']} replicas ({mode}, {summary['num_gpus']} GPUs), "
           f"router {summary['router']} (staleness {summary['router_staleness_s']:g} s)", file=file)
@@ -76,9 +81,6 @@ def print_cluster_summary(summary: dict, cfg, wall_s: float, file=sys.stdout) ->
 
 
 def cmd_simulate_cluster(args) -> int:
-    from .cli import check_completed, prepare_simulation, report_results
-    from .sim.cluster_runner import simulate_cluster
-    from .sim.runner import SimOptions
     single_cfg, spec, workload = prepare_simulation(args)
     cfg = cluster_config(args, single_cfg)
     result = simulate_cluster(cfg, workload, SimOptions(sample_interval_s=args.sample_interval, exact=args.exact,
@@ -90,9 +92,6 @@ def cmd_simulate_cluster(args) -> int:
 
 
 def cmd_power_headroom(args) -> int:
-    import pandas as pd
-
-    from .scenarios.cluster_point import power_headroom
     path = Path(args.sweep_dir) / "curve.csv"
     if not path.exists():
         raise FileNotFoundError(str(path))

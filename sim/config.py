@@ -1,37 +1,24 @@
 """Configuration of a simulated replica, under vLLM's knob names, with vLLM's defaults.
 
 Frozen dataclasses nested by concern (cache, scheduler, parallelism), validated at construction.
-:func:`make_engine_config` applies the defaults vLLM picks for an OpenAI-compatible server on the
-given GPU, for the engine generation being mirrored:
-
-* ``vllm-v1`` (vLLM 0.8 and later; defaults as of 0.10/0.11 ``EngineArgs._set_default_args``):
-  ``max_num_batched_tokens`` 8192 and ``max_num_seqs`` 1024 on GPUs with >= 70 GiB (2048/256
-  below that), chunked prefill always on, prefix caching on, block size 16.
-* ``vllm-v0`` (vLLM 0.5.4, the version of the ML.ENERGY H100 runs): ``max_num_seqs`` 256, chunked
-  prefill off, ``max_num_batched_tokens = max(max_model_len, 2048)`` without chunking (512 with),
-  watermark 1% of blocks, recompute preemption, prefix caching off, block size 16.
-  ``num_scheduler_steps`` (vLLM 0.6 multi-step scheduling, default 1) runs that many decode steps
-  per scheduling pass (:mod:`servesim.sim.scheduler_v0`).
+:func:`create_engine_config` builds the :class:`EngineConfig` of an
+:class:`~servesim.sim.engine_args.EngineArgs` (the one declaration of the knobs and of vLLM's
+defaults per engine generation); :func:`make_engine_config` is the same with the model and GPU
+given as specs and the knobs as keywords.
 """
 from __future__ import annotations
 
 import enum
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
-from .gpus import GPUSpec
+from .engine_args import EngineArgs, EngineVersion, PreemptionMode
+from .gpus import GPUSpec, get_gpu
+from .model_catalog import get_model
 from .models import ModelSpec
-from .profile import Profile
-
-
-class EngineVersion(enum.Enum):
-    V1 = "vllm-v1"
-    V0 = "vllm-v0"
-
-
-class PreemptionMode(enum.Enum):
-    RECOMPUTE = "recompute"
-    SWAP = "swap"
+from .profile import Profile, default_profile, load_profile, shipped_profiles
 
 
 @dataclass(frozen=True)
@@ -157,7 +144,6 @@ class EngineConfig:
 
     def to_dict(self) -> dict:
         """The resolved configuration, for dumping next to every result."""
-        from dataclasses import asdict
         return {
             "engine": self.engine.value,
             "engine_version": self.profile.engine_version,
@@ -173,71 +159,63 @@ class EngineConfig:
         }
 
 
-def make_engine_config(model: ModelSpec, gpu: GPUSpec, engine: str = "vllm-v1", *, tp: int = 1,
-                       weight_dtype: str | None = None, profile: Profile | None = None,
-                       max_num_seqs: int | None = None, max_num_batched_tokens: int | None = None,
-                       max_model_len: int | None = None, enable_chunked_prefill: bool | None = None,
-                       enable_prefix_caching: bool | None = None, block_size: int = 16,
-                       gpu_memory_utilization: float = 0.9, kv_cache_dtype: str = "auto",
-                       num_gpu_blocks: int | None = None, preemption_mode: str = "recompute",
-                       swap_space_gib: float = 4.0, num_scheduler_steps: int | None = None) -> EngineConfig:
-    """Resolve vLLM's defaults for ``engine`` on ``gpu`` and build the :class:`EngineConfig`."""
-    try:
-        version = EngineVersion(engine)
-    except ValueError:
-        raise ValueError(f"unknown engine {engine!r}; valid: {[e.value for e in EngineVersion]}") from None
+def create_engine_config(args: EngineArgs, *, model: ModelSpec | None = None, gpu: GPUSpec | None = None,
+                         profile: Profile | None = None, base_dir: str | Path = ".") -> EngineConfig:
+    """The :class:`EngineConfig` of ``args`` with vLLM's defaults applied (raises ``ValueError``
+    for what vLLM would refuse).  ``model``, ``gpu`` and ``profile`` replace the lookup of
+    ``args.model`` (a catalogue name or a ``config.json`` path, relative to ``base_dir``),
+    ``args.gpu`` and ``args.profile`` (a shipped profile name or a JSON path, relative to
+    ``base_dir``; None: the shipped one of the GPU and engine)."""
+    version = args.version
+    if model is None:
+        path = Path(base_dir) / args.model
+        model = get_model(str(path) if path.suffix == ".json" else args.model)
+    gpu = get_gpu(args.gpu) if gpu is None else gpu
+    if profile is None and args.profile:
+        shipped = shipped_profiles()
+        profile = load_profile(shipped[args.profile] if args.profile in shipped else Path(base_dir) / args.profile)
     if profile is None:
-        from .profile import default_profile
         profile = default_profile(gpu.name, version.value)
-    for knob, value in (("max_num_seqs", max_num_seqs), ("max_num_batched_tokens", max_num_batched_tokens),
-                        ("max_model_len", max_model_len), ("num_gpu_blocks", num_gpu_blocks)):
-        # None means vLLM's default; 0 or a negative value is an error, never a silent default.
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{knob} must be an integer >= 1 (or omitted for vLLM's default), got {value!r}")
-    if not (isinstance(swap_space_gib, (int, float)) and math.isfinite(swap_space_gib) and swap_space_gib >= 0):
-        raise ValueError(f"swap_space must be a finite number of GiB >= 0, got {swap_space_gib!r}")
-    max_model_len = model.max_position_embeddings if max_model_len is None else max_model_len
-    if max_model_len > model.max_position_embeddings:
-        raise ValueError(f"max_model_len {max_model_len} exceeds {model.name}'s context "
-                         f"({model.max_position_embeddings})")
-    big_gpu = gpu.memory_bytes >= 70 * 2**30
-    if version is EngineVersion.V1:
-        if enable_chunked_prefill is False:
-            raise ValueError("vllm-v1 always uses chunked prefill; use --engine vllm-v0 to disable it")
-        chunked = True
-        max_num_seqs = (1024 if big_gpu else 256) if max_num_seqs is None else max_num_seqs
-        if max_num_batched_tokens is None:
-            max_num_batched_tokens = 8192 if big_gpu else 2048
-        prefix = True if enable_prefix_caching is None else enable_prefix_caching
-    else:
-        chunked = bool(enable_chunked_prefill)
-        max_num_seqs = 256 if max_num_seqs is None else max_num_seqs
-        if max_num_batched_tokens is None:
-            max_num_batched_tokens = 512 if chunked else max(max_model_len, 2048)
-        prefix = bool(enable_prefix_caching)
-    try:
-        mode = PreemptionMode(preemption_mode)
-    except ValueError:
-        raise ValueError(f"unknown preemption_mode {preemption_mode!r}; valid: recompute, swap") from None
-    if mode is PreemptionMode.SWAP and version is EngineVersion.V1:
-        raise ValueError("vllm-v1 preempts by recompute only; swap preemption exists in vllm-v0")
-    if num_scheduler_steps is None:
-        # the profile's deployment (a fitted vLLM 0.6 deployment ran multi-step), else vLLM's default 1
-        num_scheduler_steps = int(profile.deployment.get("num_scheduler_steps", 1)) if version is EngineVersion.V0 else 1
-    if num_scheduler_steps != 1 and version is EngineVersion.V1:
-        raise ValueError(f"num_scheduler_steps={num_scheduler_steps}: multi-step scheduling is a vllm-v0 (vLLM 0.6) "
-                         "option; vLLM v1 has no --num-scheduler-steps")
+    steps = int(profile.deployment.get("num_scheduler_steps", 1))  # a fitted vLLM 0.6 deployment ran multi-step
+    r = args.resolved(gpu_memory_bytes=gpu.memory_bytes, max_position_embeddings=model.max_position_embeddings,
+                      profile_num_scheduler_steps=steps)
+    assert r.max_num_seqs is not None and r.max_num_batched_tokens is not None and r.max_model_len is not None
+    assert r.num_scheduler_steps is not None
     return EngineConfig(
         engine=version, model=model, gpu=gpu, profile=profile,
-        cache=CacheConfig(block_size=block_size, gpu_memory_utilization=gpu_memory_utilization,
-                          kv_cache_dtype=kv_cache_dtype, enable_prefix_caching=prefix,
-                          num_gpu_blocks_override=num_gpu_blocks, swap_space_bytes=swap_space_gib * 2**30),
-        scheduler=SchedulerConfig(max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                                  max_model_len=max_model_len, enable_chunked_prefill=chunked,
-                                  preemption_mode=mode, num_scheduler_steps=num_scheduler_steps),
-        parallel=ParallelConfig(tensor_parallel_size=tp),
-        weight_dtype=weight_dtype or model.serving_dtype)
+        cache=CacheConfig(block_size=r.block_size, gpu_memory_utilization=r.gpu_memory_utilization,
+                          kv_cache_dtype=r.kv_cache_dtype, enable_prefix_caching=bool(r.enable_prefix_caching),
+                          num_gpu_blocks_override=r.num_gpu_blocks, swap_space_bytes=r.swap_space_gib * 2**30),
+        scheduler=SchedulerConfig(max_num_seqs=r.max_num_seqs, max_num_batched_tokens=r.max_num_batched_tokens,
+                                  max_model_len=r.max_model_len, enable_chunked_prefill=bool(r.enable_chunked_prefill),
+                                  preemption_mode=PreemptionMode(r.preemption_mode),
+                                  num_scheduler_steps=r.num_scheduler_steps,
+                                  long_prefill_token_threshold=r.long_prefill_token_threshold),
+        parallel=ParallelConfig(tensor_parallel_size=r.tensor_parallel_size),
+        weight_dtype=r.weight_dtype or model.serving_dtype)
 
 
-__all__ = ["CacheConfig", "EngineConfig", "EngineVersion", "ParallelConfig", "PreemptionMode",
-           "SchedulerConfig", "make_engine_config"]
+# make_engine_config's names for EngineArgs fields (kept for its many callers).
+_LEGACY_NAMES = {"tp": "tensor_parallel_size"}
+
+
+def make_engine_config(model: ModelSpec, gpu: GPUSpec, engine: str = "vllm-v1", *,
+                       profile: Profile | None = None, **knobs: Any) -> EngineConfig:
+    """:func:`create_engine_config` of ``EngineArgs(engine=engine, **knobs)`` for the given model
+    and GPU specs; ``knobs`` are :class:`EngineArgs` field names (``tp`` for
+    ``tensor_parallel_size``), ``None`` meaning vLLM's default."""
+    names = {f.name for f in fields(EngineArgs)} - {"model", "gpu", "engine", "profile"}
+    values = {_LEGACY_NAMES.get(k, k): v for k, v in knobs.items()}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise TypeError(f"make_engine_config: unknown engine argument {unknown[0]!r}; valid: {sorted(names)}")
+    if engine not in [e.value for e in EngineVersion]:
+        raise ValueError(f"unknown engine {engine!r}; valid: {[e.value for e in EngineVersion]}")
+    defaults = {f.name: f.default for f in fields(EngineArgs)}
+    values = {k: (defaults[k] if v is None and defaults[k] is not None else v) for k, v in values.items()}
+    args = EngineArgs(model=model.name, gpu=gpu.name, engine=engine, **values)
+    return create_engine_config(args, model=model, gpu=gpu, profile=profile)
+
+
+__all__ = ["CacheConfig", "EngineArgs", "EngineConfig", "EngineVersion", "ParallelConfig", "PreemptionMode",
+           "SchedulerConfig", "create_engine_config", "make_engine_config"]

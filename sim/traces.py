@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .arrivals import gamma_arrivals
 from .data_paths import find_shared_data
-from .workload import Workload, gamma_arrivals, spawn_streams
+from .request_streams import Workload, spawn_streams
 
 # ------------------------------------------------------------------------------- column helpers
 

@@ -1,9 +1,10 @@
-"""Workloads: where simulated requests come from, as numpy arrays.
+"""Workloads: where simulated requests come from.
 
-A :class:`Workload` is an open-loop request stream (arrival time, prompt length, output length,
-optional prefix-block ids) held as three parallel numpy arrays, so a million requests cost ~24 MB
-rather than a million Python objects.  A :class:`ClosedLoop` is the closed-loop alternative: a
-fixed number of users, each issuing its next request a think time after its previous one finished.
+:class:`WorkloadSpec` is the one description of a workload: the command line
+(``servesim/cli.py``), the scenario schema's workload section (``scenarios/schema.py``) and
+calibration build it.  :func:`build_workload` turns it and a seed into the request stream the
+engine consumes: a :class:`Workload` (open loop) or a :class:`ClosedLoop`
+(:mod:`servesim.sim.request_streams`, re-exported here).
 
 Building blocks, each a pure function of its arguments and one ``numpy.random.Generator``:
 
@@ -21,198 +22,18 @@ File loaders live in :mod:`servesim.sim.traces`.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple
 
 import numpy as np
 
+from . import traces
+from .arg_spec import arg, check_fields
 from .arrivals import burst_arrivals, gamma_arrivals, poisson_arrivals  # noqa: F401 (re-exported)
 from .clients import ClientKind, ClientModel, client_preset  # noqa: F401 (re-exported)
-from .lengths import DistKind, LengthDist, _enum, fixed_lengths, random_lengths, sample_lengths  # noqa: F401
-
-# ----------------------------------------------------------------------------------- containers
-
-
-def _as_length_array(field: str, values: object) -> np.ndarray:
-    """``values`` as a read-only 1-D int64 copy; raises ``ValueError`` unless all are ints >= 1."""
-    arr = np.asarray(values)
-    if arr.ndim != 1:
-        raise ValueError(f"{field} must be a 1-D array, got shape {arr.shape}")
-    if arr.dtype.kind == "f":
-        if arr.size and not (np.all(np.isfinite(arr)) and np.all(arr == np.round(arr))):
-            raise ValueError(f"{field} must hold whole numbers of tokens, got non-integral floats")
-    elif arr.dtype.kind not in "iu" and arr.size:
-        raise ValueError(f"{field} must be integer token counts, got dtype {arr.dtype}")
-    out = arr.astype(np.int64, copy=True)
-    if out.size and out.min() < 1:
-        i = int(np.argmin(out))
-        raise ValueError(f"{field} must be >= 1 token, got {out[i]} at index {i}")
-    out.setflags(write=False)
-    return out
-
-
-@dataclass(frozen=True, eq=False)
-class Workload:
-    """An open-loop request stream; request ``i`` arrives at ``arrival_s[i]``.
-
-    Invariants (checked at construction, arrays copied and made read-only):
-    ``arrival_s`` is float64, finite, >= 0 and sorted non-decreasing; ``input_tokens`` and
-    ``output_tokens`` are int64 >= 1; all three have the same length ``n``.  ``prefix_hashes``,
-    when given, has ``n`` entries: the ids of the request's ``prefix_block_tokens``-token prompt
-    blocks (Mooncake ``hash_ids``); equal leading ids mean a shared prompt prefix.
-    ``num_clamped_outputs`` counts requests whose recorded output length was 0 and was raised to
-    1 by the loader (a request that generates nothing still runs one decode step).
-    """
-
-    arrival_s: np.ndarray
-    input_tokens: np.ndarray
-    output_tokens: np.ndarray
-    name: str = "workload"
-    prefix_hashes: list[tuple[int, ...]] | None = None
-    prefix_block_tokens: int = 512
-    num_clamped_outputs: int = 0
-
-    def __post_init__(self) -> None:
-        arrivals = np.array(self.arrival_s, dtype=np.float64)
-        if arrivals.ndim != 1:
-            raise ValueError(f"arrival_s must be a 1-D array, got shape {arrivals.shape}")
-        if arrivals.size:
-            finite = np.isfinite(arrivals)
-            if not finite.all():
-                raise ValueError(f"arrival_s must be finite; index {int(np.argmin(finite))} is not")
-            if arrivals[0] < 0:
-                raise ValueError(f"arrival_s must start at >= 0 s, got {arrivals[0]}")
-            back = np.flatnonzero(np.diff(arrivals) < 0)
-            if back.size:
-                i = int(back[0]) + 1
-                raise ValueError(f"arrival_s must be sorted non-decreasing; index {i} ({arrivals[i]}) "
-                                 f"is before index {i - 1} ({arrivals[i - 1]})")
-        arrivals.setflags(write=False)
-        object.__setattr__(self, "arrival_s", arrivals)
-        inputs = _as_length_array("input_tokens", self.input_tokens)
-        outputs = _as_length_array("output_tokens", self.output_tokens)
-        object.__setattr__(self, "input_tokens", inputs)
-        object.__setattr__(self, "output_tokens", outputs)
-        n = arrivals.size
-        if inputs.size != n or outputs.size != n:
-            raise ValueError(f"arrival_s, input_tokens, output_tokens must have equal lengths, got "
-                             f"{n}, {inputs.size}, {outputs.size}")
-        if self.prefix_hashes is not None and len(self.prefix_hashes) != n:
-            raise ValueError(f"prefix_hashes must have one entry per request ({n}), "
-                             f"got {len(self.prefix_hashes)}")
-        if self.prefix_block_tokens < 1:
-            raise ValueError(f"prefix_block_tokens must be >= 1, got {self.prefix_block_tokens}")
-        if not 0 <= self.num_clamped_outputs <= n:
-            raise ValueError(f"num_clamped_outputs must be in [0, {n}], got {self.num_clamped_outputs}")
-
-    def __len__(self) -> int:
-        return int(self.arrival_s.size)
-
-    @property
-    def duration_s(self) -> float:
-        """Time from the first to the last arrival (0 for fewer than two requests)."""
-        return float(self.arrival_s[-1] - self.arrival_s[0]) if len(self) > 1 else 0.0
-
-    @property
-    def mean_rate(self) -> float:
-        """Mean arrival rate in requests/s, ``(n - 1) / duration_s``; ``inf`` for a burst."""
-        return (len(self) - 1) / self.duration_s if self.duration_s > 0 else math.inf
-
-
-# -------------------------------------------------------------------------------- random streams
-
-
-class Streams(NamedTuple):
-    """One independent generator per source of randomness, from ``SeedSequence(seed).spawn(3)``."""
-
-    arrivals: np.random.Generator
-    lengths: np.random.Generator
-    think_time: np.random.Generator
-
-
-def spawn_streams(seed: int) -> Streams:
-    """The three streams of ``seed``; the same seed always yields the same three sequences."""
-    children = np.random.SeedSequence(seed).spawn(len(Streams._fields))
-    return Streams(*(np.random.default_rng(c) for c in children))
-
-
-# ----------------------------------------------------------------------------------- closed loop
-
-
-class ThinkTimeDist(str, Enum):
-    """How a closed-loop user's think time is drawn around its mean ``think_time_s``."""
-
-    EXPONENTIAL = "exponential"
-    FIXED = "fixed"
-
-
-@dataclass(frozen=True, eq=False)
-class ClosedLoop:
-    """Closed-loop load: ``num_users`` users, each with at most one request outstanding.
-
-    Contract with the engine: request ``i`` has ``input_tokens[i]`` / ``output_tokens[i]``.
-    Requests ``0 .. min(num_users, n) - 1`` are issued at t = 0, one per user.  Indices from
-    ``num_users`` on are handed out in the order requests finish: the user whose request finished
-    sends the next index ``i`` at (that finish time + ``think_times(n)[i]``); entries
-    ``i < num_users`` of :meth:`think_times` are drawn but unused, so the think time of request
-    ``i`` does not depend on ``num_users``.  Ties in finish time are the engine's to break
-    deterministically.
-
-    ``client`` (:mod:`servesim.sim.clients`) adds what a real benchmark client does: request ``i``
-    reaches the engine ``client.overheads()[i]`` after it is sent (its recorded arrival is the send
-    time, so TTFT is the client's), the users' first requests are spread over ``ramp_up_s``, and
-    the first ``num_warmup_requests`` requests are warm-up (not counted; with
-    ``drain_after_warmup`` the counted ones start only once every warm-up request has returned).
-    The default client is the ideal one, for which the contract above holds exactly.
-    """
-
-    num_users: int
-    input_tokens: np.ndarray
-    output_tokens: np.ndarray
-    think_time_s: float = 0.0
-    think_time_dist: ThinkTimeDist = ThinkTimeDist.EXPONENTIAL
-    seed: int = 0
-    name: str = "closed_loop"
-    client: ClientModel = ClientModel()
-
-    def __post_init__(self) -> None:
-        if self.num_users < 1:
-            raise ValueError(f"num_users must be >= 1, got {self.num_users}")
-        if not (self.think_time_s >= 0 and math.isfinite(self.think_time_s)):
-            raise ValueError(f"think_time_s must be a finite mean >= 0 s, got {self.think_time_s}")
-        dist = _enum(ThinkTimeDist, self.think_time_dist, "think_time_dist")
-        object.__setattr__(self, "think_time_dist", dist)
-        inputs = _as_length_array("input_tokens", self.input_tokens)
-        outputs = _as_length_array("output_tokens", self.output_tokens)
-        if inputs.size != outputs.size:
-            raise ValueError(f"input_tokens and output_tokens must have equal lengths, got "
-                             f"{inputs.size}, {outputs.size}")
-        object.__setattr__(self, "input_tokens", inputs)
-        object.__setattr__(self, "output_tokens", outputs)
-        if not isinstance(self.client, ClientModel):
-            raise ValueError(f"client must be a ClientModel, got {type(self.client).__name__}")
-
-    def __len__(self) -> int:
-        return int(self.input_tokens.size)
-
-    @property
-    def num_warmup_requests(self) -> int:
-        """Requests ``0 .. num_warmup_requests - 1`` are the client's warm-up, not counted."""
-        return min(self.client.num_warmup_requests, len(self))
-
-    def think_times(self, n: int | None = None) -> np.ndarray:
-        """The first ``n`` (default: one per request) think times in seconds, float64.
-
-        Drawn from the think-time stream of ``spawn_streams(seed)``; a prefix of a longer draw
-        equals the shorter draw, and the result never depends on the lengths or ``num_users``.
-        """
-        n = len(self) if n is None else n
-        if self.think_time_s == 0 or self.think_time_dist is ThinkTimeDist.FIXED:
-            return np.full(n, float(self.think_time_s))
-        return spawn_streams(self.seed).think_time.exponential(self.think_time_s, size=n)
-
+from .lengths import DistKind, LengthDist, _enum, first_turn_lengths, fixed_lengths, random_lengths, sample_lengths  # noqa: F401 (re-exported)
+from .request_streams import ClosedLoop, Streams, ThinkTimeDist, Workload, spawn_streams  # noqa: F401 (re-exported)
+from .traces import sharegpt_lengths  # noqa: F401 (re-exported)
 
 # ---------------------------------------------------------------------------------------- specs
 
@@ -254,22 +75,40 @@ class WorkloadSpec:
     """
 
     kind: WorkloadKind
-    num_requests: int | None = None
-    rate: float | None = None
-    burstiness: float | None = None
-    input_len: int = 1024
-    output_len: int = 128
-    dataset: Dataset | None = None
-    range_ratio: float = 0.0
-    input_dist: str | None = None
-    output_dist: str | None = None
-    max_input_tokens: int | None = None
-    max_output_tokens: int | None = None
+    num_requests: int | None = arg(None, flags=("--num-requests",), section="workload", unit="requests", lo=0,
+                                   help="requests to simulate")
+    rate: float | None = arg(None, section="workload", unit="requests/s", lo=0.0, lo_open=True, allow_inf=True,
+                             help="mean arrival rate (inf: a burst; simulate: --rate, --bench-rate)")
+    burstiness: float | None = arg(None, flags=("--burstiness",), section="workload", lo=0.0, lo_open=True,
+                                   allow_inf=True, help="gamma shape of the inter-arrival gaps (1 = Poisson)")
+    input_len: int = arg(1024, flags=("--input-len",), section="workload", unit="tokens", lo=1, hi=10_000_000,
+                         help="prompt length (fixed; the centre for random)")
+    output_len: int = arg(128, flags=("--output-len",), section="workload", unit="tokens", lo=1, hi=10_000_000,
+                          help="output length (fixed; the centre for random)")
+    dataset: Dataset | None = arg(None, flags=("--dataset",), section="workload",
+                                  choices=tuple(d.value for d in Dataset),
+                                  help="where lengths come from: fixed --input-len/--output-len, vLLM-style random "
+                                       "around them, sharegpt (first-turn prompts as `vllm bench serve "
+                                       "--dataset-name sharegpt` sends them), sharegpt-conversations (whole "
+                                       "conversations; table in ../shared/data) or dist (--input-dist/--output-dist)",
+                                  omitted="fixed")
+    range_ratio: float = arg(0.0, flags=("--range-ratio",), section="workload", lo=0.0, hi=1.0, hi_open=True,
+                             help="random dataset: lengths uniform in [len * (1 - r), len * (1 + r)]")
+    input_dist: str | None = arg(None, flags=("--input-dist",), section="workload", validator=LengthDist.parse,
+                                 help="dataset dist: prompt lengths, e.g. lognormal:900:0.5")
+    output_dist: str | None = arg(None, flags=("--output-dist",), section="workload", validator=LengthDist.parse,
+                                  help="dataset dist: output lengths, e.g. uniform:50:500")
+    max_input_tokens: int | None = arg(None, flags=("--max-input-tokens",), section="workload", unit="tokens", lo=1,
+                                       help="sharegpt datasets: drop longer prompts")
+    max_output_tokens: int | None = arg(None, flags=("--max-output-tokens",), section="workload", unit="tokens",
+                                        lo=1, help="sharegpt datasets: drop longer outputs")
     trace_path: str | None = None
     trace_kind: str | None = None
-    time_scale: float | None = None
-    num_users: int | None = None
-    think_time_s: float = 0.0
+    time_scale: float | None = arg(None, flags=("--time-scale",), unit="x", lo=0.0, lo_open=True,
+                                   help="multiply a trace's inter-arrival gaps")
+    num_users: int | None = arg(None, section="workload", unit="users", lo=1, help="closed loop: concurrent users (simulate: --concurrency)")
+    think_time_s: float = arg(0.0, flags=("--think-time",), section="workload", unit="s", lo=0.0,
+                              help="closed loop: mean think time between a user's requests")
     think_time_dist: ThinkTimeDist = ThinkTimeDist.EXPONENTIAL
     name: str | None = None
     client: ClientModel = ClientModel()
@@ -277,6 +116,7 @@ class WorkloadSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "kind", _enum(WorkloadKind, self.kind, "kind"))
         object.__setattr__(self, "dataset", _enum(Dataset, self.dataset or Dataset.FIXED, "dataset"))
+        check_fields(self)
         k = self.kind
         if k in (WorkloadKind.TRACE, WorkloadKind.BENCH_JSON):
             if not self.trace_path:
@@ -291,15 +131,18 @@ class WorkloadSpec:
             raise ValueError("dataset=dist needs input_dist and output_dist, e.g. 'lognormal:900:0.5'")
 
 
+# The WorkloadSpec fields that say where the lengths of synthetic requests come from.
+LENGTH_FIELDS = ("dataset", "input_len", "output_len", "range_ratio", "input_dist", "output_dist", "max_input_tokens",
+                 "max_output_tokens")
+
+
 def _lengths(spec: WorkloadSpec, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The synthetic (input, output) lengths of ``spec``, all drawn from ``rng``."""
     if spec.dataset is Dataset.RANDOM:
         return random_lengths(n, spec.input_len, spec.output_len, spec.range_ratio, rng)
     if spec.dataset is Dataset.SHAREGPT:
-        from .lengths import first_turn_lengths
         return first_turn_lengths(n, rng, max_input=spec.max_input_tokens, max_output=spec.max_output_tokens)
     if spec.dataset is Dataset.SHAREGPT_CONVERSATIONS:
-        from .traces import sharegpt_lengths  # traces imports this module
         return sharegpt_lengths(n, rng, max_input=spec.max_input_tokens,
                                 max_output=spec.max_output_tokens)
     if spec.dataset is Dataset.DIST:
@@ -314,8 +157,6 @@ def build_workload(spec: WorkloadSpec, seed: int = 0) -> Workload | ClosedLoop:
     Arrivals come only from stream ``arrivals`` and lengths only from stream ``lengths`` of
     :func:`spawn_streams`, so e.g. two specs differing only in ``rate`` share their lengths.
     """
-    from . import traces  # traces imports this module
-
     streams = spawn_streams(seed)
     name = spec.name or spec.kind.value
     # WorkloadSpec.__post_init__ checked the fields each kind needs; the asserts state it for mypy.
@@ -344,11 +185,3 @@ def build_workload(spec: WorkloadSpec, seed: int = 0) -> Workload | ClosedLoop:
         assert spec.rate is not None
         arrivals = gamma_arrivals(n, spec.rate, burstiness, streams.arrivals)
     return Workload(arrivals, inputs, outputs, name)
-
-
-def __getattr__(name: str) -> object:
-    """Re-export ``sharegpt_lengths`` (it lives in :mod:`.traces`, which imports this module)."""
-    if name == "sharegpt_lengths":
-        from .traces import sharegpt_lengths
-        return sharegpt_lengths
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
