@@ -63,7 +63,6 @@ class SchedulerV0(Scheduler):
         self.num_cpu_blocks = int(cfg.cache.swap_space_bytes // self.block_bytes)
         self.swapped: deque[Request] = deque()
         self.swapped_blocks: dict[int, int] = {}
-        self.num_swaps_out = 0
         self._swap_bytes = 0.0
         self.num_scheduler_steps = self.sched.num_scheduler_steps
         self.lookahead = self.num_scheduler_steps - 1  # lookahead slots of a decode pass
@@ -95,7 +94,6 @@ class SchedulerV0(Scheduler):
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions += 1
-        self.num_swaps_out += 1
         self.swapped.append(request)
 
     def abort_request(self, request_id: int) -> Request | None:
@@ -105,7 +103,7 @@ class SchedulerV0(Scheduler):
             if request is not None:
                 self.swapped.remove(request)
                 del self.swapped_blocks[request_id]
-                request.status = RequestStatus.FINISHED
+                request.status = RequestStatus.FINISHED_ABORTED
         return request
 
     def _schedule_swapped(self, out: SchedulerOutput, budget: int, now: float) -> None:
@@ -157,6 +155,8 @@ class SchedulerV0(Scheduler):
                 if budget is not None and self.swapped:
                     self._schedule_swapped(out, budget - out.num_batch_decodes, now)
         out.swap_bytes = self._swap_bytes
+        if self.lookahead and self.is_window(out):
+            out.num_steps = self.num_scheduler_steps
         return out
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int | None:
@@ -202,7 +202,7 @@ class SchedulerV0(Scheduler):
             required = cdiv(num_tokens, block_size)
             if kv.num_gpu_blocks - required < self.watermark_blocks:
                 waiting.popleft()  # AllocStatus.NEVER: vLLM ignores the request with an error
-                request.status = RequestStatus.FINISHED
+                request.status = RequestStatus.FINISHED_REJECTED
                 self.rejected.append(request)
                 continue
             if kv.num_free_blocks - required < self.watermark_blocks:
@@ -246,6 +246,14 @@ class SchedulerV0(Scheduler):
     def is_window(self, out: SchedulerOutput) -> bool:
         """Whether ``out`` is a multi-step decode pass (K > 1 and no prefill in it)."""
         return self.lookahead > 0 and out.num_prefill_seqs == 0 and out.num_decode_seqs > 0
+
+    bulk_free_margin = 1
+
+    def update_from_output(self, out: SchedulerOutput, now: float) -> None:
+        if out.num_steps > 1:
+            self.update_from_window(out, now)
+        else:
+            super().update_from_output(out, now)
 
     def update_from_window(self, out: SchedulerOutput, now: float) -> None:
         """Apply a K-step decode pass that ended at ``now``: every sequence gains up to K tokens,
