@@ -13,8 +13,8 @@ simulate`` (same scheduler, KV cache and step-cost model); only the source and t
   ``t`` is handed to its HTTP stream at wall time ``t0 + t / K`` or a little later (asyncio timer
   granularity, about 1 ms of wall time, i.e. ``K`` ms simulated).  A request's arrival is
   ``sim_now`` when its HTTP request is accepted; like vLLM, the engine sees it between steps.
-* Tokens leave through ``on_token(request, sim_time)`` (the engine's per-token hook); finishes and
-  rejections through a records sink with the interface of ``RequestRecords.record``.
+* Tokens, finishes, rejections and aborts leave through an engine observer
+  (:mod:`servesim.sim.observers`; the outcome is the request's status).
 
 Every per-request structure is dropped when the request finishes, and the engine's inter-token
 latency store is replaced by a no-op one, so a long-lived server keeps bounded memory.

@@ -119,7 +119,7 @@ class TimeSeriesObserver(EngineObserver):
             while ends[j] <= series.next_t:
                 j += 1
             used = sum(len(buckets[-(g0 + i) % bs]) for i in range(j + 1))
-            series.sample_next((s.num_running, 0, 1.0 - (output.free_blocks_before - used) / num_blocks,
+            series.sample_next((s.num_running, s.num_waiting, 1.0 - (output.free_blocks_before - used) / num_blocks,
                                 s.num_preemptions, s.prompt_tokens_total,
                                 output.generation_tokens_before + output.num_seqs * j))
 

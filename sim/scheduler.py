@@ -230,19 +230,44 @@ class Scheduler:
 
     def schedule_bulk(self, now: float) -> DecodeRun | None:
         """A run of decode steps of the whole batch, when the next steps provably are just that:
-        only batch members are running and nothing is waiting, so until a member finishes, a
-        request arrives or blocks run out every step is the same decode step.  ``None`` when
-        that does not hold or fewer than two steps are free of a finish.  Changes no state."""
-        if not self.bulk_decode or self.waiting or self.scalar_running or self.num_swapped:
+        only batch members are running and no waiting request can be admitted (none waits, or
+        :meth:`_waiting_blocked`), so until a member finishes, a request arrives or blocks run out
+        every step is the same decode step.  ``None`` when that does not hold or fewer than two
+        steps are free of a finish.  Changes no state."""
+        if not self.bulk_decode or self.scalar_running or self.num_swapped:
             return None
         batch = self.batch
         size = len(batch.members)
         if not size or size > self.sched.max_num_batched_tokens:
             return None
+        if self.waiting and not self._waiting_blocked(size):
+            return None
         max_steps = min(batch.steps_to_next_finish() - 1, self.max_bulk_steps)  # the finishing step runs alone
         if max_steps < 2:
             return None
         return DecodeRun(size, batch.context_sum(), max_steps, batch.g)
+
+    def _waiting_blocked(self, num_batch: int) -> bool:
+        """Whether the waiting queue's head can be admitted in none of the steps of a decode run
+        (and so, FCFS, no waiting request): no token budget beside the batch, ``max_num_seqs``
+        running, or its blocks do not fit.  The last stays true through the run: the batch only
+        takes blocks (nothing is freed before the first finish, which ends the run), and the
+        head's cache hits can only be evicted, never gained (running requests cache no block
+        carrying its keys), so it needs at least as many blocks as now from fewer free ones."""
+        budget = self.sched.max_num_batched_tokens - num_batch
+        if budget <= 0 or len(self.running) >= self.sched.max_num_seqs:
+            return True
+        request, kv = self.waiting[0], self.kv
+        hits, num_cached = kv.get_computed_blocks(request)
+        if request.num_computed_tokens > num_cached:
+            hits, num_cached = [], request.num_computed_tokens
+        num_new = request.num_tokens - num_cached
+        threshold = self.sched.long_prefill_token_threshold
+        if 0 < threshold < num_new:
+            num_new = threshold
+        num_new = min(num_new, budget)
+        full = request.num_tokens if self.sched.scheduler_reserve_full_isl else None
+        return not kv.can_allocate_slots(request, num_new, hits, full)
 
     def update_from_decode_run(self, run: DecodeRun, ends: list[float]) -> bool:
         """Apply the decode steps of ``run`` that end at ``ends`` (cut to those whose new blocks

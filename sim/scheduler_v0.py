@@ -249,6 +249,24 @@ class SchedulerV0(Scheduler):
 
     bulk_free_margin = 1
 
+    def _waiting_blocked(self, num_batch: int) -> bool:
+        """v0's admission test for the waiting head (:meth:`_schedule_prefills`), true for a whole
+        decode run: ``max_num_seqs`` running, no budget, or the watermark not kept (free blocks
+        only fall during the run).  A head that can never fit is not blocked: it is rejected."""
+        request, kv = self.waiting[0], self.kv
+        required = cdiv(request.num_tokens, kv.block_size)
+        if kv.num_gpu_blocks - required < self.watermark_blocks:
+            return False  # the next schedule() rejects it
+        if len(self.running) + 1 > self.sched.max_num_seqs:
+            return True
+        if kv.num_free_blocks - required < self.watermark_blocks:
+            return True
+        budget = self.sched.max_num_batched_tokens
+        if self.sched.enable_chunked_prefill:
+            return budget - num_batch <= 0
+        # prefill first: the prompt is scheduled whole (a step holds prefills or decodes) if it fits the budget
+        return request.num_tokens > budget
+
     def update_from_output(self, out: SchedulerOutput, now: float) -> None:
         if out.num_steps > 1:
             self.update_from_window(out, now)
