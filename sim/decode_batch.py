@@ -78,6 +78,10 @@ class DecodeBatch:
         self._finish_heap: list[tuple[int, int, int]] = []
         self.fresh: list[Request] = []  # joined since the last batch step (their own last-token time)
         self.last_step_end = 0.0        # end time of the last step that decoded this batch
+        # (arrival_time, request_id) of the latest-arriving request that joined since the batch was
+        # last empty: at least the latest member's (v0 chunked prefill lets the batch lead a step
+        # only when every other running request arrived after it)
+        self.max_arrival: tuple[float, int] = (float("-inf"), -1)
 
     @property
     def size(self) -> int:
@@ -96,6 +100,9 @@ class DecodeBatch:
         request.join_seq = self._joins
         heapq.heappush(self._finish_heap, (request.max_tokens - request.off_o, self._joins, rid))
         self.fresh.append(request)
+        key = (request.arrival_time, rid)
+        if key > self.max_arrival:
+            self.max_arrival = key
 
     def sync(self, request: Request) -> None:
         """Write the member's true counters into its fields (it stays a member)."""
@@ -114,6 +121,9 @@ class DecodeBatch:
             self.fresh.remove(request)
         else:
             request.last_token_time = self.last_step_end
+        if not self.members:  # every heap entry is stale now
+            self._finish_heap.clear()
+            self.max_arrival = (float("-inf"), -1)
 
     def needing_blocks(self) -> dict[int, Request]:
         """Members whose blocks are full: each needs one more block in the coming step."""

@@ -132,9 +132,9 @@ class SchedulerV0(Scheduler):
         budget: int | None
         if self.sched.enable_chunked_prefill:
             budget = self.sched.max_num_batched_tokens
-            if len(self.batch.members) > budget or self.scalar_running:
+            if len(self.batch.members) > budget or (self.scalar_running and not self._batch_leads()):
                 # v0 serves running requests in arrival order under one budget: with prefill chunks
-                # in flight the batch cannot simply go first, so take the exact path this step.
+                # in flight the batch can go first only if it is first in that order.
                 self.materialize()
             self._schedule_batch(out, free_margin=1)
             budget = self._schedule_running(out, budget - out.num_batch_decodes)
@@ -158,6 +158,13 @@ class SchedulerV0(Scheduler):
         if self.lookahead and self.is_window(out):
             out.num_steps = self.num_scheduler_steps
         return out
+
+    def _batch_leads(self) -> bool:
+        """Whether every batch member arrived before every running request off the batch, so
+        the batch going first is the arrival order (budget, can_append_slots checks and
+        preemption victims are then those of the per-request path)."""
+        first = min((r.arrival_time, r.request_id) for r in self.scalar_running.values())
+        return self.batch.max_arrival < first
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int | None:
         """Running requests off the batch, in arrival order; returns the budget left, or ``None``
