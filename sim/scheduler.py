@@ -258,6 +258,8 @@ class Scheduler:
         if budget <= 0 or len(self.running) >= self.sched.max_num_seqs:
             return True
         request, kv = self.waiting[0], self.kv
+        if kv.num_free_blocks * kv.block_size >= request.num_tokens:
+            return False  # room for its whole prompt without any cache hit: it is admitted
         hits, num_cached = kv.get_computed_blocks(request)
         if request.num_computed_tokens > num_cached:
             hits, num_cached = [], request.num_computed_tokens
