@@ -115,10 +115,13 @@ class TimeSeriesObserver(EngineObserver):
         ends, g0, s, kv = output.ends, output.first_step, self.engine.scheduler, self.engine.kv
         buckets, bs = s.batch.buckets, s.batch.block_size
         num_blocks, j = kv.block_pool.num_blocks, 0
+        used, counted = 0, 0  # blocks handed out by the first ``counted`` steps of the run
         while series.next_t < end_s:
             while ends[j] <= series.next_t:
                 j += 1
-            used = sum(len(buckets[-(g0 + i) % bs]) for i in range(j + 1))
+            while counted <= j:
+                used += len(buckets[-(g0 + counted) % bs])
+                counted += 1
             series.sample_next((s.num_running, s.num_waiting, 1.0 - (output.free_blocks_before - used) / num_blocks,
                                 s.num_preemptions, s.prompt_tokens_total,
                                 output.generation_tokens_before + output.num_seqs * j))

@@ -280,14 +280,24 @@ class Scheduler:
         batch, kv = self.batch, self.kv
         buckets, g, bs = batch.buckets, batch.g, batch.block_size
         free = kv.num_free_blocks - self.bulk_free_margin
-        needing: list[Request] = []
-        k = 0
-        for j in range(len(ends)):
-            bucket = buckets[-(g + j) % bs]
-            if len(needing) + len(bucket) > free:
-                break
-            needing.extend(bucket.values())
-            k = j + 1
+        num_steps = len(ends)
+        # Step j hands a block to each member of bucket -(g + j) % bs; any bs consecutive steps
+        # serve every member once, so the whole run needs q cycles plus the first r buckets.
+        order = [buckets[-(g + j) % bs] for j in range(min(bs, num_steps))]
+        q, r = divmod(num_steps, bs)
+        needing: list[Request]
+        if q * run.num_seqs + sum(len(b) for b in order[:r]) <= free:
+            k = num_steps
+            cycle = [request for b in order for request in b.values()] if q else []
+            needing = cycle * q + [request for b in order[:r] for request in b.values()]
+        else:  # the blocks run out inside the run: cut it before the first step short of blocks
+            needing, k = [], 0
+            for j in range(num_steps):
+                bucket = buckets[-(g + j) % bs]
+                if len(needing) + len(bucket) > free:
+                    break
+                needing.extend(bucket.values())
+                k = j + 1
         if k < 2:
             return False
         if k < len(ends):
