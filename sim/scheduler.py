@@ -281,17 +281,18 @@ class Scheduler:
         buckets, g, bs = batch.buckets, batch.g, batch.block_size
         free = kv.num_free_blocks - self.bulk_free_margin
         num_steps = len(ends)
-        # Step j hands a block to each member of bucket -(g + j) % bs; any bs consecutive steps
-        # serve every member once, so the whole run needs q cycles plus the first r buckets.
-        order = [buckets[-(g + j) % bs] for j in range(min(bs, num_steps))]
+        needing: list[Request] = []
+        k = 0
         q, r = divmod(num_steps, bs)
-        needing: list[Request]
-        if q * run.num_seqs + sum(len(b) for b in order[:r]) <= free:
-            k = num_steps
-            cycle = [request for b in order for request in b.values()] if q else []
-            needing = cycle * q + [request for b in order[:r] for request in b.values()]
-        else:  # the blocks run out inside the run: cut it before the first step short of blocks
-            needing, k = [], 0
+        if q >= 2:
+            # A long run: step j hands a block to each member of bucket -(g + j) % bs and any bs
+            # consecutive steps serve every member once, so it needs q cycles plus r buckets.
+            order = [buckets[-(g + j) % bs] for j in range(bs)]
+            if q * run.num_seqs + sum(len(b) for b in order[:r]) <= free:
+                k = num_steps
+                cycle = [request for b in order for request in b.values()]
+                needing = cycle * q + [request for b in order[:r] for request in b.values()]
+        if not k:  # step by step, cut before the first step short of blocks
             for j in range(num_steps):
                 bucket = buckets[-(g + j) % bs]
                 if len(needing) + len(bucket) > free:
