@@ -8,7 +8,6 @@ expression at its clock, so its prefill terms cannot go missing again.
 """
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -99,4 +98,3 @@ def test_bulk_decode_times_are_the_per_step_times_bit_for_bit():
         t = t + cost.step_time_of(n, n, 0.0, ctx + j * n)
         assert end == t
     assert len(cost.decode_step_ends(now, n, ctx, 50, ends[9])) == 10  # stops at the first step reaching the horizon
-    assert dataclasses.is_dataclass(cost.coeffs)
