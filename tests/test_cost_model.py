@@ -8,7 +8,6 @@ expression at its clock, so its prefill terms cannot go missing again.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 
