@@ -45,7 +45,7 @@ from scipy.optimize import least_squares
 
 from ..measure.rundir import POINTS, REQUESTS, RUN_JSON, load_requests, load_run
 from ..sim.config import make_engine_config
-from ..sim.cost_model import StepCostModel
+from ..sim.cost_model import StepCostModel, step_time_from_terms
 from ..sim.gpus import get_gpu
 from ..sim.memory import kv_capacity
 from ..sim.model_catalog import get_model
@@ -135,31 +135,23 @@ def decode_observations(df: pd.DataFrame, clock: str = "wall") -> tuple[pd.DataF
 # ----- the model ---------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Features:
-    """``StepCostModel`` split into per-coefficient parts, so one parameter vector costs a few
-    numpy operations: each part is the model's term at efficiency 1 (times scale linearly in 1/eff)."""
+    """The step-cost model's feature view (:meth:`StepCostModel.terms_of`) for one deployment, so a
+    trial parameter vector costs a few numpy operations and the fit predicts with the simulator's
+    own expression (:func:`step_time_from_terms`) rather than a restatement of it.  Coefficients
+    not being fitted keep the base profile's values."""
 
-    stream_s: float            # weight_stream_s at eff_bw = 1
-    linear_s_per_token: float  # at eff_mm = 1
-    lm_head_s_per_seq: float
-    prefill_s_per_pair: float  # at eff_attn_prefill = 1
-    decode_s_per_ctx: float    # at eff_attn_decode = 1
-    fixed_other_s: float       # layer overhead * layers + all-reduce latency (held)
-    per_token_s: float         # per_token_overhead + all-reduce bytes (held)
+    model: StepCostModel
+    base: dict
 
     @classmethod
     def of(cls, model, gpu, base: StepCoefficients, tp: int, weight_dtype, kv_dtype) -> Features:
-        unit = dataclasses.replace(base, eff_bw=1.0, eff_mm=1.0, eff_attn_prefill=1.0, eff_attn_decode=1.0,
-                                   step_overhead_s=0.0, per_seq_overhead_s=0.0)
-        m = StepCostModel(model, gpu, unit, tp, weight_dtype, kv_dtype)
-        return cls(m.weight_stream_s, m.linear_s_per_token, m.lm_head_s_per_seq, m.prefill_s_per_pair,
-                   m.decode_s_per_ctx_token, m.fixed_s, m.per_token_s)
+        return cls(StepCostModel(model, gpu, base, tp, weight_dtype, kv_dtype), dataclasses.asdict(base))
 
-    def step_s(self, p: dict, tokens, seqs, pairs, ctx):
-        linear = np.maximum(self.stream_s / p["eff_bw"],
-                            (self.linear_s_per_token * tokens + self.lm_head_s_per_seq * seqs) / p["eff_mm"])
-        return (linear + self.prefill_s_per_pair * pairs / p["eff_attn_prefill"]
-                + self.decode_s_per_ctx * ctx / p["eff_attn_decode"] + self.fixed_other_s + p["step_overhead_s"]
-                + self.per_token_s * tokens + p["per_seq_overhead_s"] * seqs)
+    def step_s(self, p: dict, tokens, seqs, pairs, ctx, prefill_tokens=0):
+        """Seconds of steps of ``tokens`` tokens (``prefill_tokens`` of them prompt tokens) over
+        ``seqs`` sequences under the trial coefficients ``p``."""
+        terms = self.model.terms_of(tokens, seqs, pairs, ctx, prefill_tokens)
+        return step_time_from_terms(terms, {**self.base, **p})
 
 
 def prefill_chunks(prompt_lens: np.ndarray, budget: int | None) -> tuple[np.ndarray, ...]:
@@ -178,7 +170,7 @@ def prefill_chunks(prompt_lens: np.ndarray, budget: int | None) -> tuple[np.ndar
 
 def _predict(feat: Features, p: dict, pre: tuple, dec: pd.DataFrame, n_pre: int) -> np.ndarray:
     obs, tokens, pairs = pre
-    steps = feat.step_s(p, tokens, 1.0, pairs, 0.0)
+    steps = feat.step_s(p, tokens, 1.0, pairs, 0.0, tokens)
     ttft = np.bincount(obs, weights=steps, minlength=n_pre) + p["api_overhead_s"]
     n = dec.num_seqs.to_numpy(float)
     return np.concatenate([ttft, feat.step_s(p, n, n, 0.0, dec.context_tokens.to_numpy(float))])

@@ -17,10 +17,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 from servesim.sim.config import EngineConfig, make_engine_config
+from servesim.sim.decode_batch import DecodeRun
 from servesim.sim.gpus import get_gpu
 from servesim.sim.kv_cache_manager import KVCacheManager
 from servesim.sim.metrics import InterTokenLatencies
 from servesim.sim.model_catalog import get_model
+from servesim.sim.observers import CallbackObserver
 from servesim.sim.request import Request, RequestStatus
 from servesim.sim.scheduler import Scheduler, SchedulerOutput
 
@@ -165,16 +167,13 @@ class EngineRecorder:
         self.specs: list[RequestSpec] = []
         self.num_bulk_steps = 0  # steps the engine took inside bulk decode runs
         self.recorder = SchedulerRecorder(engine.scheduler, self.log, record_empty=False)
-        source, records = engine.source, engine.records
-        self._pop_until, self._bulk_decode, self._record = source.pop_until, engine._bulk_decode, records.record
-        source.pop_until = self._pop
-        engine._bulk_decode = self._bulk
-        records.record = self._record_request
+        self._pop_until = engine.source.pop_until
+        engine.source.pop_until = self._pop
+        engine.add_observer(CallbackObserver(on_step=self._on_step, on_reject=self._on_reject))
 
-    def _record_request(self, request: Request, status: int = 1) -> None:
-        if status == 2:  # refused: the engine's length check (the API server's 400)
-            self.log.rejected[request.request_id] = self.recorder.step
-        self._record(request, status)
+    def _on_reject(self, request: Request, now: float, reason: str) -> None:
+        # refused: the engine's length check (the API server's 400)
+        self.log.rejected[request.request_id] = self.recorder.step
 
     def _pop(self, now: float) -> list[Request]:
         requests = self._pop_until(now)
@@ -184,16 +183,15 @@ class EngineRecorder:
                                           tuple(r.block_hashes or ())))
         return requests
 
-    def _bulk(self, now: float):
-        batch, kv = self.engine.scheduler.batch, self.engine.kv
-        g, members, free_before = batch.g, list(batch.members), kv.num_free_blocks
-        end = self._bulk_decode(now)
-        if end is not None:
-            bs = batch.block_size
-            needing = [len(batch.buckets[-(g + j) % bs]) for j in range(batch.g - g)]
-            self.recorder.add_bulk_steps(members, needing, free_before)
-            self.num_bulk_steps += len(needing)
-        return end
+    def _on_step(self, output, start: float, end: float) -> None:
+        """A bulk decode run (applied, not yet over): record its steps one by one."""
+        if type(output) is not DecodeRun:
+            return  # single steps are recorded by the SchedulerRecorder
+        batch = self.engine.scheduler.batch
+        bs, g0 = batch.block_size, output.first_step
+        needing = [len(batch.buckets[-(g0 + j) % bs]) for j in range(output.num_steps)]
+        self.recorder.add_bulk_steps(list(batch.members), needing, output.free_blocks_before)
+        self.num_bulk_steps += len(needing)
 
     def oracle_config(self) -> OracleConfig:
         """The scheduler knobs of the engine's configuration, for the replay."""

@@ -13,8 +13,8 @@ simulate`` (same scheduler, KV cache and step-cost model); only the source and t
   ``t`` is handed to its HTTP stream at wall time ``t0 + t / K`` or a little later (asyncio timer
   granularity, about 1 ms of wall time, i.e. ``K`` ms simulated).  A request's arrival is
   ``sim_now`` when its HTTP request is accepted; like vLLM, the engine sees it between steps.
-* Tokens leave through ``on_token(request, sim_time)`` (the engine's per-token hook); finishes and
-  rejections through a records sink with the interface of ``RequestRecords.record``.
+* Tokens, finishes, rejections and aborts leave through an engine observer
+  (:mod:`servesim.sim.observers`; the outcome is the request's status).
 
 Every per-request structure is dropped when the request finishes, and the engine's inter-token
 latency store is replaced by a no-op one, so a long-lived server keeps bounded memory.
@@ -31,7 +31,8 @@ import simpy
 
 from ..sim.config import EngineConfig
 from ..sim.engine import LLMEngine
-from ..sim.request import Request
+from ..sim.observers import EngineObserver
+from ..sim.request import Request, RequestStatus
 
 
 class LiveSource:
@@ -88,14 +89,25 @@ class Stream:
     eos_tokens: int | None = None
 
 
-class _Sink:
-    """Receives finished (status 1) and rejected (status 2) requests from the engine."""
+class _Ends(EngineObserver):
+    """The engine's tokens and request ends, handed to the live engine's streams."""
+
+    wants_tokens = True
 
     def __init__(self, live: LiveEngine) -> None:
         self.live = live
 
-    def record(self, request: Request, status: int = 1) -> None:
-        self.live._on_end(request, status)
+    def on_token(self, request: Request, now: float) -> None:
+        self.live._on_token(request, now)
+
+    def on_finish(self, request: Request, now: float) -> None:
+        self.live._on_end(request)
+
+    def on_reject(self, request: Request, now: float, reason: str) -> None:
+        self.live._on_end(request)
+
+    def on_abort(self, request: Request, now: float) -> None:
+        self.live._on_end(request)
 
 
 class LiveEngine:
@@ -110,9 +122,9 @@ class LiveEngine:
         self.cfg, self.speed = cfg, speed
         self.env = simpy.Environment()
         self.source = LiveSource()
-        # The time series is of no use here (/metrics reads the live state): sample it never.
-        self.engine = LLMEngine(self.env, cfg, self.source, _Sink(self), sample_interval_s=1e18,
-                                on_token=self._on_token, record_itl=False)
+        # No records or time series: /metrics reads the live state, and memory must stay bounded.
+        self.engine = LLMEngine(self.env, cfg, self.source, None, sample_interval_s=None,
+                                observers=[_Ends(self)], record_itl=False)
         self.streams: dict[int, Stream] = {}
         self.on_first_token, self.on_token_gap, self.on_finish = on_first_token, on_token_gap, on_finish
         self.on_abort: Callable[[Request], None] | None = None
@@ -189,21 +201,24 @@ class LiveEngine:
         for i, request in enumerate(pending):
             if request.request_id == request_id:
                 del pending[i]
-                self._on_end(request, 3)
+                request.status = RequestStatus.FINISHED_ABORTED
+                self._on_end(request)
                 return True
         aborted = self.engine.abort(request_id)
         self._wake.set()
         return aborted
 
-    def _on_end(self, request: Request, status: int) -> None:
+    def _on_end(self, request: Request) -> None:
+        """The request ended; its outcome is its status."""
         stream = self.streams.pop(request.request_id, None)
         if stream is None:
             return
-        stream.rejected = status == 2
-        stream.aborted = status == 3
-        if status == 3 and self.on_abort is not None:
+        status = request.status
+        stream.rejected = status is RequestStatus.FINISHED_REJECTED
+        stream.aborted = status is RequestStatus.FINISHED_ABORTED
+        if stream.aborted and self.on_abort is not None:
             self.on_abort(request)
-        if status == 1 and self.on_finish is not None:
+        if status is RequestStatus.FINISHED and self.on_finish is not None:
             self.on_finish(request, stream.token_times[-1] if stream.token_times else self.env.now,
                            "stop" if stream.eos_tokens is not None else "length")
         stream.queue.put_nowait(None)

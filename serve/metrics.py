@@ -146,7 +146,7 @@ class ServeMetrics:
         self.max_tokens.observe(max_tokens)
 
     def step(self, out, seconds: float) -> None:
-        """One engine step (``LLMEngine.on_step``): its scheduled tokens."""
+        """One engine step (an engine observer's ``on_step``): its scheduled tokens."""
         self.iteration_tokens.observe(out.num_tokens)
 
     def aborted(self, request) -> None:

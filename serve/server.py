@@ -36,6 +36,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..sim.config import EngineConfig, EngineVersion
+from ..sim.observers import CallbackObserver
 from .live_engine import LiveEngine, Stream
 from .metrics import ServeMetrics
 from .openai_protocol import (
@@ -110,7 +111,7 @@ class ServeApp:
         self.metrics = ServeMetrics(self.live, self.model_name, self.v1, cache_labels, cfg.scheduler.max_model_len)
         self.live.on_first_token, self.live.on_token_gap = self.metrics.first_token, self.metrics.token_gap
         self.live.on_finish, self.live.on_abort = self.metrics.finished, self.metrics.aborted
-        self.live.engine.on_step = self.metrics.step
+        self.live.engine.add_observer(CallbackObserver(on_step=lambda out, start, end: self.metrics.step(out, end - start)))
         self.created = int(time.time())
 
     def build(self) -> web.Application:

@@ -37,8 +37,9 @@ from .cost_model import StepCostModel
 from .engine import LLMEngine
 from .kv_transfer import LinkSchedule, kv_transfer_bytes, transfer_time_s
 from .metrics import RequestRecords
+from .observers import CallbackObserver
 from .power import CappedStepCostModel, PowerCap
-from .request import Request
+from .request import Request, RequestStatus
 from .router import ReplicaLoad, Router, RouterKind, make_router
 from .sources import ClosedLoopSource, prompt_block_hashes
 
@@ -107,9 +108,9 @@ class Cluster:
             routed = rep.role is ReplicaRole.COLLOCATED and not self.closed
             source_cls = RoutedSource if routed else PushedSource
             rep.source = source_cls(self, rep, engine_cfg.cache.enable_prefix_caching and rep.role is not ReplicaRole.DECODE)
-            on_token = self._prefill_hook(rep) if rep.role is ReplicaRole.PREFILL else None
+            hooks = [CallbackObserver(on_token=self._prefill_hook(rep))] if rep.role is ReplicaRole.PREFILL else []
             rep.engine = LLMEngine(self.env, engine_cfg, rep.source, self.records, sample_interval_s, exact,
-                                   on_token=on_token)
+                                   observers=hooks)
             if rep.cap.cap_w is not None:
                 rep.engine.cost = CappedStepCostModel(cast(StepCostModel, rep.engine.cost), engine_cfg.profile.power, rep.cap)
         self.router = self._make_router(cfg.router, self.front)
@@ -206,7 +207,8 @@ class Cluster:
         disaggregated = bool(self.back)
         if disaggregated and prompt + out > self.max_decode_tokens:
             # The API server would refuse it: prompt plus max_tokens exceed the decode replicas' limit.
-            self.records.record(request, status=2)
+            request.status = RequestStatus.FINISHED_REJECTED
+            self.records.record(request)
             self.num_rejected_at_router += 1
             self._final(request, self.env.now)
             return
@@ -335,7 +337,7 @@ class Cluster:
         end = self.env.now
         for rep in self.replicas:
             if rep.source.live:  # pushed sources never end their engine: close its time series here
-                rep.engine.series.close(max(end, rep.engine.clock), rep.engine._state())
+                rep.engine.series.close(max(end, rep.engine.clock), rep.engine.state())
         if self._held:
             raise RuntimeError(f"{len(self._held)} prefilled requests never started their KV transfer: a bug")
         stuck = sum(len(r.reserve_queue) for r in self.back)

@@ -21,8 +21,42 @@ token budget smaller than the batch) the scheduler takes every member out
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass, field
 
 from .request import Request
+
+
+@dataclass(slots=True)
+class DecodeRun:
+    """A scheduler output of several steps: the whole batch decoding, nothing else in the steps.
+
+    :meth:`Scheduler.schedule_bulk` returns it with ``max_steps``, the steps free of events by the
+    scheduler's account (the first finish runs alone on the per-step path); the cost model gives
+    the steps' end times up to the next arrival (``ends``), and
+    :meth:`Scheduler.update_from_decode_run` applies them, cutting the run where the free blocks
+    run out.  Invariant once applied: ``num_steps == len(ends) >= 2``.
+    """
+
+    num_seqs: int
+    context_tokens: int             # summed context of the first step
+    max_steps: int
+    first_step: int                 # the batch's step counter ``g`` before the run
+    free_blocks_before: int = 0
+    generation_tokens_before: int = 0
+    ends: list[float] = field(default_factory=list)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.ends)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens of each of its steps (one per sequence)."""
+        return self.num_seqs
+
+    @property
+    def is_empty(self) -> bool:
+        return False
 
 
 class DecodeBatch:
@@ -30,7 +64,8 @@ class DecodeBatch:
 
     Invariants: a request is in ``members`` iff ``request.in_batch``; it is in exactly one bucket,
     ``off_c % block_size``; ``sum_off_c`` is the sum of members' ``off_c``; every member has a live
-    heap entry ``(max_tokens - off_o, admit_seq)`` (stale entries of removed members are skipped).
+    heap entry ``(max_tokens - off_o, join_seq, request_id)`` (stale entries of removed members are
+    skipped).
     """
 
     def __init__(self, block_size: int) -> None:
@@ -43,6 +78,10 @@ class DecodeBatch:
         self._finish_heap: list[tuple[int, int, int]] = []
         self.fresh: list[Request] = []  # joined since the last batch step (their own last-token time)
         self.last_step_end = 0.0        # end time of the last step that decoded this batch
+        # (arrival_time, request_id) of the latest-arriving request that joined since the batch was
+        # last empty: at least the latest member's (v0 chunked prefill lets the batch lead a step
+        # only when every other running request arrived after it)
+        self.max_arrival: tuple[float, int] = (float("-inf"), -1)
 
     @property
     def size(self) -> int:
@@ -61,6 +100,9 @@ class DecodeBatch:
         request.join_seq = self._joins
         heapq.heappush(self._finish_heap, (request.max_tokens - request.off_o, self._joins, rid))
         self.fresh.append(request)
+        key = (request.arrival_time, rid)
+        if key > self.max_arrival:
+            self.max_arrival = key
 
     def sync(self, request: Request) -> None:
         """Write the member's true counters into its fields (it stays a member)."""
@@ -79,6 +121,9 @@ class DecodeBatch:
             self.fresh.remove(request)
         else:
             request.last_token_time = self.last_step_end
+        if not self.members:  # every heap entry is stale now
+            self._finish_heap.clear()
+            self.max_arrival = (float("-inf"), -1)
 
     def needing_blocks(self) -> dict[int, Request]:
         """Members whose blocks are full: each needs one more block in the coming step."""
@@ -110,6 +155,19 @@ class DecodeBatch:
             if member is not None and member.join_seq == join_seq:
                 done.append(member)
         return done
+
+    def advance_run(self, ends: list[float], itl) -> None:
+        """``len(ends)`` decode steps ending at ``ends`` (none finishing a member): as many
+        :meth:`advance` calls, the gaps recorded in one go."""
+        size, fresh = len(self.members), self.fresh
+        if size > len(fresh):
+            itl.add(ends[0] - self.last_step_end, size - len(fresh))
+        for request in fresh:
+            itl.add(ends[0] - request.last_token_time, 1)
+        itl.add_steps(ends, size)
+        self.fresh = []
+        self.g += len(ends)
+        self.last_step_end = ends[-1]
 
     def steps_to_next_finish(self) -> int:
         """Batch steps until the first member finishes (drops stale heap entries on the way)."""

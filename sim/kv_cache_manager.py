@@ -119,6 +119,25 @@ class KVCacheManager:
             self._cache_full_prompt_blocks(request.block_hashes, req_blocks, num_computed + num_new_tokens)
         return new_blocks
 
+    def can_allocate_slots(self, request: Request, num_new_tokens: int,
+                           new_computed_blocks: list[int] | None = None,
+                           full_num_tokens: int | None = None) -> bool:
+        """Whether :meth:`allocate_slots` with these arguments would return blocks; changes nothing
+        (the scheduler's bulk decode asks it of the waiting head: ``tests/test_bulk_waiting.py``
+        checks it against ``allocate_slots``)."""
+        req_blocks = self.req_to_blocks.get(request.request_id) or ()
+        computed = new_computed_blocks or []
+        bs = self.block_size
+        num_computed = request.num_computed_tokens + len(computed) * bs
+        num_new_blocks = cdiv(num_computed + num_new_tokens, bs) - len(req_blocks) - len(computed)
+        pool = self.block_pool
+        evictable = sum(1 for b in computed if pool.is_free(b)) if computed else 0
+        if full_num_tokens is not None:
+            num_full = cdiv(full_num_tokens, bs) - len(req_blocks) - len(computed)
+            if max(num_full, 0) + evictable > pool.num_free_blocks:
+                return False
+        return num_new_blocks <= pool.num_free_blocks - evictable
+
     def append_block(self, request: Request) -> None:
         """Fast path for a decoding request whose blocks are full: one more block.
 

@@ -20,6 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from .request import Request, RequestStatus
+
+# The outcome column's codes (``RequestRecords.status``; names in ``to_frame``): 0 is unfinished.
+STATUS_CODES = {RequestStatus.FINISHED: 1, RequestStatus.FINISHED_REJECTED: 2, RequestStatus.FINISHED_ABORTED: 3}
+
 
 class InterTokenLatencies:
     """Gaps between consecutive tokens of the same request, as (seconds, count) pairs."""
@@ -66,7 +71,9 @@ class RequestRecords:
         self.cols.update({c: np.zeros(n, dtype=np.int64) for c in self.INT_COLUMNS})
         self.status = np.zeros(n, dtype=np.int8)  # 0 not arrived/unfinished, 1 finished, 2 rejected, 3 aborted
 
-    def record(self, request, status: int = 1) -> None:
+    def record(self, request: Request) -> None:
+        """Record an ended request; its outcome is its status (finished, rejected or aborted)."""
+        status = STATUS_CODES[request.status]
         i, c = request.request_id, self.cols
         c["arrival_s"][i] = request.arrival_time
         c["first_scheduled_s"][i] = request.first_scheduled_time if request.first_scheduled_time >= 0 else np.nan

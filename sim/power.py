@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .cost_model import BatchShape, StepCostModel, window_time
+from .cost_model import BatchShape, StepCostModel, decode_step_ends, window_time
 from .profile import PowerCoefficients
 
 
@@ -75,15 +75,21 @@ class PowerCap:
 class CappedStepCostModel:
     """A :class:`StepCostModel` whose steps run at the clock a power cap allows.
 
-    Same interface as the wrapped model (``step_time``, ``step_time_of``, ``decode_terms``), so an
-    engine uses it unchanged.  With no cap, or a cap above the step's demand, times are the wrapped
-    model's bit for bit.
+    Same interface as the wrapped model (``step_time``, ``step_time_of``, ``decode_terms``,
+    ``decode_step_ends``, ``window_time``), so an engine uses it unchanged.  It does not restate
+    the step-cost expression: it evaluates the wrapped model's one expression at the capped clock
+    (:meth:`StepCostModel.step_time_of`'s ``clock`` and ``memory`` factors).  With no cap, or a cap
+    above the step's demand, times are the wrapped model's bit for bit.
     """
 
     def __init__(self, inner: StepCostModel, power: PowerCoefficients, cap: PowerCap) -> None:
         self.inner, self.power, self.cap = inner, power, cap
-        self._mem = lambda c: 1.0 + cap.memory_clock_sensitivity * (1.0 / c - 1.0)
+        self.coeffs = inner.coeffs
         self._decode_clock = cap.clock_ratio(power.decode_w, power.idle_w)
+
+    def _memory(self, clock: float) -> float:
+        """Slow-down of the memory-bound parts at SM clock ratio ``clock`` (HBM keeps its clock)."""
+        return 1.0 + self.cap.memory_clock_sensitivity * (1.0 / clock - 1.0)
 
     def step_time(self, batch: BatchShape) -> float:
         return self.step_time_of(batch.num_prefill_tokens + batch.num_decode_seqs,
@@ -93,36 +99,37 @@ class CappedStepCostModel:
 
     def step_time_of(self, num_tokens: int, num_seqs: int, prefill_pairs: float,
                      decode_context_tokens: float, num_prefill_tokens: int = 0) -> float:
-        inner, p = self.inner, self.power
         if num_tokens <= 0:
             return 0.0
+        p = self.power
         share = num_prefill_tokens / num_tokens
         c = self.cap.clock_ratio(p.decode_w + (p.prefill_w - p.decode_w) * share, p.idle_w)
         if c == 1.0:
-            return inner.step_time_of(num_tokens, num_seqs, prefill_pairs, decode_context_tokens, num_prefill_tokens)
-        mem = self._mem(c)
-        gemm = inner.linear_s_per_token * num_tokens + inner.lm_head_s_per_seq * num_seqs
-        linear = max(inner.weight_stream_s * mem, gemm / c)
+            return self.inner.step_time_of(num_tokens, num_seqs, prefill_pairs, decode_context_tokens,
+                                           num_prefill_tokens)
         # CPU-side and launch terms (fixed, per token, per sequence, per prefill token, the eager
-        # prefill's per-layer cost) do not run on the GPU's clock: unscaled.
-        return (linear + inner.prefill_s_per_pair * prefill_pairs / c
-                + inner.decode_s_per_ctx_token * decode_context_tokens * mem
-                + inner.fixed_s + inner.per_token_s * num_tokens + inner.coeffs.per_seq_overhead_s * num_seqs
-                + inner.coeffs.per_prefill_token_overhead_s * num_prefill_tokens
-                + (inner.prefill_fixed_s if num_prefill_tokens else 0.0))
+        # prefill's per-layer cost) do not run on the GPU's clock: the expression leaves them unscaled.
+        return self.inner.step_time_of(num_tokens, num_seqs, prefill_pairs, decode_context_tokens,
+                                       num_prefill_tokens, c, self._memory(c))
 
     def window_time(self, num_seqs: int, decode_context_tokens: float, num_steps: int) -> float:
         """A multi-step window (vLLM 0.6) of capped steps: :func:`~.cost_model.window_time`."""
         return window_time(self.step_time_of, self.inner.coeffs, num_seqs, decode_context_tokens, num_steps)
 
     def decode_terms(self, num_seqs: int) -> tuple[float, float, float, float, float]:
+        """:meth:`StepCostModel.decode_terms` at the decode clock (a decode step's demand is
+        ``decode_w``); the parts come from the same constants as the expression."""
         a, b, fixed, c1, c2 = self.inner.decode_terms(num_seqs)
         c = self._decode_clock
         if c == 1.0:
             return a, b, fixed, c1, c2
-        inner, mem = self.inner, self._mem(c)
-        gemm = (inner.linear_s_per_token + inner.lm_head_s_per_seq) * num_seqs
+        inner, mem = self.inner, self._memory(c)
+        gemm = inner.linear_s_per_token * num_seqs + inner.lm_head_s_per_seq * num_seqs
         return max(inner.weight_stream_s * mem, gemm / c), b * mem, fixed, c1, c2
+
+    def decode_step_ends(self, now: float, num_seqs: int, context_tokens: int, num_steps: int,
+                         horizon: float) -> list[float]:
+        return decode_step_ends(self.decode_terms(num_seqs), now, num_seqs, context_tokens, num_steps, horizon)
 
 
 def replica_energy_j(power: PowerCoefficients, cap: PowerCap, num_gpus: int, duration_s: float,

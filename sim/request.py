@@ -12,10 +12,22 @@ import enum
 
 
 class RequestStatus(enum.Enum):
+    """Where a request is, named as vLLM's ``RequestStatus``; the three ``FINISHED*`` members are
+    the outcomes a run records (``docs/outputs.md``: ``finished``, ``aborted``, ``rejected``)."""
+
     WAITING = enum.auto()
     RUNNING = enum.auto()
     PREEMPTED = enum.auto()
-    FINISHED = enum.auto()
+    FINISHED = enum.auto()           # produced its max_tokens (vLLM: FINISHED_LENGTH_CAPPED / _STOPPED)
+    FINISHED_ABORTED = enum.auto()   # its client went away (vLLM: FINISHED_ABORTED)
+    FINISHED_REJECTED = enum.auto()  # refused: too long for the engine, or can never fit (vLLM: FINISHED_IGNORED, a 400)
+
+    @property
+    def is_finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = frozenset((RequestStatus.FINISHED, RequestStatus.FINISHED_ABORTED, RequestStatus.FINISHED_REJECTED))
 
 
 class Request:
@@ -26,7 +38,7 @@ class Request:
     """
 
     __slots__ = ("request_id", "arrival_time", "num_prompt_tokens", "max_tokens", "num_output_tokens",
-                 "num_computed_tokens", "status", "in_batch", "off_c", "off_o", "join_seq", "admit_seq", "block_hashes",
+                 "num_computed_tokens", "status", "in_batch", "off_c", "off_o", "join_seq", "block_hashes",
                  "num_cached_tokens", "num_preemptions", "first_scheduled_time", "first_token_time",
                  "last_token_time", "user", "blocks")
 
@@ -46,7 +58,6 @@ class Request:
         self.off_c = 0               # while in_batch: num_computed_tokens - batch step counter
         self.off_o = 0               # while in_batch: num_output_tokens - batch step counter
         self.join_seq = 0            # which stay in the batch its finish-heap entry belongs to
-        self.admit_seq = -1          # order of (re)admission into running: the newest is preempted first
         self.block_hashes = block_hashes  # per full prompt block, for prefix caching (None: unique)
         self.num_cached_tokens = 0   # prompt tokens served from the prefix cache at first admission
         self.num_preemptions = 0
@@ -62,7 +73,7 @@ class Request:
 
     @property
     def is_finished(self) -> bool:
-        return self.status is RequestStatus.FINISHED
+        return self.status in _FINISHED
 
     def __repr__(self) -> str:
         return (f"Request({self.request_id}, prompt={self.num_prompt_tokens}, out={self.num_output_tokens}/"

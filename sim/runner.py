@@ -20,6 +20,7 @@ from .config import EngineConfig
 from .engine import LLMEngine
 from .memory import MemoryBreakdown
 from .metrics import RequestRecords, TimeSeries, summarize
+from .observers import ProgressObserver
 from .sources import ClosedLoopSource, OpenLoopSource
 
 
@@ -63,7 +64,7 @@ def simulate(cfg: EngineConfig, workload, options: SimOptions = SimOptions()) ->
         bar = tqdm(total=len(source), unit="req", desc="simulating", file=sys.stderr, mininterval=0.5)
     t0 = time.perf_counter()
     engine = LLMEngine(env, cfg, source, records, options.sample_interval_s, options.exact,
-                       on_progress=bar.update if bar is not None else None)
+                       observers=[ProgressObserver(bar.update)] if bar is not None else ())
     env.run()
     wall = time.perf_counter() - t0
     if bar is not None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from .config import EngineConfig
 from .cost_model import BatchShape
-from .decode_batch import DecodeBatch
+from .decode_batch import DecodeBatch, DecodeRun
 from .kv_cache_manager import KVCacheManager
 from .metrics import InterTokenLatencies
 from .request import Request, RequestStatus
@@ -35,6 +35,7 @@ class SchedulerOutput(BatchShape):
     what the step costs to compute."""
 
     num_batch_decodes: int = 0
+    num_steps: int = 1                               # > 1: a multi-step decode window (vLLM 0.6, v0)
     scheduled: list = field(default_factory=list)   # (request, num_new_tokens) on the per-request path
     swap_bytes: float = 0.0                          # KV copied between GPU and CPU (v0 swap preemption)
 
@@ -67,7 +68,10 @@ class Scheduler:
         self.running: dict[int, Request] = {}         # all running requests, in running order
         self.scalar_running: dict[int, Request] = {}  # running requests not in the batch, same order
         self.batch = DecodeBatch(cfg.cache.block_size)
-        self._admit_counter = 0
+        # Runs of decode steps are taken at once (``schedule_bulk``) unless every step must be exact;
+        # the engine turns this off for a live source (requests may come at any wall-clock moment).
+        self.bulk_decode = not exact and cfg.scheduler.num_scheduler_steps == 1
+        self.max_bulk_steps = 4096
         self.rejected: list[Request] = []  # requests the policy refused (v0: could never fit); engine drains it
         self.on_token: Callable[[Request, float], None] | None = None  # per-token hook (exact mode only)
         self.num_preemptions = 0
@@ -98,8 +102,6 @@ class Scheduler:
         """Move the head of ``waiting`` into running."""
         self.waiting.popleft()
         request.status = RequestStatus.RUNNING
-        request.admit_seq = self._admit_counter
-        self._admit_counter += 1
         self.running[request.request_id] = request
         self.scalar_running[request.request_id] = request
         if request.first_scheduled_time < 0:
@@ -139,7 +141,7 @@ class Scheduler:
             if request is None:
                 return None
             self.waiting.remove(request)
-        request.status = RequestStatus.FINISHED
+        request.status = RequestStatus.FINISHED_ABORTED
         return request
 
     # ----- the v1 policy -----------------------------------------------------------------
@@ -222,6 +224,93 @@ class Scheduler:
             self._admit(request, now)
             out.add(request, num_new)
             budget -= num_new
+
+    # ----- runs of decode steps ----------------------------------------------------------
+    bulk_free_margin = 0  # blocks a decode step must leave free (v0's can_append_slots keeps one)
+
+    def schedule_bulk(self, now: float) -> DecodeRun | None:
+        """A run of decode steps of the whole batch, when the next steps provably are just that:
+        only batch members are running and no waiting request can be admitted (none waits, or
+        :meth:`_waiting_blocked`), so until a member finishes, a request arrives or blocks run out
+        every step is the same decode step.  ``None`` when that does not hold or fewer than two
+        steps are free of a finish.  Changes no state."""
+        if not self.bulk_decode or self.scalar_running or self.num_swapped:
+            return None
+        batch = self.batch
+        size = len(batch.members)
+        if not size or size > self.sched.max_num_batched_tokens:
+            return None
+        if self.waiting and not self._waiting_blocked(size):
+            return None
+        max_steps = min(batch.steps_to_next_finish() - 1, self.max_bulk_steps)  # the finishing step runs alone
+        if max_steps < 2:
+            return None
+        return DecodeRun(size, batch.context_sum(), max_steps, batch.g)
+
+    def _waiting_blocked(self, num_batch: int) -> bool:
+        """Whether the waiting queue's head can be admitted in none of the steps of a decode run
+        (and so, FCFS, no waiting request): no token budget beside the batch, ``max_num_seqs``
+        running, or its blocks do not fit.  The last stays true through the run: the batch only
+        takes blocks (nothing is freed before the first finish, which ends the run), and the
+        head's cache hits can only be evicted, never gained (running requests cache no block
+        carrying its keys), so it needs at least as many blocks as now from fewer free ones."""
+        budget = self.sched.max_num_batched_tokens - num_batch
+        if budget <= 0 or len(self.running) >= self.sched.max_num_seqs:
+            return True
+        request, kv = self.waiting[0], self.kv
+        if kv.num_free_blocks * kv.block_size >= request.num_tokens:
+            return False  # room for its whole prompt without any cache hit: it is admitted
+        hits, num_cached = kv.get_computed_blocks(request)
+        if request.num_computed_tokens > num_cached:
+            hits, num_cached = [], request.num_computed_tokens
+        num_new = request.num_tokens - num_cached
+        threshold = self.sched.long_prefill_token_threshold
+        if 0 < threshold < num_new:
+            num_new = threshold
+        num_new = min(num_new, budget)
+        full = request.num_tokens if self.sched.scheduler_reserve_full_isl else None
+        return not kv.can_allocate_slots(request, num_new, hits, full)
+
+    def update_from_decode_run(self, run: DecodeRun, ends: list[float]) -> bool:
+        """Apply the decode steps of ``run`` that end at ``ends`` (cut to those whose new blocks
+        are free); ``False``, changing nothing, when fewer than two remain.
+
+        Equivalent to scheduling and applying the steps one at a time: blocks are handed out in
+        step order, the same ITLs are recorded and the counters end where the steps leave them."""
+        batch, kv = self.batch, self.kv
+        buckets, g, bs = batch.buckets, batch.g, batch.block_size
+        free = kv.num_free_blocks - self.bulk_free_margin
+        num_steps = len(ends)
+        needing: list[Request] = []
+        k = 0
+        q, r = divmod(num_steps, bs)
+        if q >= 2:
+            # A long run: step j hands a block to each member of bucket -(g + j) % bs and any bs
+            # consecutive steps serve every member once, so it needs q cycles plus r buckets.
+            order = [buckets[-(g + j) % bs] for j in range(bs)]
+            if q * run.num_seqs + sum(len(b) for b in order[:r]) <= free:
+                k = num_steps
+                cycle = [request for b in order for request in b.values()]
+                needing = cycle * q + [request for b in order[:r] for request in b.values()]
+        if not k:  # step by step, cut before the first step short of blocks
+            for j in range(num_steps):
+                bucket = buckets[-(g + j) % bs]
+                if len(needing) + len(bucket) > free:
+                    break
+                needing.extend(bucket.values())
+                k = j + 1
+        if k < 2:
+            return False
+        if k < len(ends):
+            del ends[k:]
+        run.ends = ends
+        run.free_blocks_before = kv.num_free_blocks
+        run.generation_tokens_before = self.generation_tokens_total
+        if needing:
+            kv.append_blocks(needing)
+        batch.advance_run(ends, self.itl)
+        self.generation_tokens_total += run.num_seqs * k
+        return True
 
     # ----- applying a step's results -----------------------------------------------------
     def update_from_output(self, out: SchedulerOutput, now: float) -> None:

@@ -63,7 +63,6 @@ class SchedulerV0(Scheduler):
         self.num_cpu_blocks = int(cfg.cache.swap_space_bytes // self.block_bytes)
         self.swapped: deque[Request] = deque()
         self.swapped_blocks: dict[int, int] = {}
-        self.num_swaps_out = 0
         self._swap_bytes = 0.0
         self.num_scheduler_steps = self.sched.num_scheduler_steps
         self.lookahead = self.num_scheduler_steps - 1  # lookahead slots of a decode pass
@@ -95,7 +94,6 @@ class SchedulerV0(Scheduler):
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions += 1
-        self.num_swaps_out += 1
         self.swapped.append(request)
 
     def abort_request(self, request_id: int) -> Request | None:
@@ -105,7 +103,7 @@ class SchedulerV0(Scheduler):
             if request is not None:
                 self.swapped.remove(request)
                 del self.swapped_blocks[request_id]
-                request.status = RequestStatus.FINISHED
+                request.status = RequestStatus.FINISHED_ABORTED
         return request
 
     def _schedule_swapped(self, out: SchedulerOutput, budget: int, now: float) -> None:
@@ -134,9 +132,9 @@ class SchedulerV0(Scheduler):
         budget: int | None
         if self.sched.enable_chunked_prefill:
             budget = self.sched.max_num_batched_tokens
-            if len(self.batch.members) > budget or self.scalar_running:
+            if len(self.batch.members) > budget or (self.scalar_running and not self._batch_leads()):
                 # v0 serves running requests in arrival order under one budget: with prefill chunks
-                # in flight the batch cannot simply go first, so take the exact path this step.
+                # in flight the batch can go first only if it is first in that order.
                 self.materialize()
             self._schedule_batch(out, free_margin=1)
             budget = self._schedule_running(out, budget - out.num_batch_decodes)
@@ -157,7 +155,16 @@ class SchedulerV0(Scheduler):
                 if budget is not None and self.swapped:
                     self._schedule_swapped(out, budget - out.num_batch_decodes, now)
         out.swap_bytes = self._swap_bytes
+        if self.lookahead and self.is_window(out):
+            out.num_steps = self.num_scheduler_steps
         return out
+
+    def _batch_leads(self) -> bool:
+        """Whether every batch member arrived before every running request off the batch, so
+        the batch going first is the arrival order (budget, can_append_slots checks and
+        preemption victims are then those of the per-request path)."""
+        first = min((r.arrival_time, r.request_id) for r in self.scalar_running.values())
+        return self.batch.max_arrival < first
 
     def _schedule_running(self, out: SchedulerOutput, budget: int) -> int | None:
         """Running requests off the batch, in arrival order; returns the budget left, or ``None``
@@ -202,7 +209,7 @@ class SchedulerV0(Scheduler):
             required = cdiv(num_tokens, block_size)
             if kv.num_gpu_blocks - required < self.watermark_blocks:
                 waiting.popleft()  # AllocStatus.NEVER: vLLM ignores the request with an error
-                request.status = RequestStatus.FINISHED
+                request.status = RequestStatus.FINISHED_REJECTED
                 self.rejected.append(request)
                 continue
             if kv.num_free_blocks - required < self.watermark_blocks:
@@ -246,6 +253,32 @@ class SchedulerV0(Scheduler):
     def is_window(self, out: SchedulerOutput) -> bool:
         """Whether ``out`` is a multi-step decode pass (K > 1 and no prefill in it)."""
         return self.lookahead > 0 and out.num_prefill_seqs == 0 and out.num_decode_seqs > 0
+
+    bulk_free_margin = 1
+
+    def _waiting_blocked(self, num_batch: int) -> bool:
+        """v0's admission test for the waiting head (:meth:`_schedule_prefills`), true for a whole
+        decode run: ``max_num_seqs`` running, no budget, or the watermark not kept (free blocks
+        only fall during the run).  A head that can never fit is not blocked: it is rejected."""
+        request, kv = self.waiting[0], self.kv
+        required = cdiv(request.num_tokens, kv.block_size)
+        if kv.num_gpu_blocks - required < self.watermark_blocks:
+            return False  # the next schedule() rejects it
+        if len(self.running) + 1 > self.sched.max_num_seqs:
+            return True
+        if kv.num_free_blocks - required < self.watermark_blocks:
+            return True
+        budget = self.sched.max_num_batched_tokens
+        if self.sched.enable_chunked_prefill:
+            return budget - num_batch <= 0
+        # prefill first: the prompt is scheduled whole (a step holds prefills or decodes) if it fits the budget
+        return request.num_tokens > budget
+
+    def update_from_output(self, out: SchedulerOutput, now: float) -> None:
+        if out.num_steps > 1:
+            self.update_from_window(out, now)
+        else:
+            super().update_from_output(out, now)
 
     def update_from_window(self, out: SchedulerOutput, now: float) -> None:
         """Apply a K-step decode pass that ended at ``now``: every sequence gains up to K tokens,

@@ -213,7 +213,7 @@ def test_v0_rejects_a_prompt_that_could_never_fit_above_the_watermark():
     out = h.step()
     assert scheduled(out) == [(1, 16)]
     assert [r.request_id for r in h.sched.rejected] == [0]
-    assert h.requests[0].status is RequestStatus.FINISHED
+    assert h.requests[0].status is RequestStatus.FINISHED_REJECTED
     assert h.waiting_ids == []
 
 
