@@ -35,6 +35,8 @@ class BlockPool:
             raise ValueError(f"the KV cache needs at least one block, got {num_blocks}")
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
+        self.watch: set = set()     # hashes whose lookups a caller memoized (see watch_hashes)
+        self.watch_valid = False
         if enable_caching:
             self.block_hash: list[object | None] = [None] * num_blocks
             self.cached: dict[object, dict[int, None]] = {}
@@ -99,23 +101,36 @@ class BlockPool:
                 blocks += back[head:head + rest]
                 head += rest
             else:
-                pos, block_hash, cached = self._pos, self.block_hash, self.cached
-                while rest:
-                    b = back[head]
-                    head += 1
-                    if b < 0:
-                        self._tombstones -= 1
-                        continue
-                    if b in pos:
+                # The next ``rest`` live entries of the back part, skipping tombstones.
+                end = head + rest
+                seg = back[head:end]
+                if self._tombstones:
+                    missing = seg.count(-1)
+                    while missing:
+                        more = back[end:end + missing]
+                        end += missing
+                        seg += more
+                        missing = more.count(-1)
+                    if len(seg) > rest:
+                        self._tombstones -= len(seg) - rest
+                        seg = [b for b in seg if b >= 0]
+                head = end
+                pos = self._pos
+                evicted = [b for b in seg if b in pos]
+                if evicted:
+                    block_hash, cached = self.block_hash, self.cached
+                    hashes = [block_hash[b] for b in evicted]
+                    for b, h in zip(evicted, hashes):
                         del pos[b]
-                        h = block_hash[b]
-                        same = cached[h]
-                        del same[b]
-                        if not same:
-                            del cached[h]
                         block_hash[b] = None
-                    blocks.append(b)
-                    rest -= 1
+                        same = cached[h]
+                        if len(same) == 1:
+                            del cached[h]
+                        else:
+                            del same[b]
+                    if self.watch and not self.watch.isdisjoint(hashes):
+                        self.watch_valid = False
+                blocks += seg
             self._back_head = head
             if head > 4096 and head * 2 > len(back):
                 del back[:head]
@@ -134,6 +149,10 @@ class BlockPool:
     def is_free(self, block: int) -> bool:
         """Whether a block carrying a hash sits in the free queue (an evictable cache hit)."""
         return block in self._pos
+
+    def num_free_among(self, blocks: list[int]) -> int:
+        """How many of ``blocks`` (cache hits) sit in the free queue."""
+        return sum(map(self._pos.__contains__, blocks))
 
     def touch(self, blocks: list[int]) -> None:
         """Take a reference on cache hits, pulling free ones out of the free queue."""
@@ -155,8 +174,33 @@ class BlockPool:
             same = self.cached.get(block_hash)
             if same is None:
                 self.cached[block_hash] = {block: None}
+                if block_hash in self.watch:
+                    self.watch_valid = False
             else:
                 same[block] = None
+
+    def cache_blocks(self, blocks: list[int], block_hashes) -> None:
+        """:meth:`cache_block` for each pair of ``blocks`` and ``block_hashes``, in order."""
+        block_hash, cached, watch = self.block_hash, self.cached, self.watch
+        for b, h in zip(blocks, block_hashes):
+            if block_hash[b] is None:
+                block_hash[b] = h
+                same = cached.get(h)
+                if same is None:
+                    cached[h] = {b: None}
+                    if h in watch:
+                        self.watch_valid = False
+                else:
+                    same[b] = None
+
+    def watch_hashes(self, hashes: set) -> None:
+        """Start watching ``hashes``: :attr:`watch_valid` turns False as soon as the block a lookup
+        of one of them returns can change (its oldest block evicted, or a first block cached).
+
+        Lookups (:meth:`get_cached_block`) depend on nothing else: freeing and touching blocks
+        leave ``cached`` alone, and a second block cached under a hash is not the oldest."""
+        self.watch = hashes
+        self.watch_valid = True
 
     def free_blocks(self, blocks: list[int], num_unhashed: int = 0) -> None:
         """Drop one reference from each block, given in eviction order (callers pass a request's
@@ -168,18 +212,16 @@ class BlockPool:
             self._free.extend(blocks)
             return
         shared = self._shared
-        if shared:
-            kept = []
-            for i, b in enumerate(blocks):
-                c = shared.get(b)
-                if c is None:
-                    kept.append((i, b))
-                elif c == 2:
+        if shared and not shared.keys().isdisjoint(blocks):
+            still_held = {b for b in blocks if b in shared}  # referenced by another request too
+            for b in still_held:
+                c = shared[b]
+                if c == 2:
                     del shared[b]
                 else:
                     shared[b] = c - 1
-            front = [b for i, b in kept if i < num_unhashed]
-            back = [b for i, b in kept if i >= num_unhashed]
+            front = [b for b in blocks[:num_unhashed] if b not in still_held]
+            back = [b for b in blocks[num_unhashed:] if b not in still_held]
         else:
             front, back = blocks[:num_unhashed], blocks[num_unhashed:]
         if self.cached:
@@ -192,8 +234,6 @@ class BlockPool:
         base = len(self._back)
         self._back.extend(back)
         if self.cached:
-            block_hash, pos = self.block_hash, self._pos
-            for i, b in enumerate(back):
-                if block_hash[b] is not None:
-                    pos[b] = base + i
+            block_hash = self.block_hash
+            self._pos.update({b: i for i, b in enumerate(back, base) if block_hash[b] is not None})
         self._num_free += len(front) + len(back)

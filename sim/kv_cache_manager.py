@@ -8,16 +8,20 @@ blocks.  Prefix caching (``enable_caching``) looks up a new request's full block
 Which blocks vLLM caches: every full block of a request, prompt and generated tokens alike, each
 keyed by a hash chained over the whole prefix.  Here a prompt block the workload hashes (shared
 prefixes) is keyed by its workload hash as soon as it is allocated; any other full block can only
-ever be hit by its own request, after a preemption, so it is keyed by (request, index) when the
-request is preempted (the only moment that key can matter) rather than on every decode step.
+ever be hit by its own request, after a preemption, so it is keyed by (request, index), packed in
+a negative int, when the request is preempted (the only moment that key can matter) rather than
+on every decode step.
+
+Fast paths, each giving vLLM's answer exactly (docs/performance.md): a prompt block is cached once,
+when it becomes full (``num_cached_block`` says how far each request got, as in vLLM's
+``SingleTypeKVCacheManager``), not re-offered at every allocation; and the cache hits of the
+request at the head of the waiting queue, which asks again every step until it is admitted, are
+memoized until the pool changes a lookup they depend on (``BlockPool.watch_hashes``).
 """
 from __future__ import annotations
 
 from .block_pool import BlockPool
 from .request import Request
-
-# Tags the key of a block only its own request can hit; no workload hash can equal such a key.
-_OWN_BLOCK = object()
 
 
 def cdiv(a: int, b: int) -> int:
@@ -40,6 +44,11 @@ class KVCacheManager:
         # vLLM v1 keeps block 0 as a placeholder "null block" that is never allocated.
         self.null_block = self.block_pool.get_new_blocks(1)[0] if reserve_null_block else None
         self.req_to_blocks: dict[int, list[int]] = {}
+        # How many of a request's leading blocks already went through cache_block: each full
+        # prompt block is cached once, not again at every later allocation.
+        self.num_cached_block: dict[int, int] = {}
+        self._hits_of: tuple[int, int, int] | None = None  # the request get_computed_blocks memoized
+        self._hits: list[int] = []
 
     @property
     def num_free_blocks(self) -> int:
@@ -63,24 +72,39 @@ class KVCacheManager:
         hashes = request.block_hashes or ()
         if not self.enable_caching or not (hashes or request.num_preemptions):
             return [], 0
-        max_hit_blocks = (request.num_tokens - 1) // self.block_size
-        hits: list[int] = []
         pool = self.block_pool
+        memo = (request.request_id, request.num_tokens, request.num_preemptions)
+        if pool.watch_valid and memo == self._hits_of:
+            hits = list(self._hits)
+            return hits, len(hits) * self.block_size
+        max_hit_blocks = (request.num_tokens - 1) // self.block_size
         num_hashed = len(hashes) if request.num_preemptions == 0 else max_hit_blocks
+        hits = []
+        keys = []
+        cached = pool.cached
         for j in range(min(max_hit_blocks, num_hashed)):
-            b = pool.get_cached_block(self._block_key(request, j))
-            if b is None:
+            key = hashes[j] if j < len(hashes) else self._block_key(request, j)
+            keys.append(key)
+            same = cached.get(key)
+            if not same:
                 break
-            hits.append(b)
-        return hits, len(hits) * self.block_size
+            hits.append(next(iter(same)))  # the oldest block carrying the hash (vLLM's get_one_block)
+        # The same request at the head of the waiting queue asks again every step until admitted;
+        # its answer stays valid until the pool changes one of these lookups (BlockPool.watch_hashes).
+        pool.watch_hashes(set(keys))
+        self._hits_of, self._hits = memo, hits
+        return list(hits), len(hits) * self.block_size
 
     @staticmethod
     def _block_key(request: Request, j: int) -> object:
-        """The cache key of the request's ``j``-th full block (see the module docstring)."""
+        """The cache key of the request's ``j``-th full block (see the module docstring).
+
+        A block only its own request can hit gets a negative int (``j < 2**20`` always: a request
+        holds fewer than 2**20 blocks), which no workload hash (a non-negative int or a tuple) equals."""
         hashes = request.block_hashes
         if hashes is not None and j < len(hashes):
             return hashes[j]
-        return (_OWN_BLOCK, request.request_id, j)
+        return ~((request.request_id << 20) | j)
 
     def allocate_slots(self, request: Request, num_new_tokens: int,
                        new_computed_blocks: list[int] | None = None,
@@ -96,12 +120,15 @@ class KVCacheManager:
         req_blocks = self.req_to_blocks.get(rid)
         if req_blocks is None:
             req_blocks = self.req_to_blocks[rid] = request.blocks = []
+            if request.block_hashes and self.enable_caching:
+                self.num_cached_block[rid] = 0
         computed = new_computed_blocks or []
         num_computed = request.num_computed_tokens + len(computed) * self.block_size
         num_required = cdiv(num_computed + num_new_tokens, self.block_size)
         num_new_blocks = num_required - len(req_blocks) - len(computed)
         pool = self.block_pool
-        evictable = sum(1 for b in computed if pool.is_free(b)) if computed else 0  # hits in the free queue
+        # Hits still in the free queue (taking them shrinks it):
+        evictable = pool.num_free_among(computed) if computed else 0
         if full_num_tokens is not None:
             num_full = cdiv(full_num_tokens, self.block_size) - len(req_blocks) - len(computed)
             if max(num_full, 0) + evictable > pool.num_free_blocks:
@@ -115,8 +142,15 @@ class KVCacheManager:
             return None
         new_blocks = pool.get_new_blocks(num_new_blocks) if num_new_blocks > 0 else []
         req_blocks.extend(new_blocks)
-        if self.enable_caching and request.block_hashes:
-            self._cache_full_prompt_blocks(request.block_hashes, req_blocks, num_computed + num_new_tokens)
+        hashes = request.block_hashes
+        if hashes and self.enable_caching:
+            # Cache the prompt blocks that became full, from where the last call stopped (vLLM's
+            # num_cached_block); the earlier ones hold their hash already (in use: not evictable).
+            full = min((num_computed + num_new_tokens) // self.block_size, len(hashes))
+            done = self.num_cached_block.get(rid, 0)
+            if full > done:
+                pool.cache_blocks(req_blocks[done:full], hashes[done:full])
+                self.num_cached_block[rid] = full
         return new_blocks
 
     def can_allocate_slots(self, request: Request, num_new_tokens: int,
@@ -131,31 +165,18 @@ class KVCacheManager:
         num_computed = request.num_computed_tokens + len(computed) * bs
         num_new_blocks = cdiv(num_computed + num_new_tokens, bs) - len(req_blocks) - len(computed)
         pool = self.block_pool
-        evictable = sum(1 for b in computed if pool.is_free(b)) if computed else 0
+        evictable = pool.num_free_among(computed) if computed else 0
         if full_num_tokens is not None:
             num_full = cdiv(full_num_tokens, bs) - len(req_blocks) - len(computed)
             if max(num_full, 0) + evictable > pool.num_free_blocks:
                 return False
         return num_new_blocks <= pool.num_free_blocks - evictable
 
-    def append_block(self, request: Request) -> None:
-        """Fast path for a decoding request whose blocks are full: one more block.
-
-        The caller has checked that enough blocks are free for every request it appends to.
-        """
-        assert request.blocks is not None, "append_block needs a request that holds blocks"
-        request.blocks.append(self.block_pool.get_new_blocks(1)[0])
-
     def append_blocks(self, requests) -> None:
-        """:meth:`append_block` for several requests (a sized iterable), in order, one pool call."""
+        """One more block for each decoding request whose blocks are full (a sized iterable), in
+        order, in one pool call.  The caller has checked that enough blocks are free."""
         for request, block in zip(requests, self.block_pool.get_new_blocks(len(requests))):
             request.blocks.append(block)
-
-    def _cache_full_prompt_blocks(self, block_hashes: tuple, req_blocks: list[int], num_tokens: int) -> None:
-        full = min(num_tokens // self.block_size, len(block_hashes))
-        pool = self.block_pool
-        for i in range(full):
-            pool.cache_block(req_blocks[i], block_hashes[i])
 
     def free(self, request: Request, preempted: bool = False) -> None:
         """Return the request's blocks, tail first (so tails are evicted first from the cache).
@@ -165,6 +186,12 @@ class KVCacheManager:
         computed tokens are reused first."""
         blocks = self.req_to_blocks.pop(request.request_id, None)
         request.blocks = None
+        counts = self.num_cached_block
+        if counts and counts.pop(request.request_id, None) is not None:
+            if len(counts) > 2 * len(self.req_to_blocks) + 4096:
+                # Blocks taken out of req_to_blocks by a caller (a disaggregated prefill keeps them
+                # for the KV transfer) leave a count behind: drop those.
+                self.num_cached_block = {r: c for r, c in counts.items() if r in self.req_to_blocks}
         if not blocks:
             return
         pool = self.block_pool
@@ -174,6 +201,5 @@ class KVCacheManager:
         # vLLM hashes every block full of computed tokens; the others go to the free queue's front.
         num_full = min(request.num_computed_tokens // self.block_size, len(blocks))
         if preempted:
-            for j in range(num_full):
-                pool.cache_block(blocks[j], self._block_key(request, j))
+            pool.cache_blocks(blocks[:num_full], [self._block_key(request, j) for j in range(num_full)])
         pool.free_blocks(blocks[::-1], num_unhashed=len(blocks) - num_full)

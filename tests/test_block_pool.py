@@ -217,7 +217,7 @@ def test_append_blocks_in_order():
     kv.allocate_slots(a, 4)
     kv.allocate_slots(b, 4)
     kv.append_blocks([b, a])
-    kv.append_block(a)
+    kv.append_blocks([a])
     assert kv.req_to_blocks == {0: [0, 3, 4], 1: [1, 2]}
 
 
@@ -292,3 +292,110 @@ def test_allocate_with_hits_counts_evictable_hits_and_refuses_cleanly():
     assert kv.num_blocks_of(big) == 0
     fits = req(2, prompt=49, hashes=HASHES)
     assert kv.allocate_slots(fits, 1, kv.get_computed_blocks(fits)[0]) == [3]
+
+
+# ----- fast paths of the prefix cache against a fresh walk --------------------------------------
+
+def walk_hits(kv: KVCacheManager, r: Request) -> list[int]:
+    """The cache hits of ``r`` looked up from scratch (vLLM's ``find_longest_cache_hit``)."""
+    hashes = r.block_hashes or ()
+    if not (hashes or r.num_preemptions):
+        return []
+    max_hit = (r.num_tokens - 1) // kv.block_size
+    num_hashed = len(hashes) if r.num_preemptions == 0 else max_hit
+    hits = []
+    for j in range(min(max_hit, num_hashed)):
+        same = kv.block_pool.cached.get(kv._block_key(r, j))
+        if not same:
+            break
+        hits.append(next(iter(same)))
+    return hits
+
+
+def test_own_block_keys_never_equal_a_workload_hash():
+    r = req(7, prompt=64, hashes=(0, 1))
+    keys = [KVCacheManager._block_key(r, j) for j in range(4)]
+    assert keys[:2] == [0, 1]
+    assert all(isinstance(k, int) and k < 0 for k in keys[2:]) and len(set(keys)) == 4
+
+
+def test_memoized_hits_are_dropped_when_a_hit_block_is_evicted_or_a_missing_one_cached():
+    kv = KVCacheManager(6, 4, enable_caching=True)
+    first = req(0, prompt=8, hashes=("a", "b"))
+    kv.allocate_slots(first, 8)
+    first.num_computed_tokens = 8
+    kv.free(first)                                    # free queue: 2 3 4 5 | 1 0 (cached b, a)
+    waiting = req(1, prompt=13, hashes=("a", "b", "c"))
+    assert kv.get_computed_blocks(waiting) == ([0, 1], 8)
+    kv.block_pool.get_new_blocks(4)                   # the unhashed blocks: nothing evicted
+    assert kv.block_pool.watch_valid
+    assert kv.get_computed_blocks(waiting) == ([0, 1], 8)
+    kv.block_pool.get_new_blocks(1)                   # evicts block 1 ("b")
+    assert not kv.block_pool.watch_valid
+    assert kv.get_computed_blocks(waiting) == ([0], 4)
+    kv.block_pool.free_blocks([2, 3, 4, 5])          # free queue: 0 (cached a) 2 3 4 5
+    other = req(2, prompt=12, hashes=("a", "b", "c"))
+    assert kv.get_computed_blocks(other) == ([0], 4)
+    assert kv.allocate_slots(other, 8, [0]) == [2, 3]  # caches "b" and "c" in blocks 2 and 3
+    assert not kv.block_pool.watch_valid
+    assert kv.get_computed_blocks(waiting) == ([0, 2, 3], 12)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_prefix_cache_fast_paths_agree_with_a_fresh_walk(seed):
+    """Random arrivals, chunked prefills, decodes, finishes and preemptions on a small caching
+    pool: every lookup (memoized or not) equals a fresh walk, incremental caching leaves every
+    full prompt block of a running request cached, and the pool's bookkeeping stays consistent."""
+    import random
+    rng = random.Random(seed)
+    bs = 4
+    kv = KVCacheManager(40, bs, enable_caching=True, reserve_null_block=seed % 2 == 0)
+    prefixes = [tuple(f"p{k}.{j}" for j in range(12)) for k in range(3)]
+    waiting: list[Request] = []
+    running: list[Request] = []
+    next_id = 0
+    for _ in range(400):
+        op = rng.random()
+        if op < 0.25:
+            prompt = rng.randint(1, 40)
+            base = rng.choice(prefixes)
+            cut = rng.randint(0, prompt // bs)
+            hashes = base[:cut] + tuple(f"u{next_id}.{j}" for j in range(prompt // bs - cut))
+            waiting.append(req(next_id, prompt, max_tokens=rng.randint(1, 12), hashes=hashes or None))
+            next_id += 1
+        elif op < 0.55 and waiting:
+            r = waiting[0]
+            for _ in range(rng.randint(1, 3)):       # asked again while blocked: the memo answers
+                hits, num_cached = kv.get_computed_blocks(r)
+                assert hits == walk_hits(kv, r) and num_cached == len(hits) * bs
+            num_new = min(r.num_tokens - num_cached, rng.choice([bs, 2 * bs, 64]))
+            if kv.allocate_slots(r, num_new, hits) is not None:
+                r.num_computed_tokens = num_cached + num_new
+                waiting.pop(0)
+                running.append(r)
+        elif op < 0.85 and running:
+            r = rng.choice(running)
+            if r.num_computed_tokens < r.num_tokens:          # prefill chunk
+                num_new = min(r.num_tokens - r.num_computed_tokens, 2 * bs)
+            else:                                             # a decode step
+                r.num_output_tokens += 1
+                num_new = 1
+            if kv.allocate_slots(r, num_new) is None:
+                victim = running.pop()                        # recompute preemption
+                kv.free(victim, preempted=True)
+                victim.num_computed_tokens = 0
+                victim.num_preemptions += 1
+                waiting.insert(0, victim)
+                continue
+            r.num_computed_tokens += num_new
+            if r.num_output_tokens >= r.max_tokens:
+                running.remove(r)
+                kv.free(r)
+        for r in running:   # every full, hashed prompt block of a running request is cached
+            full = min(r.num_computed_tokens // bs, len(r.block_hashes or ()))
+            for j in range(full):
+                b = kv.req_to_blocks[r.request_id][j]
+                assert kv.block_pool.block_hash[b] is not None
+        pool = kv.block_pool
+        assert pool.num_free_blocks == len(pool.free_queue)
+        assert all(pool.block_hash[b] == h for h, same in pool.cached.items() for b in same)
