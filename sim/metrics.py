@@ -22,8 +22,9 @@ import pandas as pd
 
 from .request import Request, RequestStatus
 
-# The outcome column's codes (``RequestRecords.status``; names in ``to_frame``): 0 is unfinished.
-STATUS_CODES = {RequestStatus.FINISHED: 1, RequestStatus.FINISHED_REJECTED: 2, RequestStatus.FINISHED_ABORTED: 3}
+# The outcome column's codes (``RequestRecords.status``; 0 is unfinished, names in ``STATUS_NAMES``
+# below), keyed by the request's final status.
+OUTCOME_CODES = {RequestStatus.FINISHED: 1, RequestStatus.FINISHED_REJECTED: 2, RequestStatus.FINISHED_ABORTED: 3}
 
 
 class InterTokenLatencies:
@@ -73,7 +74,7 @@ class RequestRecords:
 
     def record(self, request: Request) -> None:
         """Record an ended request; its outcome is its status (finished, rejected or aborted)."""
-        status = STATUS_CODES[request.status]
+        status = OUTCOME_CODES[request.status]
         i, c = request.request_id, self.cols
         c["arrival_s"][i] = request.arrival_time
         c["first_scheduled_s"][i] = request.first_scheduled_time if request.first_scheduled_time >= 0 else np.nan

@@ -38,20 +38,9 @@ OPTIONAL = {"torch", "vllm", "transformers", "dask", "distributed"}
 # helper of this session is removing them (issue 8, item 5).  The coordinator deletes an entry
 # once its edge is gone; test_known_exceptions_are_still_needed fails on a stale one.
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    # Directions: the serve command reads the engine flags from the top-level CLI (this was
-    # measure/cli -> servesim.cli before serve/ was split out).  Removed by **args**: the flags and
-    # the engine configuration come from EngineArgs (sim/engine_args.py).
-    ("servesim.serve.cli", "servesim.cli"): "args",
-    # Circles, dodged with function-local imports today.
-    ("servesim.sim.workload", "servesim.sim.traces"): "args (traces <-> workload)",
-    ("servesim.sim.traces", "servesim.sim.workload"): "args (traces <-> workload)",
-    ("servesim.calibrate.validate", "servesim.calibrate.probe_run"): "summary (validate <-> probe_run)",
-    ("servesim.calibrate.probe_run", "servesim.calibrate.validate"): "summary (validate <-> probe_run)",
-    # Circles found by this test that no helper was assigned this session (owners of the files
-    # named): the coordinator files them.
-    ("servesim.cluster_cli", "servesim.cli"): "unassigned (args owns both files)",
-    ("servesim.calibrate.silicon", "servesim.calibrate.silicon_cli"): "unassigned (fitkit owns both files)",
-    ("servesim.scenarios.assumptions", "servesim.scenarios.plan"): "unassigned (cluster2 owns plan.py)",
+    # Circles found by this test that remain (owners of the files named).
+    ("servesim.calibrate.silicon", "servesim.calibrate.silicon_cli"): "calibrate: silicon <-> silicon_cli",
+    ("servesim.scenarios.assumptions", "servesim.scenarios.plan"): "scenarios: assumptions <-> plan",
 }
 
 # Who may import whom (ARCHITECTURE.md, "What may import what").  Layers: the subpackages, "cli"
