@@ -185,7 +185,9 @@ def read_bench_run(path: str | Path, root: Path | None = None, seed: int = 0) ->
             return None, f"{key}: {failed} of {outputs.size} requests failed (0 output tokens): mostly failures"
         ttfts = data.get("ttfts")
         if ttfts is not None and len(ttfts) == outputs.size:
-            stats = summarize(*bench_requests(data))  # the requests that produced tokens
+            requests = bench_requests(data)  # per-request arrays exist here (ttfts), so never None
+            assert requests is not None
+            stats = summarize(*requests)  # the requests that produced tokens
             measured.update({k: stats[k] for k in ("mean_ttft_ms", "median_ttft_ms")})
         elif failed:
             return None, f"{key}: {failed} failed requests and no per-request ttfts to recompute TTFT without them"

@@ -17,6 +17,7 @@ from servesim.calibrate.probe_run import load_probe_run
 from servesim.calibrate.validate import COMPARED_KEYS, load_bench_result
 from servesim.scenarios.measured import run_row
 from servesim.scenarios.points import CURVE_PERCENTILES, latency_columns, latency_keys
+from servesim.sim.data_paths import find_shared_data
 from servesim.sim.metrics import (
     InterTokenLatencies,
     RequestColumns,
@@ -25,7 +26,6 @@ from servesim.sim.metrics import (
     latency_stats,
     summarize,
 )
-from servesim.sim.data_paths import find_shared_data
 
 # Four requests (seconds): three finish, one is rejected at arrival.  Tokens of request 0 at
 # 0.1, 0.2, 0.3, 0.4, 0.5; of request 1 at 0.4, 0.6, 0.8, 1.0; request 2 has a single token.
