@@ -84,7 +84,7 @@ def run(scenario: str = "polca-power-budget", baseline: str = "servers-4", max_d
                       file=sys.stderr, flush=True)
             folder = root / f"exp{exponent:g}-mem{sensitivity:g}"
             run_sweep(with_assumptions(sf, exponent, sensitivity, max_demand),
-                      SweepOptions(out_dir=folder, workers=workers, progress=False))
+                      SweepOptions(out_dir=folder, workers=workers, progress=False, report=False))
             table, answer = power_headroom(pd.read_csv(folder / "curve.csv"), baseline, metric, max_slowdown,
                                            max_demand)
             rows.append(SensitivityRow(assumption, level, exponent, sensitivity, answer,
