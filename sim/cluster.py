@@ -145,18 +145,26 @@ class Cluster:
             until = math.inf
         else:
             until = math.nextafter(now, math.inf) if fresh else now + rc.staleness_s
-        a, router, front = self.arrivals, self.router, self.front
+        a, choose, front = self.arrivals, self.router.choose, self.front
         assert a is not None  # routing windows ahead is for open loops
         prefix = a.prefix if rc.kind is RouterKind.PREFIX_AWARE else None
-        i = self.next_index
-        while i < a.n and a.time[i] < until:
-            prompt, out = a.input[i], a.output[i]
-            k = router.choose(prompt, out, prefix[i] if prefix is not None else None)
-            rep = front[k]
-            rep.assigned_tokens += prompt + out
-            cast(RoutedSource, rep.source).inbox.append(i)
-            self.replica_of[i] = rep.index
+        inboxes = [cast(RoutedSource, rep.source).inbox for rep in front]
+        assigned = [0] * len(front)
+        times, inputs, outputs, n = a.time, a.input, a.output, a.n
+        start = i = self.next_index
+        chosen = []
+        while i < n and times[i] < until:
+            prompt, out = inputs[i], outputs[i]
+            k = choose(prompt, out, prefix[i] if prefix is not None else None)
+            assigned[k] += prompt + out
+            inboxes[k].append(i)
+            chosen.append(k)
             i += 1
+        if chosen:  # the replica ids of the routed window, in one numpy write
+            ids = np.asarray([rep.index for rep in front], dtype=np.int32)
+            self.replica_of[start:i] = ids[np.asarray(chosen, dtype=np.intp)]
+            for rep, tokens in zip(front, assigned):
+                rep.assigned_tokens += tokens
         self.next_index = i
         self.routed_until = a.time[i] if fresh and i < a.n else until
 
