@@ -54,11 +54,16 @@ def print_plan(args, req: PlanRequest, result: PlanResult, file=None) -> None:
     if result.options:
         best = result.options[0]
         lo, hi = best.replicas_range
-        p(f"  advice: {best.replicas} x {best.gpu} TP{best.tp} with max_num_seqs={best.max_num_seqs} "
-          f"(admission limit per node), {best.per_replica_rps:.3g} req/s per node; "
+        what = (f"{best.prefill_replicas} prefill + {best.decode_replicas} decode replicas" if best.prefill_replicas
+                else str(best.replicas))
+        p(f"  advice: {what} x {best.gpu} TP{best.tp} with max_num_seqs={best.max_num_seqs} "
+          f"(admission limit per node), {best.per_replica_rps:.3g} req/s per node"
+          + (" on average (the prefill pool takes every request, the decode pool every KV); "
+             if best.prefill_replicas else "; ")
           + (f"{best.replicas} is the fewest meeting the SLOs with {req.confidence:.0%} confidence" +
              (f", {lo} may suffice" if lo < hi else "")))
-        refused = [r for r in result.rejected if r[:3] == (best.gpu, best.tp, best.max_num_seqs) and r[3] < lo]
+        refused = [r for r in result.rejected if r[:3] == (best.gpu, best.tp, best.max_num_seqs) and r[3] < lo
+                   and ("D pools: " in r[4]) == bool(best.prefill_replicas)]  # the answer's own layout
         for gpu, tp, _mns, r, why in refused[-2:]:
             p(f"  refused {r} x {gpu} TP{tp}: {why}")
         for col in (first, "request_throughput"):
