@@ -24,6 +24,11 @@ Pruning keeps it interactive:
    monotone in the per-replica rate), never beyond the replicas that would cost more than
    ``(1 + slack)`` times the best found; every ``max_num_seqs`` of a pair runs in its own process.
 
+With ``disaggregated`` the same search also runs over prefill/decode pools of each (GPU, TP,
+``max_num_seqs``): at each replica count the prefill:decode splits of
+:data:`~.plan_disagg.DISAGG_RATIOS`, each simulated as the whole cluster with its KV transfer
+(:mod:`.plan_disagg`); the options of both layouts are ranked together.
+
 Costs come from :class:`~.schema.Costs` per GPU (default: :data:`DEFAULT_GPU_PRICES`, illustrative
 on-demand rental prices) plus the simulated energy (:mod:`.economics`).
 """
@@ -39,10 +44,11 @@ import numpy as np
 
 from ..sim.uncertainty import Interval, combine
 from .assumptions import finite
-from .cluster_point import as_cluster
+from .cluster_point import as_cluster, as_disaggregated
 from .economics import add_economics
-from .points import PointTask, engine_config, run_converged, run_point
-from .schema import SLO, ArrivalKind, Axis, Costs, Deployment, Economics, EngineKnobs, Scenario, Sweep, WorkloadSection
+from .plan_space import LONG_WORKLOAD_LEN, _deployment, _feasible, _scenario, model_len, probe  # noqa: F401 (re-exported)
+from .points import PointTask, run_converged, run_point
+from .schema import SLO, ArrivalKind, Costs, Economics, Scenario, WorkloadSection
 from .stability import ConvergenceRule, describe_instability, t_quantile
 
 # Illustrative on-demand rental prices, USD per GPU-hour (2025 public cloud list prices, rounded);
@@ -83,6 +89,11 @@ class PlanRequest:
     # routing imbalance counts (docs/cluster.md); r times the simulation work per candidate.
     router: str | None = None
     router_staleness_s: float = 1.0
+    # Also search prefill/decode pools (scenarios/plan_disagg.py): at each replica count the
+    # prefill:decode splits of DISAGG_RATIOS, behind ``router`` (default round-robin), KV over ``kv_link``.
+    disaggregated: bool = False
+    kv_link: str = "infiniband"
+    progress: bool = False              # one line per searched candidate on stderr
 
     def __post_init__(self) -> None:
         if not (self.demand_rps > 0 and math.isfinite(self.demand_rps)):
@@ -95,6 +106,11 @@ class PlanRequest:
             raise ValueError(f"--confidence must be in [0.5, 1), got {self.confidence}")
         if self.seeds < 1 or self.profile_draws < 0:
             raise ValueError(f"--seeds must be >= 1 and --profile-draws >= 0, got {self.seeds}, {self.profile_draws}")
+        if self.disaggregated and self.engine != "vllm-v1":
+            raise ValueError(f"--disaggregated needs --engine vllm-v1 (vLLM's P/D connectors are v1-only), "
+                             f"got {self.engine}")
+        from ..sim.gpus import get_link
+        get_link(self.kv_link)
 
     def costs_for(self, gpu: str) -> Costs:
         if gpu in self.costs:
@@ -154,15 +170,23 @@ class PlanOption:
     per_replica_rps: float
     row: dict
     evaluation: Evaluation
+    prefill_replicas: int = 0           # > 0: disaggregated, replicas = prefill + decode
+    decode_replicas: int = 0
 
     @property
     def num_gpus(self) -> int:
         return self.replicas * self.tp
 
+    @property
+    def layout(self) -> str:
+        return f"{self.prefill_replicas}P+{self.decode_replicas}D" if self.prefill_replicas else "collocated"
+
     def to_dict(self) -> dict:
         """The option for machines (``servesim plan --json``): figures with their intervals."""
         ivs = {k: iv.to_dict() for k, iv in self.evaluation.intervals.items()}
         return {"gpu": self.gpu, "tp": self.tp, "max_num_seqs": self.max_num_seqs, "replicas": self.replicas,
+                "layout": "disaggregated" if self.prefill_replicas else "collocated",
+                "prefill_replicas": self.prefill_replicas, "decode_replicas": self.decode_replicas,
                 "replicas_range": list(self.replicas_range), "num_gpus": self.num_gpus,
                 "num_gpus_range": [r * self.tp for r in self.replicas_range],
                 "cost_per_hour": self.cost_per_h, "cost_per_hour_range": list(self.cost_per_h_range),
@@ -187,44 +211,6 @@ class PlanResult:
     unmet: list[tuple[str, int, int, int, str]] = field(default_factory=list)  # searched, no answer up to replicas
 
 
-LONG_WORKLOAD_LEN = 16384  # max_model_len for workloads whose longest request is not known up front
-
-
-def model_len(req: PlanRequest, context: int) -> int:
-    """``max_model_len`` for the search: the workload's longest request (fixed or random lengths),
-    else :data:`LONG_WORKLOAD_LEN`, capped at the model's context.  vLLM refuses a replica whose KV
-    cache cannot hold one ``max_model_len`` sequence, so the model's full context (e.g. 128k)
-    would wrongly rule out small GPUs."""
-    if req.max_model_len:
-        return req.max_model_len
-    w = req.workload
-    if w.dataset == "fixed" and w.kind is not ArrivalKind.TRACE:
-        need = w.input_len + w.output_len
-    elif w.dataset == "random":
-        need = math.ceil((w.input_len + w.output_len) * (1 + w.range_ratio)) + 2
-    elif w.dataset == "sharegpt" and w.kind is not ArrivalKind.TRACE:
-        from ..sim.lengths import first_turn_table
-        inputs, outputs = first_turn_table()
-        need = int((inputs + outputs).max())
-    else:
-        need = LONG_WORKLOAD_LEN
-    return min(context, max(1024, need))
-
-
-def _deployment(req: PlanRequest, gpu: str, tp: int, mns: int | None) -> Deployment:
-    from ..sim.model_catalog import get_model
-    return Deployment(model=req.model, gpu=gpu, tp=tp, engine=req.engine, weight_dtype=req.weight_dtype,
-                      kv_cache_dtype=req.kv_cache_dtype,
-                      knobs=EngineKnobs(max_num_seqs=mns,
-                                        max_model_len=model_len(req, get_model(req.model).max_position_embeddings)))
-
-
-def _scenario(req: PlanRequest, gpu: str, tp: int, mns: int | None) -> Scenario:
-    dep = _deployment(req, gpu, tp, mns)
-    return Scenario(name=f"{gpu}-tp{tp}-mns{mns}", deployment=dep, workload=req.workload,
-                    sweep=Sweep(Axis.RATE, (1.0,), (req.seed,)), slos=req.slos, base_dir=req.base_dir)
-
-
 def rejection(row: dict) -> str:
     """Why one simulated point cannot be an answer (empty: it can): an engine refusal, rejected
     requests, or an unstable run (the achieved rate falls short of the offered one)."""
@@ -242,25 +228,22 @@ def meets(row: dict, slos: tuple[SLO, ...]) -> bool:
     return all(row.get(s.column, math.inf) <= s.max_ms for s in slos)
 
 
-def probe(args: tuple[PlanRequest, str, int]) -> tuple[str, int, float, str]:
-    """Peak request rate of one (GPU, TP) at its largest ``max_num_seqs`` (a saturated burst)."""
-    req, gpu, tp = args
-    sc = _scenario(req, gpu, tp, max(req.max_num_seqs))
-    sc = replace(sc, workload=replace(sc.workload, num_requests=req.probe_requests))
-    row = run_point(PointTask(sc, 1e6, req.seed)).row  # 1e6 req/s: effectively everything at once
-    return gpu, tp, float(row.get("request_throughput", 0.0) or 0.0), row.get("error", "")
+INTERVAL_COLUMNS = ("request_throughput", "output_throughput", "mean_gpu_power_w", "energy_per_output_token_j")
 
 
-INTERVAL_COLUMNS = ("request_throughput", "output_throughput", "mean_gpu_power_w")
-
-
-def evaluate(req: PlanRequest, sc: Scenario, r: int, stop_early: bool = True) -> Evaluation:
+def evaluate(req: PlanRequest, sc: Scenario, r: int, stop_early: bool = True,
+             split: tuple[int, int] | None = None) -> Evaluation:
     """Replications of ``sc`` at ``demand / r`` per replica (see :class:`Evaluation`): one replica,
-    or with ``req.router`` the whole cluster of ``r``; stops at the first seed that cannot be an
-    answer, since one unstable replication already refuses the candidate (and, with
-    ``stop_early``, at the first seed whose SLO metric alone decides it)."""
+    with ``req.router`` the whole cluster of ``r``, with ``split = (P, D)`` (``P + D = r``) a
+    prefill pool of P and a decode pool of D; stops at the first seed that cannot be an answer,
+    since one unstable replication already refuses the candidate (and, with ``stop_early``, at the
+    first seed whose SLO metric alone decides it)."""
     rate = req.demand_rps / r
-    if req.router is not None:  # the whole cluster of r replicas at r times a replica's rate
+    if split is not None:
+        assert sum(split) == r
+        sc = as_disaggregated(sc, split[0], split[1], req.router or "round-robin", req.router_staleness_s,
+                              req.kv_link)
+    elif req.router is not None:  # the whole cluster of r replicas at r times a replica's rate
         sc = as_cluster(sc, r, req.router, req.router_staleness_s)
     fixed = bool(req.workload.num_requests or req.workload.duration_s)
     rule = req.convergence
@@ -326,27 +309,9 @@ def search_replicas(args: tuple[PlanRequest, str, int, int, int, int]
             evals[r] = evaluate(req, sc, r)
         return evals[r].meets
 
-    hi = None
-    if ok(r_lo):
-        hi = r_lo
-    else:
-        lo, step = r_lo, 1
-        while True:
-            cand = min(lo + step, r_cap)
-            if cand <= lo:
-                return None, None, evals
-            if ok(cand):
-                hi = cand
-                break
-            if cand >= r_cap or evals[cand].rows[0].get("error"):
-                return None, None, evals
-            lo, step = cand, step * 2
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if ok(mid):
-                hi = mid
-            else:
-                lo = mid
+    hi = fewest(ok, r_lo, r_cap, lambda r: bool(evals[r].rows[0].get("error")))
+    if hi is None:
+        return None, None, evals
     r_may = hi
     while r_may > 1:
         if r_may - 1 not in evals or evals[r_may - 1].early:
@@ -357,39 +322,45 @@ def search_replicas(args: tuple[PlanRequest, str, int, int, int, int]
     return hi, r_may, evals
 
 
-def _feasible(req: PlanRequest) -> tuple[list[tuple[str, int]], list[tuple[str, int, str]]]:
-    from ..sim.memory import kv_capacity
-    from .points import resolve_model
-    pairs, infeasible = [], []
-    for gpu in req.gpus:
-        for tp in req.tps:
-            dep = _deployment(req, gpu, tp, max(req.max_num_seqs))
-            model = resolve_model(dep, req.base_dir)
-            if model.num_attention_heads % tp or (model.num_key_value_heads % tp and tp % model.num_key_value_heads):
-                infeasible.append((gpu, tp, f"TP {tp} does not divide {model.num_attention_heads} attention heads "
-                                            f"/ {model.num_key_value_heads} KV heads"))
-                continue
-            try:
-                kv_capacity(engine_config(dep, req.base_dir))
-            except ValueError as exc:
-                infeasible.append((gpu, tp, str(exc).split(". ")[0]))
-                continue
-            pairs.append((gpu, tp))
-    return pairs, infeasible
+def fewest(ok, r_lo: int, r_cap: int, hopeless) -> int | None:
+    """Fewest ``r`` in ``[r_lo, r_cap]`` with ``ok(r)`` (monotone): doubling steps from ``r_lo``,
+    then bisection; None when ``r_cap`` fails or ``hopeless(r)`` (an engine refusal) stops it."""
+    if ok(r_lo):
+        return r_lo
+    lo, step = r_lo, 1
+    while True:
+        cand = min(lo + step, r_cap)
+        if cand <= lo:
+            return None
+        if ok(cand):
+            hi = cand
+            break
+        if cand >= r_cap or hopeless(cand):
+            return None
+        lo, step = cand, step * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
-def _option(req: PlanRequest, gpu: str, tp: int, mns: int, r: int, r_may: int, ev: Evaluation) -> PlanOption:
+def _option(req: PlanRequest, gpu: str, tp: int, mns: int, r: int, r_may: int, ev: Evaluation,
+            split: tuple[int, int] = (0, 0)) -> PlanOption:
     import pandas as pd
     row = ev.mean_row()
     priced = add_economics(pd.DataFrame([row]), Economics(costs=req.costs_for(gpu)), tp=tp).iloc[0]
-    per_replica = float(priced["cost_per_h"])
-    cost = per_replica * r
+    # A cluster row (plan --router, --disaggregated) is priced for all its GPUs (num_gpus_total).
+    cost = float(priced["cost_per_h"]) * (1 if "num_gpus_total" in row else r)
+    per_replica = cost / r
     per_req_tokens = (row["total_input_tokens"] + row["total_output_tokens"]) / max(row["completed"], 1)
     per_req_out = row["total_output_tokens"] / max(row["completed"], 1)
     tokens_m_per_h = req.demand_rps * 3600 / 1e6
     return PlanOption(gpu, tp, mns, r, (r_may, r), cost, (per_replica * r_may, cost),
                       cost / (tokens_m_per_h * per_req_tokens), cost / (tokens_m_per_h * per_req_out),
-                      req.demand_rps / r, row, ev)
+                      req.demand_rps / r, row, ev, *split)
 
 
 def plan(req: PlanRequest) -> PlanResult:
@@ -424,6 +395,8 @@ def plan(req: PlanRequest) -> PlanResult:
             for mns, (r, r_may, evals) in zip(req.max_num_seqs, pool.map(search_replicas, jobs)):
                 sims += sum(e.num_simulations for e in evals.values())
                 rejected += [(gpu, tp, mns, k, e.reason) for k, e in sorted(evals.items()) if e.reason]
+                _progress(req, f"{gpu} TP{tp} max_num_seqs={mns} collocated: "
+                               + (f"{r} replicas" if r is not None else "no answer") + f", {sims} simulations")
                 if r is None:
                     last = max(evals) if evals else r_lo
                     unmet.append((gpu, tp, mns, last, evals[last].reason if evals else "not evaluated"))
@@ -431,11 +404,23 @@ def plan(req: PlanRequest) -> PlanResult:
                 opt = _option(req, gpu, tp, mns, r, r_may, evals[r])
                 options.append(opt)
                 best = min(best, opt.cost_per_h)
+            if req.disaggregated:
+                from .plan_disagg import search_pools
+                pooled, n_sims = search_pools(pool, req, gpu, tp, r_lo, r_cap, rejected, unmet)
+                sims += n_sims
+                options += pooled
+                best = min([best] + [o.cost_per_h for o in pooled])
     options.sort(key=lambda o: (o.cost_per_h, o.num_gpus, o.row.get("p99_ttft_ms", math.inf)))
     result = PlanResult(options, infeasible, pruned, sims, time.perf_counter() - t0, rejected=rejected, unmet=unmet)
     from .assumptions import plan_assumptions
     result.assumptions = plan_assumptions(req, options[0] if options else None)
     return result
+
+
+def _progress(req: PlanRequest, text: str) -> None:
+    if req.progress:
+        import sys
+        print(f"[plan] {text}", file=sys.stderr, flush=True)
 
 
 def add_economics_fixed(req: PlanRequest, gpu: str, tp: int) -> float:
