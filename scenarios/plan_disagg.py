@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .plan import Evaluation, _option, _progress, _scenario, evaluate, fewest
+from .plan_search import Evaluation, _option, _progress, evaluate, fewest
+from .plan_space import _scenario
 
 if TYPE_CHECKING:
-    from .plan import PlanOption, PlanRequest
+    from .plan_search import PlanOption, PlanRequest
 
 # prefill:decode ratios tried at each replica count (bounded: at most 5 splits per count)
 DISAGG_RATIOS: tuple[tuple[int, int], ...] = ((1, 1), (2, 1), (1, 2), (3, 1), (1, 3))

@@ -10,7 +10,7 @@ import math
 import sys
 
 from .assumptions import describe_lengths, finite
-from .plan import PlanOption, PlanRequest, PlanResult
+from .plan_search import PlanOption, PlanRequest, PlanResult
 
 WHY_SWEEP_DIFFERS = ("`servesim sweep` advice answers another question: its best point is the maximum-profit "
                      "point (or saturation) capped by the SLO limit of one replica's curve, and it sizes a fleet "

@@ -11,7 +11,7 @@ from .points import PointTask, engine_config, run_point
 from .schema import ArrivalKind, Axis, Deployment, EngineKnobs, Scenario, Sweep
 
 if TYPE_CHECKING:
-    from .plan import PlanRequest
+    from .plan_search import PlanRequest
 
 
 LONG_WORKLOAD_LEN = 16384  # max_model_len for workloads whose longest request is not known up front
