@@ -13,7 +13,7 @@ from ..sim.uncertainty import Interval, combine
 from .assumptions import finite
 from .cluster_point import as_cluster, as_disaggregated
 from .economics import add_economics
-from .plan_space import _scenario, model_len, probe
+from .plan_space import _scenario
 from .points import PointTask, run_converged, run_point
 from .schema import SLO, ArrivalKind, Costs, Economics, Scenario, WorkloadSection
 from .stability import ConvergenceRule, describe_instability, t_quantile
