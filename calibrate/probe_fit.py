@@ -376,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description=(__doc__ or "").split("\n")[0])
     parser.add_argument("run_dir")
     # The measured deployment: EngineArgs' flags (--model, --gpu, --engine, --tp), model and GPU required.
-    add_args(parser, EngineArgs, DEPLOYMENT_FLAGS, {"model": {"required": True}, "gpu": {"required": True}})
+    add_args(parser, EngineArgs, DEPLOYMENT_FLAGS, {"model": {"required": True, "default": None},
+                                                    "gpu": {"required": True, "default": None}})
     parser.add_argument("--base-profile", help="profile supplying the held terms (default: the shipped one)")
     parser.add_argument("--n-boot", type=int, default=100)
     parser.add_argument("--clock", choices=["wall", "server"], default="wall",
