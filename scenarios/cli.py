@@ -269,8 +269,8 @@ def cmd_regions(args) -> int:
 def plan_workload(text: str, duration_s: float | None, burstiness: float) -> WorkloadSection:
     """The workload of ``--workload``; ``duration_s`` None leaves the run length to the convergence rule."""
     kind = ArrivalKind.POISSON if burstiness == 1.0 else ArrivalKind.GAMMA
-    common = dict(duration_s=duration_s, min_requests=300, max_requests=3000 if duration_s else None,
-                  burstiness=burstiness)
+    common: dict[str, Any] = dict(duration_s=duration_s, min_requests=300,
+                                  max_requests=3000 if duration_s else None, burstiness=burstiness)
     head, _, rest = text.partition(":")
     try:
         if head == "fixed":
