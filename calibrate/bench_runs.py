@@ -52,7 +52,7 @@ _ENGINE_ARGS = {f.name: f for f in fields(EngineArgs)}
 _UNSET = object()
 
 
-def _engine_arg(name: str, default: Any = _UNSET) -> Any:
+def engine_arg(name: str, default: Any = _UNSET) -> Any:
     """A field declared as :class:`EngineArgs`' field ``name`` (its ArgSpec: help, unit, vLLM name,
     range), with its default unless ``default`` replaces it; :func:`check_fields` checks it."""
     f = _ENGINE_ARGS[name]
@@ -67,12 +67,12 @@ class Deployment:
     to 1, what vLLM 0.5.4 ran)."""
 
     name: str = "deployment"
-    engine: str = _engine_arg("engine", "vllm-v0")
+    engine: str = engine_arg("engine", "vllm-v0")
     engine_version: str = ""
-    gpu: str = _engine_arg("gpu")
-    num_scheduler_steps: int = _engine_arg("num_scheduler_steps", 1)
-    max_num_seqs: int | None = _engine_arg("max_num_seqs")
-    gpu_memory_utilization: float = _engine_arg("gpu_memory_utilization")
+    gpu: str = engine_arg("gpu")
+    num_scheduler_steps: int = engine_arg("num_scheduler_steps", 1)
+    max_num_seqs: int | None = engine_arg("max_num_seqs")
+    gpu_memory_utilization: float = engine_arg("gpu_memory_utilization")
 
     def __post_init__(self) -> None:
         check_fields(self)

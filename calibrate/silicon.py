@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..argtypes import add_args
 from ..sim.clients import ClientKind, ClientModel, client_preset
+from ..sim.engine_args import EngineArgs
 from ..sim.profile import Profile
 from .fitting import Coefficient, Source
 from .silicon_fit import (
@@ -130,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                     "and print the residuals by isl and concurrency")
     ap.add_argument("--max-nfev", type=int, default=30)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--max-num-batched-tokens", type=int, help="the runs' vLLM token budget per step "
-                    "(default: the inferred 2048; vllm serve's own default on H100 is 8192)")
+    add_args(ap, EngineArgs, ("max_num_batched_tokens",), {"max_num_batched_tokens": {
+        "help": "the runs' vLLM token budget per step [tokens] (default: the inferred 2048; vllm serve's own "
+                "default on H100 is 8192) (vLLM --max-num-batched-tokens)"}})
     args = ap.parse_args(argv)
     try:
         path = Path(args.csv) if args.csv else find_shared_data(SILICON_FILE)

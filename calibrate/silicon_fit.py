@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sim.arg_spec import check_fields
 from ..sim.clients import ClientModel
 from ..sim.config import make_engine_config
 from ..sim.gpus import get_gpu
@@ -37,6 +38,7 @@ from ..sim.model_catalog import get_model
 from ..sim.profile import Profile
 from ..sim.runner import simulate
 from ..sim.workload import ClosedLoop
+from .bench_runs import engine_arg
 from .fitting import CachedResiduals, bootstrap, bounded_least_squares, bounds_arrays, gauss_newton_step, residual_rows
 
 SILICON_FILE = "h100/aiconfigurator_silicon/qwen3_32b_vllm_0.12.csv"
@@ -66,8 +68,11 @@ class Deployment:
     concurrency; it never binds here.
     """
 
-    max_num_batched_tokens: int = 2048
-    max_num_seqs: int = 128
+    max_num_batched_tokens: int = engine_arg("max_num_batched_tokens", 2048)
+    max_num_seqs: int = engine_arg("max_num_seqs", 128)
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # by EngineArgs' rules
 
 
 DEPLOYMENT = Deployment()
