@@ -23,11 +23,14 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..sim.arg_spec import check_fields
+from ..sim.engine_args import EngineArgs
 from ..sim.metrics import summarize
 from ..sim.workload import Workload, gamma_arrivals, spawn_streams
 from .measured_run import bench_requests
@@ -45,25 +48,37 @@ OPEN_LOOP_METRICS = ("mean_ttft_ms", "mean_tpot_ms", "mean_itl_ms")
 MAX_FAILED_FRACTION = 0.5
 
 
+_ENGINE_ARGS = {f.name: f for f in fields(EngineArgs)}
+_UNSET = object()
+
+
+def engine_arg(name: str, default: Any = _UNSET) -> Any:
+    """A field declared as :class:`EngineArgs`' field ``name`` (its ArgSpec: help, unit, vLLM name,
+    range), with its default unless ``default`` replaces it; :func:`check_fields` checks it."""
+    f = _ENGINE_ARGS[name]
+    return field(default=f.default if default is _UNSET else default, metadata=f.metadata)
+
+
 @dataclass(frozen=True)
 class Deployment:
-    """The server settings a set of runs shares and the files do not record."""
+    """The server settings a set of runs shares and the files do not record: ``name`` and
+    ``engine_version`` label the fit, the rest are :class:`EngineArgs` fields with its checks
+    (``engine`` defaults to vllm-v0, the generation of the ML.ENERGY runs; ``num_scheduler_steps``
+    to 1, what vLLM 0.5.4 ran)."""
 
     name: str = "deployment"
-    engine: str = "vllm-v0"
+    engine: str = engine_arg("engine", "vllm-v0")
     engine_version: str = ""
-    gpu: str = "h100-sxm"
-    num_scheduler_steps: int = 1
-    max_num_seqs: int | None = None
-    gpu_memory_utilization: float = 0.9
+    gpu: str = engine_arg("gpu")
+    num_scheduler_steps: int = engine_arg("num_scheduler_steps", 1)
+    max_num_seqs: int | None = engine_arg("max_num_seqs")
+    gpu_memory_utilization: float = engine_arg("gpu_memory_utilization")
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.gpu_memory_utilization <= 1.0:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1] (got {self.gpu_memory_utilization})")
-        if self.num_scheduler_steps < 1:
-            raise ValueError(f"num_scheduler_steps must be >= 1 (got {self.num_scheduler_steps})")
+        check_fields(self)
 
-    def knobs(self) -> dict:
+    def knobs(self) -> dict[str, Any]:
+        """The engine knobs (``EngineArgs`` field names) beyond the engine and GPU."""
         return {"num_scheduler_steps": self.num_scheduler_steps, "max_num_seqs": self.max_num_seqs,
                 "gpu_memory_utilization": self.gpu_memory_utilization}
 

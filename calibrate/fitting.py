@@ -120,6 +120,8 @@ BOUNDS: dict[str, Bound] = {
     "layer_overhead_s": Bound(0.0, 1e-3, "s per layer and step (kernel launches)", _CPU),
     "prefill_layer_overhead_s": Bound(0.0, 5e-3, "s per layer of a step holding a prefill (eager)", _CPU),
     "api_server_request_s": Bound(0.0, 0.02, "s per request in the API server", _CPU),
+    "api_overhead_s": Bound(0.0, 1.0, "s of TTFT beyond the engine's steps (HTTP, tokenisation, scheduling wait)",
+                            f"{_CPU}; probe_fit reports it, no profile holds it"),
     "request_overhead_s": Bound(0.0, 0.3, "s per request on the client's path", "client time; >= 0"),
     "jitter_s": Bound(0.0, 0.2, "s, spread of the client's per-request time", "a spread; >= 0"),
     # KV-capacity memory terms (calibrate/kv_capacity.py; MemoryCoefficients' invariant).

@@ -35,6 +35,8 @@ import pandas as pd
 import yaml
 from scipy.optimize import OptimizeResult
 
+from ..argtypes import add_args
+from ..sim.engine_args import EngineArgs, EngineVersion
 from .fitting import Coefficient, Source, bootstrap, bounded_least_squares, jacobian_stderr
 
 TABLES = {
@@ -50,7 +52,7 @@ HARDWARE_YAML = "h100_sxm.yaml"
 SERVING_DIMS = (1024, 1536, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192, 10240, 12288, 16384)
 LM_HEAD_N = (51200, 65536)
 GEMMS_PER_LAYER = 4  # qkv, o, gate_up, down: what layer_overhead_s pays per layer besides attention
-ENGINE_VERSIONS = {"vllm-v1": "0.24.0", "vllm-v0": "0.5.4"}
+ENGINE_VERSIONS = {EngineVersion.V1.value: "0.24.0", EngineVersion.V0.value: "0.5.4"}
 # CPU-side priors (no kernel table measures them): (value, stderr) in seconds.  v1 (0.8+): CUDA
 # graphs, async output, a few ms per step; v0 0.5.x: Python scheduling and detokenisation, known to
 # be CPU-bound at large batch.  The "calibration" issue refits them end to end.
@@ -463,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n")[0])
     parser.add_argument("data_dir", help="folder with the aiconfigurator H100 parquet tables and h100_sxm.yaml")
     parser.add_argument("-o", "--output", required=True, help="profile JSON to write")
-    parser.add_argument("--engine", choices=sorted(ENGINE_VERSIONS), default="vllm-v1")
+    add_args(parser, EngineArgs, ("engine",))  # EngineArgs' --engine: its choices, default and help
     parser.add_argument("--power-yaml", help="Splitwise configs_power_model_constant.yaml "
                         "(default: DATA_DIR/../splitwise/)")
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap resamples per fit (default 200)")

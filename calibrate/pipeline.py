@@ -61,7 +61,7 @@ def classify(path: Path) -> str:
                          "(run.json) nor vllm bench --save-result files")
     if not path.exists():
         raise ValueError(f"calibration input {path} not found")
-    from .silicon import is_silicon_csv
+    from .silicon_fit import is_silicon_csv
     if is_silicon_csv(path):
         return "silicon"
     if path.suffix == ".csv":
@@ -190,7 +190,7 @@ def calibrate(inputs: list[str | Path], engine: str, gpu: str = "h100-sxm", base
                                "source": "ML.ENERGY leaderboard v2 chat, vLLM 0.5.4, NVIDIA H100 80GB HBM3",
                                "assumptions": "see servesim.calibrate.mlenergy docstring"})
         elif kind == "silicon":
-            from .silicon_cli import calibrate_into
+            from .silicon import calibrate_into
             calibrate_into(data, path, Profile.from_dict(data), engine, workers, max_nfev, log=log)
         elif kind == "bench_json":
             bench_inputs.append(raw)

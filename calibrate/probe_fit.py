@@ -23,12 +23,15 @@ step cost are both constant at small batches; they separate only through decode 
 compute-bound regime (large N), so a run must reach it (the shipped plans go to N = 512).
 
 Loss: least squares of ``predicted/measured - 1`` (relative error, each point weight 1), soft-L1
-against outliers; ``stderr`` is a cluster bootstrap over probe points (Jacobian stderr beside it).
+against outliers, within the ranges of the one bounds table (:data:`servesim.calibrate.fitting.BOUNDS`);
+``stderr`` is a cluster bootstrap over probe points (:func:`~servesim.calibrate.fitting.bootstrap`;
+Jacobian stderr beside it).
 Times are multiplied by the run's ``time_scale`` (``servesim serve --speed K`` runs; 1 for vLLM).
 KV capacity: the ``kv_capacity`` read-out gives ``num_gpu_blocks``; ``non_torch_bytes`` is derived as
 the value that makes :mod:`servesim.sim.memory` reproduce it.
 
-CLI: ``python -m servesim.calibrate.probe_fit RUN_DIR --model M --gpu G --engine E -o OUT.json``.
+CLI: ``python -m servesim.calibrate.probe_fit RUN_DIR --model M --gpu G --engine E -o OUT.json``
+(the deployment flags are :class:`~servesim.sim.engine_args.EngineArgs`' own).
 """
 from __future__ import annotations
 
@@ -38,27 +41,32 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import least_squares
+from scipy.optimize import OptimizeResult
 
+from ..argtypes import add_args, engine_args_from
 from ..measure.rundir import POINTS, REQUESTS, RUN_JSON, load_requests, load_run
-from ..sim.config import make_engine_config
+from ..sim.config import EngineConfig, create_engine_config
 from ..sim.cost_model import StepCostModel, step_time_from_terms
-from ..sim.gpus import get_gpu
+from ..sim.engine_args import EngineArgs
+from ..sim.gpus import GPUSpec
 from ..sim.memory import kv_capacity
-from ..sim.model_catalog import get_model
-from ..sim.profile import Profile, StepCoefficients, default_profile, load_profile
+from ..sim.models import ModelSpec
+from ..sim.profile import Profile, StepCoefficients, load_profile
+from .fitting import BOUNDS, Coefficient, Source, bootstrap, bounded_least_squares, bounds_arrays, jacobian_stderr
 
 FREE = ("eff_mm", "eff_bw", "eff_attn_prefill", "eff_attn_decode", "step_overhead_s", "per_seq_overhead_s",
         "api_overhead_s")
-BOUNDS = {"eff_mm": (0.01, 1.5), "eff_bw": (0.01, 1.5), "eff_attn_prefill": (0.01, 1.5),
-          "eff_attn_decode": (0.01, 1.5), "step_overhead_s": (0.0, 0.1), "per_seq_overhead_s": (0.0, 0.01),
-          "api_overhead_s": (0.0, 1.0)}
+# Fitted but no profile coefficient: the TTFT beyond the engine's steps, reported in fit_report only.
+REPORTED_ONLY = ("api_overhead_s",)
 SCALE = {"eff_mm": 1.0, "eff_bw": 1.0, "eff_attn_prefill": 1.0, "eff_attn_decode": 1.0, "step_overhead_s": 1e-3,
          "per_seq_overhead_s": 1e-5, "api_overhead_s": 1e-3}
 MIN_WINDOW_STEPS = 4
+# The EngineArgs fields the command line takes: the deployment the probe run measured.
+DEPLOYMENT_FLAGS = ("model", "gpu", "engine", "tensor_parallel_size")
 
 
 # ----- observations ------------------------------------------------------------------------------
@@ -144,7 +152,8 @@ class Features:
     base: dict
 
     @classmethod
-    def of(cls, model, gpu, base: StepCoefficients, tp: int, weight_dtype, kv_dtype) -> Features:
+    def of(cls, model: ModelSpec, gpu: GPUSpec, base: StepCoefficients, tp: int, weight_dtype: str,
+           kv_dtype: str) -> Features:
         return cls(StepCostModel(model, gpu, base, tp, weight_dtype, kv_dtype), dataclasses.asdict(base))
 
     def step_s(self, p: dict, tokens, seqs, pairs, ctx, prefill_tokens=0):
@@ -176,18 +185,22 @@ def _predict(feat: Features, p: dict, pre: tuple, dec: pd.DataFrame, n_pre: int)
     return np.concatenate([ttft, feat.step_s(p, n, n, 0.0, dec.context_tokens.to_numpy(float))])
 
 
-def _solve(feat, start: dict, pre, dec, measured, n_pre, rows=None):
+def _solve(feat: Features, start: dict[str, float], pre: tuple, dec: pd.DataFrame, measured: np.ndarray,
+           n_pre: int, rows: np.ndarray | None = None) -> tuple[OptimizeResult, np.ndarray]:
+    """Soft-L1 least squares of the relative errors (of ``rows`` only, a bootstrap replicate, when
+    given) from ``start``, each term within its :data:`BOUNDS` range; the optimiser's variables
+    are the terms divided by ``SCALE`` (returned beside the result)."""
     names = list(start)
     scale = np.array([SCALE[n] for n in names])
 
-    def residuals(x):
+    def residuals(x: np.ndarray) -> np.ndarray:
         rel = _predict(feat, dict(zip(names, x * scale)), pre, dec, n_pre) / measured - 1.0
         return rel if rows is None else rel[rows]
 
-    lo = np.array([BOUNDS[n][0] for n in names]) / scale
-    hi = np.array([BOUNDS[n][1] for n in names]) / scale
+    lo, hi = bounds_arrays(names)
+    lo, hi = lo / scale, hi / scale
     x0 = np.clip(np.array([start[n] for n in names]) / scale, lo, hi)
-    return least_squares(residuals, x0, bounds=(lo, hi), loss="soft_l1", f_scale=0.05, method="trf"), scale
+    return bounded_least_squares(residuals, x0, (lo, hi), loss="soft_l1", f_scale=0.05, method="trf"), scale
 
 
 def _scheduler(run: dict, engine: str) -> dict:
@@ -209,7 +222,7 @@ def _residual_summary(rel: np.ndarray) -> dict:
             "max_abs_rel_err": float(np.max(np.abs(rel))), "median_rel_err": float(np.median(rel))}
 
 
-def _kv_memory(run: dict, cfg) -> tuple[dict, dict]:
+def _kv_memory(run: dict, cfg: EngineConfig) -> tuple[dict, dict[str, Any]]:
     """(memory entries, report): ``non_torch_bytes`` that reproduces the reported ``num_gpu_blocks``."""
     kv = run.get("kv_capacity") or {}
     blocks = kv.get("num_gpu_blocks")
@@ -223,16 +236,16 @@ def _kv_memory(run: dict, cfg) -> tuple[dict, dict]:
     tp_part = mem.non_torch_bytes - cfg.profile.memory.non_torch_bytes
     non_torch = (mem.budget_bytes - mem.weight_bytes - mem.activation_bytes - mem.cuda_graph_bytes - kv_bytes
                  - tp_part)
-    report = {"reported": True, "num_gpu_blocks": int(blocks), "kv_capacity_tokens": int(blocks * cfg.cache.block_size),
+    report: dict[str, Any] = {"reported": True, "num_gpu_blocks": int(blocks), "kv_capacity_tokens": int(blocks * cfg.cache.block_size),
               "memory_model_blocks": mem.num_gpu_blocks, "derived_non_torch_bytes": float(non_torch)}
     if non_torch < 0:
         report["note"] = "negative: the activation/graph priors overestimate; non_torch_bytes not updated"
         return {}, report
     prior_se = float(np.hypot(cfg.profile.uncertainty.get("sampler_bytes_per_logit", 1.0) * cfg.model.vocab_size
                               * min(cfg.scheduler.max_num_seqs, cfg.scheduler.max_num_batched_tokens), 3e8))
-    return {"non_torch_bytes": {"value": float(f"{non_torch:.4g}"), "stderr": float(f"{prior_se:.2g}"),
-                                "source": f"derived: reproduces num_gpu_blocks={blocks} reported by the server, "
-                                          "given the activation and CUDA-graph priors"}}, report
+    return {"non_torch_bytes": _entry(non_torch, prior_se, Source.DERIVED,
+                                      f"derived: reproduces num_gpu_blocks={blocks} reported by the server, "
+                                      "given the activation and CUDA-graph priors")}, report
 
 
 def fit_probe_run(run_dir: str | Path, model: str, gpu: str, engine: str, tp: int = 1,
@@ -249,12 +262,14 @@ def fit_probe_run(run_dir: str | Path, model: str, gpu: str, engine: str, tp: in
     """
     run_dir = Path(run_dir)
     run = load_run(run_dir)
-    base: Profile = load_profile(base_profile) if base_profile else default_profile(gpu, engine)
     sched = _scheduler(run, engine)
-    cfg = make_engine_config(get_model(model), get_gpu(gpu), engine, tp=tp, profile=base,
-                             max_num_batched_tokens=sched["max_num_batched_tokens"],
-                             enable_chunked_prefill=sched["enable_chunked_prefill"] if engine == "vllm-v0" else None,
-                             max_model_len=sched["max_model_len"])
+    args = EngineArgs(model=model, gpu=gpu, engine=engine, tensor_parallel_size=tp,
+                      max_num_batched_tokens=sched["max_num_batched_tokens"],
+                      enable_chunked_prefill=sched["enable_chunked_prefill"] if engine == "vllm-v0" else None,
+                      max_model_len=sched["max_model_len"])
+    # base_profile None: the shipped profile of the GPU and engine (create_engine_config's default)
+    cfg = create_engine_config(args, profile=load_profile(base_profile) if base_profile else None)
+    base: Profile = cfg.profile
     if clock not in ("wall", "server"):
         raise ValueError(f"clock must be 'wall' or 'server' (got {clock!r})")
     df = load_requests(run_dir)
@@ -275,19 +290,15 @@ def fit_probe_run(run_dir: str | Path, model: str, gpu: str, engine: str, tp: in
     start = {n: getattr(base.step, n, 1e-3) for n in FREE}
     best, scale = _solve(feat, start, pre, dec_obs, measured, n_pre)
     values = dict(zip(FREE, best.x * scale))
-    at_bounds = [n for n in FREE if values[n] <= BOUNDS[n][0] * (1 + 1e-6) or values[n] >= BOUNDS[n][1] * (1 - 1e-6)]
+    at_bounds = [n for n in FREE if values[n] <= BOUNDS[n].low * (1 + 1e-6) or values[n] >= BOUNDS[n].high * (1 - 1e-6)]
     rel = _predict(feat, values, pre, dec_obs, n_pre) / measured - 1.0
-    dof = max(len(measured) - len(FREE), 1)
-    cov = np.linalg.pinv(best.jac.T @ best.jac) * (float(np.sum(rel ** 2)) / dof)
-    jac_se = dict(zip(FREE, np.sqrt(np.clip(np.diag(cov), 0, None)) * scale))
+    # s^2 (J^T J)^+ with s^2 from the plain relative errors (not the soft-L1 loss) over m - n dof
+    jac_se = dict(zip(FREE, jacobian_stderr(best.jac, rel) * scale))
     boot_se = jac_se
     if n_boot > 0:  # cluster bootstrap: every probe point is one cluster (its repeats share their error)
-        rng = np.random.default_rng(seed)
-        draws = []
-        for _ in range(n_boot):
-            rows = rng.integers(0, len(measured), len(measured))
-            fit, _ = _solve(feat, values, pre, dec_obs, measured, n_pre, rows)
-            draws.append(fit.x * scale)
+        def refit(rows: np.ndarray) -> np.ndarray:
+            return np.asarray(_solve(feat, values, pre, dec_obs, measured, n_pre, rows)[0].x * scale)
+        draws = bootstrap(len(measured), n_boot, seed, refit)
         boot_se = dict(zip(FREE, np.std(draws, axis=0, ddof=1)))
     memory, kv_report = _kv_memory(run, cfg)
     profile = _profile(run_dir, run, base, cfg, values, boot_se, jac_se, rel, n_pre, pre_obs, dec_obs, skipped,
@@ -300,9 +311,9 @@ def _sha256(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
-def _entry(value, stderr, source) -> dict:
-    return {"value": float(f"{value:.4g}"), "stderr": None if stderr is None else float(f"{stderr:.2g}"),
-            "source": source}
+def _entry(value: float, stderr: float | None, source: Source, provenance: str) -> dict[str, Any]:
+    """A profile entry: value to 4 and stderr to 2 significant digits (:class:`Coefficient`)."""
+    return Coefficient(float(value), None if stderr is None else float(stderr), source, provenance).entry(4, 2)
 
 
 def _profile(run_dir, run, base, cfg, values, boot_se, jac_se, rel, n_pre, pre_obs, dec_obs, skipped, memory,
@@ -312,14 +323,16 @@ def _profile(run_dir, run, base, cfg, values, boot_se, jac_se, rel, n_pre, pre_o
     coefficients = {}
     for f in dataclasses.fields(StepCoefficients):
         if f.name in values:
-            coefficients[f.name] = _entry(values[f.name], boot_se[f.name], src)
+            coefficients[f.name] = _entry(values[f.name], boot_se[f.name], Source.FITTED, src)
         else:
-            coefficients[f.name] = _entry(getattr(base.step, f.name), base.uncertainty.get(f.name),
+            coefficients[f.name] = _entry(getattr(base.step, f.name), base.uncertainty.get(f.name), Source.PRIOR,
                                           f"held at base profile {base.name}")
-    mem = {f.name: _entry(getattr(base.memory, f.name), base.uncertainty.get(f.name), f"base profile {base.name}")
+    mem = {f.name: _entry(getattr(base.memory, f.name), base.uncertainty.get(f.name), Source.PRIOR,
+                          f"base profile {base.name}")
            for f in dataclasses.fields(base.memory)}
     mem.update(memory)
-    power = {f.name: _entry(getattr(base.power, f.name), base.uncertainty.get(f.name), f"base profile {base.name}")
+    power = {f.name: _entry(getattr(base.power, f.name), base.uncertainty.get(f.name), Source.PRIOR,
+                            f"base profile {base.name}")
              for f in dataclasses.fields(base.power)}
     server = run.get("server", {})
     report = {
@@ -359,12 +372,12 @@ def _profile(run_dir, run, base, cfg, values, boot_se, jac_se, rel, n_pre, pre_o
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m servesim.calibrate.probe_fit", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m servesim.calibrate.probe_fit",
+                                     description=(__doc__ or "").split("\n")[0])
     parser.add_argument("run_dir")
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--gpu", required=True)
-    parser.add_argument("--engine", default="vllm-v1", choices=["vllm-v1", "vllm-v0"])
-    parser.add_argument("--tp", type=int, default=1)
+    # The measured deployment: EngineArgs' flags (--model, --gpu, --engine, --tp), model and GPU required.
+    add_args(parser, EngineArgs, DEPLOYMENT_FLAGS, {"model": {"required": True, "default": None},
+                                                    "gpu": {"required": True, "default": None}})
     parser.add_argument("--base-profile", help="profile supplying the held terms (default: the shipped one)")
     parser.add_argument("--n-boot", type=int, default=100)
     parser.add_argument("--clock", choices=["wall", "server"], default="wall",
@@ -372,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", required=True)
     args = parser.parse_args(argv)
     try:
-        profile = fit_probe_run(args.run_dir, args.model, args.gpu, args.engine, args.tp, args.base_profile,
-                                args.n_boot, clock=args.clock)
+        deployment = engine_args_from(args)
+        profile = fit_probe_run(args.run_dir, deployment.model, deployment.gpu, deployment.engine,
+                                deployment.tensor_parallel_size, args.base_profile, args.n_boot, clock=args.clock)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,380 +1,251 @@
-"""vLLM v1 CPU-side terms from aiconfigurator's silicon rows, fitted by simulation in the loop.
-
-Input: ``h100/aiconfigurator_silicon/qwen3_32b_vllm_0.12.csv`` (90 real closed-loop runs of vLLM
-0.12 on H100 SXM, Qwen3-32B BF16, TP 2/4/8, concurrency 8-128, fixed isl/osl; mean TTFT and TPOT).
-The file records no client; aiconfigurator's end-to-end numbers come from Dynamo's benchmark
-recipe (genai-perf/aiperf ``--concurrency N --request-count 10N --warmup-request-count 2N``, fixed
-isl/osl with ``ignore_eos``), so each row is replayed as that client: 2N warm-up requests, a
-drained phase boundary, 10N counted requests (:data:`PROTOCOL`; docs/fidelity-v1.md states it
-as an assumption).
-
-The GPU terms stay the kernel-table prior; what is fitted are the CPU-side terms of
-:class:`~servesim.sim.profile.StepCoefficients` that the rows identify and the client's request
-path (:class:`~servesim.sim.clients.ClientModel`).  Residuals are log(simulated / measured) of
-mean TTFT and mean TPOT; standard errors come from a bootstrap over rows (refits on resampled rows,
-started at the optimum).  A term whose bootstrap interval reaches its bound, or whose fitted value
-sits at a bound, is reported as not identified instead of as a value.
-
-``python -m servesim.calibrate.silicon --crossval`` prints leave-one-TP-out and
-leave-one-isl/osl-out errors; ``--fit -o PROFILE`` refits and writes the profile.
-"""
+"""``python -m servesim.calibrate.silicon``: fit, cross-validate, evaluate and plot the vLLM v1
+profile on the silicon rows, and write the fit into a profile (the command line, the profile
+update, the ``servesim calibrate`` hook and the tables of :mod:`servesim.calibrate.silicon_fit`,
+the library this module sits on; the library never imports it back)."""
 from __future__ import annotations
 
-import csv
-import math
-import os
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from ..sim.clients import ClientModel
-from ..sim.config import make_engine_config
-from ..sim.gpus import get_gpu
-from ..sim.model_catalog import get_model
+from ..argtypes import add_args
+from ..sim.clients import ClientKind, ClientModel, client_preset
+from ..sim.engine_args import EngineArgs
 from ..sim.profile import Profile
-from ..sim.runner import simulate
-from ..sim.workload import ClosedLoop
-from .fitting import CachedResiduals, bootstrap, bounded_least_squares, bounds_arrays, gauss_newton_step, residual_rows
-
-SILICON_FILE = "h100/aiconfigurator_silicon/qwen3_32b_vllm_0.12.csv"
-MODELS = {"Qwen/Qwen3-32B": "qwen3-32b"}
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How many requests the client sends per user: warm-up and counted (Dynamo's recipe)."""
-
-    warmup_per_user: int = 2
-    counted_per_user: int = 10
-
-
-PROTOCOL = Protocol()
-
-
-@dataclass(frozen=True)
-class Deployment:
-    """Server flags of the silicon runs, which the file does not record: inferred from the rows.
-
-    ``max_num_batched_tokens`` 2048 is vLLM's ``SchedulerConfig`` default, what an engine gets when
-    it is built under a usage context without its own default (``vllm serve`` on an 80 GB GPU sets
-    8192).  Replayed at 8192 the 1024-token rows keep all users' prefills in one step and TTFT comes
-    out 1.4-2x too high at every concurrency; at 2048 the structure goes (docs/fidelity-v1.md), so
-    2048 is the inferred value.  ``max_num_seqs`` 128 is the same default and the rows' largest
-    concurrency; it never binds here.
-    """
-
-    max_num_batched_tokens: int = 2048
-    max_num_seqs: int = 128
-
-
-DEPLOYMENT = Deployment()
-
-
-@dataclass(frozen=True)
-class SiliconRow:
-    """One measured closed-loop run: ``concurrency`` users, fixed ``isl``/``osl``, on ``tp`` GPUs."""
-
-    key: str
-    model: str
-    isl: int
-    osl: int
-    concurrency: int
-    tp: int
-    ttft_ms: float
-    tpot_ms: float
-
-    def fit_metrics(self) -> dict[str, float]:
-        return {"mean_ttft_ms": self.ttft_ms, "mean_tpot_ms": self.tpot_ms}
-
-
-def load_silicon(path: str | Path) -> list[SiliconRow]:
-    """The rows of an aiconfigurator silicon CSV; ``ValueError`` naming the file and the problem."""
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"silicon CSV {path} not found")
-    rows = []
-    with path.open(encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        need = {"model_path", "isl", "osl", "batch_size", "tp_size", "silicon_ttft_ms", "silicon_tpot_ms"}
-        missing = need - set(reader.fieldnames or ())
-        if missing:
-            raise ValueError(f"{path}: not an aiconfigurator silicon CSV (missing columns {sorted(missing)})")
-        for i, r in enumerate(reader):
-            if r.get("backend", "vllm") != "vllm" or r.get("mode", "agg") != "agg":
-                continue
-            model = MODELS.get(r["model_path"])
-            if model is None:
-                raise ValueError(f"{path} row {i + 2}: model {r['model_path']!r} has no catalogue entry "
-                                 f"(known: {sorted(MODELS)})")
-            rows.append(SiliconRow(r.get("id") or f"row{i}", model, int(float(r["isl"])), int(float(r["osl"])),
-                                   int(float(r["batch_size"])), int(float(r["tp_size"])),
-                                   float(r["silicon_ttft_ms"]), float(r["silicon_tpot_ms"])))
-    if not rows:
-        raise ValueError(f"{path}: no vLLM aggregated rows")
-    return rows
-
-
-def is_silicon_csv(path: Path) -> bool:
-    """True for an aiconfigurator silicon CSV (the ``calibrate`` pipeline's input classifier)."""
-    if path.suffix != ".csv" or not path.is_file():
-        return False
-    header = path.open(encoding="utf-8").readline()
-    return "silicon_ttft_ms" in header and "silicon_tpot_ms" in header
-
-
-def row_workload(row: SiliconRow, client: ClientModel, protocol: Protocol = PROTOCOL, seed: int = 0) -> ClosedLoop:
-    """The row's closed loop: ``concurrency`` users, warm-up then counted requests, fixed lengths."""
-    warm = protocol.warmup_per_user * row.concurrency
-    n = warm + protocol.counted_per_user * row.concurrency
-    return ClosedLoop(row.concurrency, np.full(n, row.isl), np.full(n, row.osl), seed=seed, name=row.key,
-                      client=replace(client, num_warmup_requests=warm))
-
-
-def simulate_row(row: SiliconRow, profile: Profile, client: ClientModel, protocol: Protocol = PROTOCOL,
-                 seed: int = 0, deployment: Deployment | None = None) -> dict[str, float]:
-    """Mean TTFT and TPOT (ms) of the row's simulation, with KV capacity and preemptions."""
-    d = deployment or DEPLOYMENT
-    cfg = make_engine_config(get_model(row.model), get_gpu("h100-sxm"), "vllm-v1", tp=row.tp, profile=profile,
-                             max_num_batched_tokens=d.max_num_batched_tokens, max_num_seqs=d.max_num_seqs)
-    s = simulate(cfg, row_workload(row, client, protocol, seed)).summary
-    return {k: float(s[k]) for k in ("mean_ttft_ms", "mean_tpot_ms", "std_ttft_ms", "num_preemptions",
-                                     "kv_capacity_tokens")}
-
-
-def _task(args) -> dict[str, float]:
-    row, profile, client, deployment = args
-    return simulate_row(row, profile, client, deployment=deployment)
-
-
-class Simulator:
-    """Simulates rows in ``workers`` processes (niced children; one process when ``workers`` is 1)."""
-
-    def __init__(self, workers: int | None = None, deployment: Deployment | None = None) -> None:
-        self.deployment = deployment or DEPLOYMENT
-        self.workers = workers if workers is not None else max(1, min(2, os.cpu_count() or 1))
-        self._pool = (ProcessPoolExecutor(self.workers, initializer=os.nice, initargs=(10,))
-                      if self.workers > 1 else None)
-
-    def __call__(self, rows: list[SiliconRow], profile: Profile, client: ClientModel) -> list[dict]:
-        tasks = [(r, profile, client, self.deployment) for r in rows]
-        if self._pool is None:
-            return [_task(t) for t in tasks]
-        return list(self._pool.map(_task, tasks, chunksize=max(1, len(tasks) // (4 * self.workers))))
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-
-    def __enter__(self) -> Simulator:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def errors(rows: list[SiliconRow], sims: list[dict]) -> dict[str, np.ndarray]:
-    """Relative errors (simulated / measured - 1) of mean TTFT and mean TPOT, per row."""
-    return {"ttft": np.array([s["mean_ttft_ms"] / r.ttft_ms - 1 for r, s in zip(rows, sims)]),
-            "tpot": np.array([s["mean_tpot_ms"] / r.tpot_ms - 1 for r, s in zip(rows, sims)])}
-
-
-
-# Fitted terms: step coefficients (sim/profile.py) and the client's request path (sim/clients.py);
-# their ranges are fitting.BOUNDS, searched in its "silicon" windows.  per_token_overhead_s counts
-# every scheduled token and per_seq_overhead_s every scheduled sequence: for decodes the two are one
-# term per sequence, so per_token_overhead_s is what the data sees as the per-prefill-token cost.
-STEP_TERMS = ("step_overhead_s", "tp_step_overhead_s", "per_seq_overhead_s", "per_token_overhead_s")
-CLIENT_TERMS = ("request_overhead_s", "jitter_s")
-FITTABLE = STEP_TERMS + CLIENT_TERMS
-BOUNDS_FIT = "silicon"  # the fitting.Bound window this fit searches
-DEFAULT_PARAMS = ("step_overhead_s", "tp_step_overhead_s", "per_seq_overhead_s", "per_token_overhead_s",
-                  "request_overhead_s", "jitter_s")
-
-
-def apply(profile: Profile, client: ClientModel, values: dict[str, float]) -> tuple[Profile, ClientModel]:
-    """``profile`` and ``client`` with the fitted ``values`` substituted."""
-    step = {k: v for k, v in values.items() if k in STEP_TERMS}
-    cl = replace(client, request_overhead_s=values.get("request_overhead_s", client.request_overhead_s),
-                 jitter_s=values.get("jitter_s", client.jitter_s))
-    return replace(profile, step=replace(profile.step, **step)), cl
-
-
-def residuals(rows: list[SiliconRow], sims: list[dict]) -> np.ndarray:
-    """log(simulated / measured) of mean TTFT then mean TPOT, row by row."""
-    return np.array([math.log(max(s[m], 1e-9) / v) for r, s in zip(rows, sims) for m, v in r.fit_metrics().items()])
-
-
-@dataclass
-class SiliconFit:
-    """Result of :func:`fit`: values, bootstrap stderr, which terms the rows could not identify."""
-
-    values: dict[str, float]
-    stderr: dict[str, float]
-    unidentified: dict[str, str]
-    sims: list[dict]
-    residuals: np.ndarray
-    nfev: int
-    message: str
-    x: np.ndarray     # optimum in range units of ``params``
-    jac: np.ndarray   # d residual / d x at the optimum
-    params: tuple[str, ...] = ()
-
-
-def fit(rows: list[SiliconRow], profile: Profile, client: ClientModel, params: tuple[str, ...] = DEFAULT_PARAMS,
-        simulator: Simulator | None = None, max_nfev: int = 40, n_boot: int = 200, seed: int = 0,
-        log=print) -> SiliconFit:
-    """Least-squares fit of ``params`` by simulation in the loop (trust region reflective, bounds).
-
-    Standard errors: a linearised bootstrap over rows (resample rows, one Gauss-Newton step from the
-    optimum with the resampled Jacobian and residuals, clipped to the bounds); the spread of the
-    replicates is the stderr.  A term is *not identified* when its value sits within 1% of the
-    range from a bound, or when the 95% bootstrap interval spans more than half its range.
-    """
-    unknown = [p for p in params if p not in FITTABLE]
-    if unknown:
-        raise ValueError(f"cannot fit {unknown} on silicon rows; fittable: {sorted(FITTABLE)}")
-    lo, hi = bounds_arrays(params, BOUNDS_FIT)
-    # Optimise in units of each range, from the prior (profile and client values), kept at least 1%
-    # of the range off the lower bound so the first differences see the term at all.
-    start = {**{k: getattr(profile.step, k) for k in STEP_TERMS}, **{k: getattr(client, k) for k in CLIENT_TERMS}}
-    x0 = np.clip((np.array([start[p] for p in params]) - lo) / (hi - lo), 0.01, 0.99)
-    own = simulator is None
-    simulator = simulator or Simulator()
-
-    def simulate_at(x: np.ndarray) -> tuple[np.ndarray, list]:
-        prof, cl = apply(profile, client, {p: float(lo_i + v * (h - lo_i)) for p, v, lo_i, h in zip(params, x, lo, hi)})
-        sims = simulator(rows, prof, cl)
-        return residuals(rows, sims), sims
-
-    def on_new(x: np.ndarray, r: np.ndarray) -> None:
-        log(f"  eval {len(cached.cache):3d}: rms log error {math.sqrt(float(r @ r) / len(r)):.4f}  "
-            + " ".join(f"{p}={lo_i + v * (h - lo_i):.3g}" for p, v, lo_i, h in zip(params, x, lo, hi)))
-
-    cached = CachedResiduals(simulate_at, 10, on_new)
-
-    def jacobian(x: np.ndarray) -> np.ndarray:
-        # Forward differences of 2% of each range (backward at the upper bound): the simulated
-        # means are piecewise smooth in the coefficients, so steps must span many engine steps.
-        f0 = cached(x)
-        cols = []
-        for i in range(len(x)):
-            h = 0.02 if x[i] + 0.02 <= 1.0 else -0.02
-            xi = x.copy()
-            xi[i] += h
-            cols.append((cached(xi) - f0) / h)
-        return np.column_stack(cols)
-
-    try:
-        res = bounded_least_squares(cached, x0, jac=jacobian, bounds=(np.zeros(len(params)), np.ones(len(params))),
-                                    max_nfev=max_nfev, x_scale=1.0)
-    finally:
-        if own:
-            simulator.close()
-    values = {p: float(lo_i + v * (h - lo_i)) for p, v, lo_i, h in zip(params, res.x, lo, hi)}
-    r, sims = cached.at(res.x)
-    stderr, unidentified = _bootstrap(rows, res.x, res.jac, res.fun, params, lo, hi, n_boot, seed)
-    return SiliconFit(values, stderr, unidentified, sims, np.asarray(r), len(cached.cache), str(res.message),
-                      np.asarray(res.x), np.asarray(res.jac), tuple(params))
-
-
-def _bootstrap(rows, x, jac, fun, params, lo, hi, n_boot: int, seed: int) -> tuple[dict, dict]:
-    """Row-bootstrap stderr (linearised at the optimum ``x``, in range units) and the terms the rows
-    do not identify: zero sensitivity, a value at a bound, or a bootstrap interval over half the range."""
-    span = hi - lo
-    value = lo + x * span
-    reps = np.empty((0, len(params)))
-    if n_boot:
-        per_row = len(fun) // len(rows)
-
-        def refit(pick: np.ndarray) -> np.ndarray:
-            return lo + np.clip(x + gauss_newton_step(jac, fun, residual_rows(pick, per_row)), 0.0, 1.0) * span
-
-        reps = bootstrap(len(rows), n_boot, seed, refit)
-    stderr = {p: float(reps[:, i].std(ddof=1)) if len(reps) > 1 else math.nan for i, p in enumerate(params)}
-    unidentified = {}
-    col = np.linalg.norm(jac, axis=0) if jac is not None and jac.size else np.zeros(len(params))
-    for i, p in enumerate(params):
-        if col[i] <= 1e-6 * max(float(col.max()), 1e-300):
-            unidentified[p] = "the rows do not depend on it (zero sensitivity of every residual)"
-        elif x[i] < 0.01 or x[i] > 0.99:
-            unidentified[p] = f"at or within 1% of a bound ({value[i]:.3g}; range {lo[i]:.3g}..{hi[i]:.3g})"
-        elif len(reps) > 1:
-            q_lo, q_hi = np.percentile(reps[:, i], [2.5, 97.5])
-            if q_hi - q_lo > 0.5 * span[i]:
-                unidentified[p] = f"95% bootstrap interval {q_lo:.3g}..{q_hi:.3g} spans most of its range"
-    return stderr, unidentified
-
-
-# ------------------------------------------------------------------------------ cross-validation
-
-def splits(rows: list[SiliconRow]) -> dict[str, list[tuple[str, list[int], list[int]]]]:
-    """Leave-one-TP-out and leave-one-isl/osl-out folds: name -> [(held-out label, train, test)]."""
-    def by(key) -> list[tuple[str, list[int], list[int]]]:
-        labels = sorted({key(r) for r in rows})
-        return [(str(v), [i for i, r in enumerate(rows) if key(r) != v], [i for i, r in enumerate(rows) if key(r) == v])
-                for v in labels]
-    return {"tp": by(lambda r: f"tp{r.tp}"), "isl_osl": by(lambda r: f"{r.isl}/{r.osl}")}
-
-
-def median_abs(values: np.ndarray) -> float:
-    return float(np.median(np.abs(values))) if len(values) else math.nan
-
-
-def crossval(rows: list[SiliconRow], profile: Profile, client: ClientModel, params: tuple[str, ...],
-             simulator: Simulator, max_nfev: int, full: SiliconFit | None = None, exact: bool = False,
-             only: tuple[str, ...] = ("tp", "isl_osl"), log=print) -> list[dict]:
-    """Refit ``params`` without each fold's rows and score the held-out rows by simulation.
-
-    ``exact``: a full refit per fold from the prior (as :func:`fit`; minutes per fold).  Otherwise
-    the refit is linearised: Gauss-Newton steps on the *training* rows' residuals and Jacobian of
-    the full fit ``full``, from its optimum, to the training rows' own least-squares point (clipped
-    to the bounds); the held-out rows are then simulated with those values.  Held-out residuals
-    never enter a refit, but the linearisation point saw them, so this approximates the exact refit.
-    """
-    lo, hi = bounds_arrays(params, BOUNDS_FIT)
-    per_row = 2
-    out = []
-    for split, folds in splits(rows).items():
-        if split not in only:
+from .fitting import Coefficient, Source
+from .silicon_fit import (
+    CLIENT_TERMS,
+    DEFAULT_PARAMS,
+    DEPLOYMENT,
+    FITTABLE,
+    PROTOCOL,
+    SILICON_FILE,
+    STEP_TERMS,
+    Deployment,
+    SiliconFit,
+    SiliconRow,
+    Simulator,
+    apply,
+    crossval,
+    errors,
+    evaluate,
+    fit,
+    load_silicon,
+    median_abs,
+)
+
+# ------------------------------------------------------------------------------ profile + command
+
+def provenance(path: Path, rows: list[SiliconRow]) -> dict:
+    from .kernel_tables import _sha256
+    return {"file": SILICON_FILE if str(path).endswith(SILICON_FILE) else str(path), "sha256": _sha256(path),
+            "rows": len(rows), "kind": "end-to-end closed loop (mean TTFT, mean TPOT)",
+            "framework": "vLLM 0.12.0 (v1 engine)", "gpu": "H100 SXM", "model": "Qwen/Qwen3-32B BF16",
+            "origin": "ai-dynamo/aiconfigurator systems/silicon_sample.csv in the PyPI wheel aiconfigurator-core 0.12",
+            "client_assumed": f"aiperf --concurrency N, {PROTOCOL.warmup_per_user}N warm-up requests "
+                              f"(drained), {PROTOCOL.counted_per_user}N counted",
+            "server_flags_inferred": f"max_num_batched_tokens {DEPLOYMENT.max_num_batched_tokens}, "
+                                     f"max_num_seqs {DEPLOYMENT.max_num_seqs} (not recorded in the file)"}
+
+
+def update_profile(data: dict, f: SiliconFit, rows: list[SiliconRow], path: Path, client: ClientModel) -> dict:
+    """Write the fitted step coefficients (value, bootstrap stderr, source) into a profile dict;
+    unidentified terms keep their previous value and say so; the memory section is not touched."""
+    src = (f"end-to-end fit on {len(rows)} vLLM 0.12 silicon rows (Qwen3-32B, TP 2/4/8), simulation in the "
+           f"loop with the aiperf client; stderr: row bootstrap")
+    for p, v in f.values.items():
+        if p not in STEP_TERMS:
             continue
-        for label, train, test in folds:
-            log(f"{split}: holding out {label} ({len(test)} rows), refitting on {len(train)}")
-            if exact or full is None:
-                f = fit([rows[i] for i in train], profile, client, params, simulator, max_nfev=max_nfev, n_boot=0,
-                        log=lambda m: None)
-                values = f.values
-            else:
-                step = gauss_newton_step(full.jac, full.residuals, residual_rows(np.asarray(train), per_row))
-                x = np.clip(full.x + step, 0.0, 1.0)
-                values = {p: float(lo_i + v * (h - lo_i)) for p, v, lo_i, h in zip(params, x, lo, hi)}
-            prof, cl = apply(profile, client, values)
-            held = [rows[i] for i in test]
-            e = errors(held, simulator(held, prof, cl))
-            out.append({"split": split, "held_out": label, "rows": len(test), "values": values,
-                        "ttft": median_abs(e["ttft"]), "tpot": median_abs(e["tpot"]),
-                        "refit": "exact" if exact or full is None else "linearised"})
-            log(f"  held-out median |error|: TTFT {out[-1]['ttft']:.1%}, TPOT {out[-1]['tpot']:.1%}")
-    return out
+        entry = data["coefficients"].setdefault(p, {})
+        if p in f.unidentified:
+            entry["source"] = f"{entry.get('source', 'prior')}; not identified by the silicon rows: {f.unidentified[p]}"
+            continue
+        data["coefficients"][p] = Coefficient(v, f.stderr[p], Source.FITTED, src).entry(4, 2)
+    e = errors(rows, f.sims) if f.sims else {"ttft": np.array([]), "tpot": np.array([])}
+    data.setdefault("fit_report", {})["silicon_vllm_0.12"] = {
+        "values": f.values, "stderr": f.stderr, "not_identified": f.unidentified, "nfev": f.nfev,
+        "message": f.message, "in_sample_median_abs_rel_error": {"mean_ttft_ms": median_abs(e["ttft"]),
+                                                                  "mean_tpot_ms": median_abs(e["tpot"])},
+        "client": {"kind": client.kind.value, **{k: f.values.get(k, getattr(client, k)) for k in CLIENT_TERMS}},
+        "protocol": {"warmup_per_user": PROTOCOL.warmup_per_user, "counted_per_user": PROTOCOL.counted_per_user},
+        "deployment_inferred": {"max_num_batched_tokens": DEPLOYMENT.max_num_batched_tokens,
+                                "max_num_seqs": DEPLOYMENT.max_num_seqs},
+    }
+    annotate_notes(data)
+    prov = provenance(path, rows)
+    data["provenance"] = [p for p in data.get("provenance", []) if p.get("file") != prov["file"]] + [prov]
+    return data
 
 
-def evaluate(rows: list[SiliconRow], profile: Profile, client: ClientModel, simulator: Simulator) -> list[dict]:
-    """Errors of ``profile`` + ``client`` on every fold's held-out rows, without refitting (the
-    'before' of a cross-validation table: a profile not fitted on these rows)."""
-    e = errors(rows, simulator(rows, profile, client))
-    out = []
-    for split, folds in splits(rows).items():
-        for label, _, test in folds:
-            out.append({"split": split, "held_out": label, "rows": len(test),
-                        "ttft": median_abs(e["ttft"][test]), "tpot": median_abs(e["tpot"][test])})
-    return out
+def annotate_notes(data: dict) -> None:
+    """Say in the profile's notes which CPU-side terms the silicon fit set and which it could not."""
+    rep = data.get("fit_report", {}).get("silicon_vllm_0.12")
+    if not rep:
+        return
+    fitted = [p for p in rep["values"] if p in STEP_TERMS and p not in rep["not_identified"]]
+    marker = " Silicon fit (vLLM 0.12):"
+    notes = data.get("notes", "").split(marker)[0]
+    data["notes"] = (f"{notes}{marker} {', '.join(fitted) or 'nothing'} fitted end to end on the Qwen3-32B rows "
+                     f"(fit_report.silicon_vllm_0.12, docs/fidelity-v1.md); not identified there, so kept as priors: "
+                     f"{', '.join(p for p in rep['not_identified'] if p in STEP_TERMS) or 'none'}.")
+
+
+def calibrate_into(data: dict, path: Path, profile: Profile, engine: str, workers: int | None = None,
+                   max_nfev: int = 30, log=print) -> None:
+    """The ``servesim calibrate`` hook: fit the silicon rows of ``path`` and write the result into
+    the profile dict ``data`` (coefficients, fit report, provenance)."""
+    if engine != "vllm-v1":
+        raise ValueError(f"{path}: the silicon rows are vLLM 0.12 (v1 engine) runs; calibrate them with "
+                         f"--engine vllm-v1 (got {engine})")
+    rows = load_silicon(path)
+    client = client_preset("aiperf")
+    log(f"silicon rows: {len(rows)}; fitting {', '.join(DEFAULT_PARAMS)} by simulation in the loop "
+        f"(aiperf client, {PROTOCOL.warmup_per_user}N warm-up + {PROTOCOL.counted_per_user}N counted)")
+    with Simulator(workers if workers is not None else 2) as sim:
+        f = fit(rows, profile, client, DEFAULT_PARAMS, sim, max_nfev=max_nfev, log=log)
+    update_profile(data, f, rows, path, client)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line (:mod:`servesim.calibrate.silicon_cli`, which also writes profiles)."""
-    from .silicon_cli import main as cli_main
-    return cli_main(argv)
+    import argparse
+
+    from ..sim.data_paths import find_shared_data
+    from ..sim.profile import default_profile, load_profile
+    from . import silicon_fit
+    ap = argparse.ArgumentParser(prog="python -m servesim.calibrate.silicon",
+                                 description=(silicon_fit.__doc__ or "").split("\n\n")[0])
+    ap.add_argument("csv", nargs="?", help=f"silicon CSV (default ../shared/data/{SILICON_FILE})")
+    ap.add_argument("--profile", help="base profile (default: the shipped h100-sxm vllm-v1 one)")
+    ap.add_argument("--client", default="aiperf", choices=[k.value for k in ClientKind])
+    ap.add_argument("--params", default=",".join(DEFAULT_PARAMS), help="terms to fit")
+    ap.add_argument("--fit", action="store_true", help="fit on every row")
+    ap.add_argument("--crossval", action="store_true", help="leave-one-TP-out and leave-one-isl/osl-out")
+    ap.add_argument("--evaluate", action="store_true", help="errors of the profile as it is, per fold")
+    ap.add_argument("--splits", default="tp,isl_osl", help="--crossval: which splits (tp, isl_osl)")
+    ap.add_argument("--exact", action="store_true", help="--crossval: a full refit per fold (slow) instead of "
+                    "the linearised refit from the all-rows fit")
+    ap.add_argument("-o", "--output", help="with --fit: write the updated profile JSON here")
+    ap.add_argument("--json", help="write the tables as JSON here")
+    ap.add_argument("--plot", help="write a simulated-vs-measured PNG of the profile (after --fit: the fitted one) "
+                    "and print the residuals by isl and concurrency")
+    ap.add_argument("--max-nfev", type=int, default=30)
+    ap.add_argument("--workers", type=int, default=2)
+    add_args(ap, EngineArgs, ("max_num_batched_tokens",), {"max_num_batched_tokens": {
+        "help": "the runs' vLLM token budget per step [tokens] (default: the inferred 2048; vllm serve's own "
+                "default on H100 is 8192) (vLLM --max-num-batched-tokens)"}})
+    args = ap.parse_args(argv)
+    try:
+        path = Path(args.csv) if args.csv else find_shared_data(SILICON_FILE)
+        rows = load_silicon(path)
+        profile = load_profile(args.profile) if args.profile else default_profile("h100-sxm", "vllm-v1")
+        client = client_preset(args.client)
+        params = tuple(p.strip() for p in args.params.split(",") if p.strip())
+        bad = [p for p in params if p not in FITTABLE]
+        if bad:
+            raise ValueError(f"--params: {bad} cannot be fitted here; valid: {sorted(FITTABLE)}")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    report: dict = {}
+    deployment = Deployment(args.max_num_batched_tokens or DEPLOYMENT.max_num_batched_tokens, DEPLOYMENT.max_num_seqs)
+    with Simulator(args.workers, deployment) as sim:
+        if args.evaluate:
+            report["evaluate"] = evaluate(rows, profile, client, sim)
+            print(format_folds(report["evaluate"], f"profile {profile.name}, client {client.kind.value}, not refitted"))
+        f = None
+        if args.fit or (args.crossval and not args.exact):
+            f = fit(rows, profile, client, params, sim, max_nfev=args.max_nfev, log=log)
+            report["fit"] = {"values": f.values, "stderr": f.stderr, "not_identified": f.unidentified}
+            for p in params:
+                note = f"  NOT IDENTIFIED: {f.unidentified[p]}" if p in f.unidentified else ""
+                print(f"{p:<24} {f.values[p]:.4g} +- {f.stderr[p]:.2g}{note}")
+            e = errors(rows, f.sims)
+            print(f"in sample: median |error| TTFT {median_abs(e['ttft']):.1%}, TPOT {median_abs(e['tpot']):.1%}")
+            if args.output:
+                base = json.loads(Path(profile.source_path).read_text())
+                data = update_profile(base, f, rows, path, client)
+                data["generated_by"] = (f"{base.get('generated_by', '')}; then python -m servesim.calibrate.silicon "
+                                        f"--fit --params {','.join(params)} -o <profile>").lstrip("; ")
+                out = Path(args.output)
+                tmp = out.with_name(out.name + ".tmp")
+                tmp.write_text(json.dumps(data, indent=2) + "\n")
+                tmp.replace(out)
+                print(f"wrote {out}")
+        if args.plot:
+            prof, cl = apply(profile, client, f.values) if f is not None else (profile, client)
+            sims = sim(rows, prof, cl)
+            plot(rows, sims, Path(args.plot), f"{prof.name} + {cl.kind.value} client on {len(rows)} silicon rows")
+            print("median signed error TTFT / TPOT by isl (rows) and concurrency (columns):")
+            print(residual_table(rows, sims))
+        if args.crossval:
+            report["crossval"] = crossval(rows, profile, client, params, sim, args.max_nfev, full=f,
+                                          exact=args.exact, only=tuple(args.splits.split(",")), log=log)
+            kind = "full refit" if args.exact else "linearised refit"
+            print(format_folds(report["crossval"], f"cross-validated ({kind} without the held-out rows)"))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=float) + "\n")
+    return 0
+
+
+def residual_table(rows: list[SiliconRow], sims: list[dict]) -> str:
+    """Median signed error of mean TTFT / TPOT by isl and concurrency (over TP and osl): where the
+    model is structurally off."""
+    e = errors(rows, sims)
+    conc = sorted({r.concurrency for r in rows})
+    lines = ["| isl | " + " | ".join(f"c{c}" for c in conc) + " |", "|---|" + "---|" * len(conc)]
+    for isl in sorted({r.isl for r in rows}):
+        cells = []
+        for c in conc:
+            idx = [i for i, r in enumerate(rows) if r.isl == isl and r.concurrency == c]
+            cells.append(f"{np.median(e['ttft'][idx]):+.0%} / {np.median(e['tpot'][idx]):+.0%}")
+        lines.append(f"| {isl} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[SiliconRow], sims: list[dict], path: Path, title: str) -> None:
+    """Simulated against measured mean TTFT and TPOT, one point per row (log axes), coloured by isl."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    for ax, key, meas in ((axes[0], "mean_ttft_ms", "ttft_ms"), (axes[1], "mean_tpot_ms", "tpot_ms")):
+        for isl, colour in ((1024, "tab:blue"), (4096, "tab:orange")):
+            pts = [(getattr(r, meas), s[key]) for r, s in zip(rows, sims) if r.isl == isl]
+            if pts:
+                m, p = zip(*pts)
+                ax.scatter(m, p, s=14, c=colour, label=f"isl {isl}")
+        lo_v = min(min(getattr(r, meas) for r in rows), min(s[key] for s in sims)) * 0.8
+        hi_v = max(max(getattr(r, meas) for r in rows), max(s[key] for s in sims)) * 1.25
+        ax.plot([lo_v, hi_v], [lo_v, hi_v], "k-", lw=0.8)
+        for f in (0.8, 1.25):
+            ax.plot([lo_v, hi_v], [lo_v * f, hi_v * f], "k:", lw=0.6)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"measured {key} (vLLM 0.12, H100)")
+        ax.set_ylabel(f"simulated {key}")
+        ax.legend()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def format_folds(folds: list[dict], title: str) -> str:
+    """A markdown table: split, held-out group, rows, median |error| of TTFT and TPOT."""
+    lines = [f"{title}", "", "| split | held out | rows | TTFT median abs err | TPOT median abs err |",
+             "|---|---|---|---|---|"]
+    for f in folds:
+        lines.append(f"| {f['split']} | {f['held_out']} | {f['rows']} | {f['ttft']:.1%} | {f['tpot']:.1%} |")
+    for split in sorted({f["split"] for f in folds}):
+        sel = [f for f in folds if f["split"] == split]
+        lines.append(f"| {split} | median of folds | {sum(f['rows'] for f in sel)} | "
+                     f"{np.median([f['ttft'] for f in sel]):.1%} | {np.median([f['tpot'] for f in sel]):.1%} |")
+    return "\n".join(lines)
+
+
 
 
 if __name__ == "__main__":

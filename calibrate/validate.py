@@ -19,7 +19,7 @@ import numpy as np
 from ..sim.metrics import summarize
 from ..sim.runner import SimOptions, SimResult, simulate
 from ..sim.traces import load_bench_json
-from ..sim.workload import ClosedLoop
+from ..sim.workload import ClosedLoop, ThinkTimeDist, Workload
 from .measured_run import MeasuredRun, bench_requests
 from .probe_run import load_probe_run
 
@@ -33,7 +33,7 @@ def load_bench_result(path: str | Path, rate: float | None = None, burstiness: f
                       max_concurrency: int | None = None, seed: int = 0) -> MeasuredRun:
     """A ``vllm bench serve --save-result`` JSON as a :class:`MeasuredRun`."""
     path = Path(path)
-    workload = load_bench_json(path, rate=rate, burstiness=burstiness, seed=seed)
+    workload: Workload | ClosedLoop = load_bench_json(path, rate=rate, burstiness=burstiness, seed=seed)
     data = json.loads(path.read_text(encoding="utf-8"))
     summary = {k: float(data[k]) for k in COMPARED_KEYS if isinstance(data.get(k), (int, float))}
     # What the per-request arrays determine is summarized as a simulated run is (failed requests
@@ -49,7 +49,7 @@ def load_bench_result(path: str | Path, rate: float | None = None, burstiness: f
     if concurrency:
         if math.isinf(req_rate):
             workload = ClosedLoop(int(concurrency), workload.input_tokens, workload.output_tokens, 0.0,
-                                  "fixed", seed, workload.name)
+                                  ThinkTimeDist.FIXED, seed, workload.name)
             notes.append(f"max_concurrency={concurrency} with rate inf: replayed as a closed loop of "
                          f"{concurrency} users without think time")
         else:

@@ -5,12 +5,17 @@ Handlers return the exit status; input errors raise ``ValueError``/``FileNotFoun
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .. import argtypes as at
+from ..sim.arg_spec import arg_fields, check_value, spec_of
+from ..sim.engine_args import EngineArgs
 from ..sim.gpus import LINK_CATALOG
 from ..sim.lengths import SHAREGPT_CONVERSATIONS_STATS, SHAREGPT_FIRST_TURN_STATS
 from ..sim.router import RouterKind
@@ -18,6 +23,41 @@ from .loader import load_scenario, parse_slo, scenario_to_dict, shipped_scenario
 from .schema import SLO, ArrivalKind, Costs, ScenarioFile, WorkloadSection
 
 MEASURED = "measured"  # placeholder model name of a measured sweep read without a scenario
+
+# The EngineArgs fields `servesim plan` searches over: (its flag, default candidates).  Each
+# comma-separated value is checked by the field's own rules (:func:`plan_candidates`); the other
+# deployment flags of `plan` are EngineArgs' flags as they are.
+PLAN_CANDIDATES: dict[str, tuple[str, str]] = {
+    "gpu": ("--gpus", "h100-sxm,h200"),
+    "tensor_parallel_size": ("--tp", "1,2,4,8"),
+    "max_num_seqs": ("--max-num-seqs", "64,128,256,512"),
+}
+_ENGINE_FIELDS = {f.name: f for f in dataclasses.fields(EngineArgs)}
+
+
+def plan_candidates(args: argparse.Namespace, name: str) -> tuple[Any, ...]:
+    """The candidate values of the :data:`PLAN_CANDIDATES` field ``name`` from its comma-separated
+    flag, each converted to the field's type and checked by its ArgSpec; ``ValueError`` naming the
+    flag and the text otherwise."""
+    flag, _ = PLAN_CANDIDATES[name]
+    text = getattr(args, name)
+    spec, base, _ = next((s, b, o) for f, s, b, o in arg_fields(EngineArgs) if f.name == name)
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if base is int:
+        try:
+            values: tuple[Any, ...] = tuple(int(x) for x in items)
+        except ValueError:
+            raise ValueError(f"{flag} {text!r}: expected comma-separated integers") from None
+    else:
+        values = tuple(items)
+    if not values:
+        raise ValueError(f"{flag} {text!r}: expected at least one value")
+    for value in values:
+        try:
+            check_value(name, value, spec, base, False)
+        except ValueError as exc:
+            raise ValueError(f"{flag} {text!r}: {exc}") from None
+    return values
 
 
 def register(sub) -> None:
@@ -57,21 +97,21 @@ def register(sub) -> None:
                        description="Search deployments for the cheapest that meets the SLOs at --demand req/s, "
                                    "simulating one replica at demand/replicas.")
     q.add_argument("--demand", type=at.POSITIVE, required=True, help="total request rate (req/s)")
-    q.add_argument("--model", default="llama-3.1-8b")
+    at.add_args(q, EngineArgs, ("model",))
     q.add_argument("--workload", default="fixed:1024:256",
                    help="fixed:IN:OUT, random:IN:OUT[:RATIO], sharegpt (first-turn prompts as `vllm bench serve` "
                         f"sends them: {SHAREGPT_FIRST_TURN_STATS}), sharegpt-conversations (whole conversations: "
                         f"{SHAREGPT_CONVERSATIONS_STATS}), dist:IN_DIST,OUT_DIST, trace:PATH (or "
                         "shared:traces/FILE), or a scenario YAML (its workload)")
     q.add_argument("--slo", default="p99_ttft_ms<=2000,p99_tpot_ms<=100", help="comma-separated SLOs")
-    q.add_argument("--gpus", default="h100-sxm,h200", help="comma-separated GPU names")
-    q.add_argument("--tp", default="1,2,4,8", help="tensor-parallel sizes to try")
-    q.add_argument("--max-num-seqs", default="64,128,256,512", help="admission limits to try")
-    q.add_argument("--engine", default="vllm-v1", choices=["vllm-v1", "vllm-v0"])
-    q.add_argument("--dtype", help="weight dtype (default: the checkpoint's)")
-    q.add_argument("--kv-cache-dtype", default="auto")
-    q.add_argument("--max-model-len", type=at.int_range(2), help="default: the workload's longest request (fixed/random "
-                                                      "lengths), else 16384, capped at the model's context")
+    for name, (flag, default) in PLAN_CANDIDATES.items():
+        spec = dataclasses.replace(spec_of(_ENGINE_FIELDS[name]), defaults=())  # vLLM's default is no candidate list
+        q.add_argument(flag, dest=name, default=default, metavar=flag.lstrip("-").upper().replace("-", "_"),
+                       help=f"comma-separated values to try of: {at.flag_help(spec, default)}")
+    at.add_args(q, EngineArgs, ("engine", "weight_dtype", "kv_cache_dtype", "max_model_len"),
+                {"max_model_len": {"help": "longest prompt + output a request may have [tokens] (default: the "
+                                           "workload's longest request (fixed/random lengths), else 16384, capped "
+                                           "at the model's context) (vLLM --max-model-len)"}})
     q.add_argument("--burstiness", type=at.float_range(0.0, allow_inf=True), default=1.0, help="gamma shape of arrivals (1 = Poisson)")
     q.add_argument("--gpu-price", action="append", default=[], metavar="GPU=USD",
                    help="rental price per GPU-hour (repeatable); defaults are illustrative list prices")
@@ -236,8 +276,8 @@ def cmd_regions(args) -> int:
 def plan_workload(text: str, duration_s: float | None, burstiness: float) -> WorkloadSection:
     """The workload of ``--workload``; ``duration_s`` None leaves the run length to the convergence rule."""
     kind = ArrivalKind.POISSON if burstiness == 1.0 else ArrivalKind.GAMMA
-    common = dict(duration_s=duration_s, min_requests=300, max_requests=3000 if duration_s else None,
-                  burstiness=burstiness)
+    common: dict[str, Any] = dict(duration_s=duration_s, min_requests=300,
+                                  max_requests=3000 if duration_s else None, burstiness=burstiness)
     head, _, rest = text.partition(":")
     try:
         if head == "fixed":
@@ -279,25 +319,17 @@ def cmd_plan(args) -> int:
         except ValueError:
             raise ValueError(f"--gpu-price {item!r}: expected GPU=USD_PER_GPU_HOUR, e.g. h100-sxm=2.9") from None
     from ..sim.gpus import get_gpu
-    gpus = tuple(get_gpu(g).name for g in args.gpus.split(",") if g.strip())
+    gpus = tuple(get_gpu(g).name for g in plan_candidates(args, "gpu"))
     costs = {g: Costs(gpu_rental_per_gpu_hour=prices[g] if g in prices else None,
                       energy_price_per_kwh=args.energy_price, pue=args.pue) for g in gpus}
     missing = [g for g in gpus if g not in prices]
     if missing:
         raise ValueError(f"no price for {missing}; give --gpu-price {missing[0]}=USD_PER_GPU_HOUR")
-    def ints(text: str, flag: str) -> tuple[int, ...]:
-        try:
-            values = tuple(int(x) for x in text.split(",") if x.strip())
-        except ValueError:
-            raise ValueError(f"{flag} {text!r}: expected comma-separated integers") from None
-        if not values or min(values) < 1:
-            raise ValueError(f"{flag} {text!r}: expected comma-separated integers >= 1")
-        return values
-
     req = PlanRequest(model=args.model, demand_rps=args.demand,
                       workload=plan_workload(args.workload, args.duration, args.burstiness), slos=_slos(args.slo),
-                      gpus=gpus, tps=ints(args.tp, "--tp"), max_num_seqs=ints(args.max_num_seqs, "--max-num-seqs"),
-                      engine=args.engine, weight_dtype=args.dtype, kv_cache_dtype=args.kv_cache_dtype, costs=costs,
+                      gpus=gpus, tps=plan_candidates(args, "tensor_parallel_size"),
+                      max_num_seqs=plan_candidates(args, "max_num_seqs"), engine=args.engine,
+                      weight_dtype=args.weight_dtype, kv_cache_dtype=args.kv_cache_dtype, costs=costs,
                       seed=args.seed, slack=args.slack, workers=args.workers, base_dir=str(Path.cwd()),
                       max_model_len=args.max_model_len, confidence=args.confidence, seeds=args.seeds,
                       profile_draws=args.profile_draws, router=args.router,

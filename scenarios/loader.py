@@ -71,7 +71,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, dict):
             raise ScenarioError(f"{path}: expected a mapping of {[f.name for f in dataclasses.fields(tp)]}, "
                                 f"got {value!r}")
-        return _build(tp, value, path)
+        return _build(typing.cast(type, tp), value, path)
     if isinstance(tp, type) and issubclass(tp, Enum):
         allowed = [m.value for m in tp]
         if value not in allowed:
@@ -211,7 +211,7 @@ def _build(cls: type, data: dict, path: str, base: Any = None) -> Any:
         tp = hints[name]
         sub_cls = next((a for a in (typing.get_args(tp) or (tp,)) if dataclasses.is_dataclass(a)), None)
         if sub_cls is not None and isinstance(data[name], dict) and current is not None:
-            values[name] = _build(sub_cls, data[name], sub, base=current)
+            values[name] = _build(typing.cast(type, sub_cls), data[name], sub, base=current)
         else:
             values[name] = _convert(data[name], tp, sub)
     if cls is Sweep and base is not None and "points" not in values and "axis" in values:
@@ -249,7 +249,7 @@ def _check_names(sc: Scenario, where: str) -> None:
     try:  # what vLLM refuses outright is not a sweep result: TP that the heads or a node cannot take
         model = get_model(str(model_path) if model_path.suffix == ".json" else dep.model)
         if dep.model_overrides:
-            model = dataclasses.replace(model, **dict(dep.model_overrides))
+            model = dataclasses.replace(model, **dict(dep.model_overrides))  # type: ignore[arg-type]
         ParallelConfig(dep.tp).verify_with_model(model)
     except ValueError as exc:
         raise ScenarioError(f"{where}.deployment.tp: {exc}") from None
@@ -270,9 +270,9 @@ def scenario_from_dict(data: dict, source: str = "<dict>", base_dir: str = ".") 
     if not isinstance(data, dict):
         raise ScenarioError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     if "resolved_variants" in data:  # written by scenario_to_dict
-        variants = tuple(_build(Scenario, v, f"{source}: variants[{i}]")
+        resolved = tuple(_build(Scenario, v, f"{source}: variants[{i}]")
                          for i, v in enumerate(data["resolved_variants"]))
-        return ScenarioFile(data.get("name", "scenario"), data.get("description", ""), variants, source)
+        return ScenarioFile(data.get("name", "scenario"), data.get("description", ""), resolved, source)
     unknown = [k for k in data if k not in TOP_KEYS]
     if unknown:
         raise ScenarioError(f"{source}: unknown top-level key {unknown[0]!r}; allowed: {list(TOP_KEYS)}")
@@ -288,7 +288,7 @@ def scenario_from_dict(data: dict, source: str = "<dict>", base_dir: str = ".") 
     base_data["description"] = description
     base_data["base_dir"] = base_dir
     base = _build(Scenario, base_data, f"{source}:")
-    variants = [base] if data.get("run_base", True) else []
+    variants: list[Scenario] = [base] if data.get("run_base", True) else []
     raw_variants = data.get("variants") or []
     if not isinstance(raw_variants, list):
         raise ScenarioError(f"{source}: variants: expected a list of overrides, got {raw_variants!r}")

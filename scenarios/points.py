@@ -76,7 +76,7 @@ def resolve_model(dep: Deployment, base_dir: str = ".") -> ModelSpec:
     path = Path(base_dir) / dep.model
     model = get_model(str(path) if path.suffix == ".json" else dep.model)
     if dep.model_overrides:
-        model = replace(model, **dict(dep.model_overrides))
+        model = replace(model, **dict(dep.model_overrides))  # type: ignore[arg-type]  # ModelSpec checks them
     return model
 
 
@@ -146,16 +146,18 @@ def point_workload(sc: Scenario, demand: float, seed: int) -> Workload | ClosedL
         n = int(demand) if axis is Axis.BURST else (w.num_requests or 1)
         return build_workload(w.spec(kind="burst", num_requests=n, **common), seed)
     if w.kind is ArrivalKind.CLOSED:
-        users = int(demand) if axis is Axis.CONCURRENCY else int(w.num_users)
+        users = int(demand) if axis is Axis.CONCURRENCY else int(w.num_users or 0)  # schema: closed loops name it
         n = w.num_requests or _clamp(w.requests_per_user * users, sc)
         return build_workload(w.spec(kind="closed", num_requests=n, num_users=users, **common), seed)
     if w.num_requests:
         n = w.num_requests
     elif w.duration_s:
+        assert rate is not None  # Scenario: an open loop off the rate axis has a rate
         n = _clamp(math.ceil(rate * w.duration_s), sc)
     else:
         n = _clamp(DEFAULT_OPEN_LOOP_REQUESTS, sc)
     if w.kind is ArrivalKind.TRACE:
+        assert w.trace is not None  # WorkloadSection: kind 'trace' needs trace
         return trace_window(trace_file(w.trace, sc.base_dir), n, seed, rate)
     kind = "gamma" if w.kind is ArrivalKind.GAMMA else "poisson"
     return build_workload(w.spec(kind=kind, num_requests=n, rate=rate, **common), seed)

@@ -201,7 +201,7 @@ class Boundary:
         if self.value is None:
             return f"not found ({self.note})" if self.note else "not found"
         text = f"{_num(self.value)}{unit}"
-        if self.seed_lo is not None and self.n_seeds > 1 and self.seed_hi != self.seed_lo:
+        if self.seed_lo is not None and self.seed_hi is not None and self.n_seeds > 1 and self.seed_hi != self.seed_lo:
             text += f" (seeds {_num(self.seed_lo)}-{_num(self.seed_hi)})"
         if self.grid_lo is not None:
             text += f", grid ({_num(self.grid_lo)}, {_num(self.value)}]"
@@ -282,9 +282,10 @@ def find_regions(curve: pd.DataFrame, rules: RegionRules | None = None, slos: Se
     tcol = rules.throughput
     curve = curve[np.isfinite(curve[tcol].astype(float))] if tcol in curve else curve.iloc[0:0]
     if curve.empty:
-        missing = [Boundary(n, None, note="no successful points") for n in
-                   ("equilibrium", "saturation", "break_even", "break_even_upper", "max_profit", "slo_limit")]
-        return Regions(variant, *missing, math.nan, math.nan, notes=notes or ["no successful points"])
+        eq, sat, be, beu, mp, slo = (Boundary(n, None, note="no successful points") for n in
+                                     ("equilibrium", "saturation", "break_even", "break_even_upper", "max_profit",
+                                      "slo_limit"))
+        return Regions(variant, eq, sat, be, beu, mp, slo, math.nan, math.nan, notes=notes or ["no successful points"])
     if not any(c in curve for c in PRESSURE_COLUMNS):
         notes.append("no queue/KV columns: the equilibrium rule uses the slope condition alone")
     mean = mean_curve(curve)

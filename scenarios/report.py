@@ -93,7 +93,7 @@ def region_rows(sf: ScenarioFile, regions: list[Regions]) -> list[dict]:
 
 
 def notes(sf: ScenarioFile, curve: pd.DataFrame, regions: list[Regions]) -> list[str]:
-    out = []
+    out: list[str] = []
     for r in regions:
         out.extend(f"{r.variant}: {n}" for n in r.notes)
     if "fast_path_error" in curve:

@@ -20,6 +20,7 @@ from enum import Enum
 from ..sim.arg_spec import check_fields, derive_fields
 from ..sim.engine_args import EngineArgs
 from ..sim.workload import WorkloadSpec
+from .schema_fields import ClusterGroupFields, DeploymentFields, EngineKnobsFields, WorkloadFields  # for mypy
 
 
 class Axis(str, Enum):
@@ -91,7 +92,7 @@ def _positive(name: str, value: float | None, allow_zero: bool = False) -> None:
 
 @dataclass(frozen=True)
 @derive_fields(EngineArgs, "knobs")
-class EngineKnobs:
+class EngineKnobs(EngineKnobsFields):
     """vLLM engine arguments under vLLM's names (``deployment.knobs``): the ``knobs`` fields of
     :class:`~servesim.sim.engine_args.EngineArgs`, added by :func:`derive_fields`, with its
     defaults and checks; None means vLLM's default for the engine."""
@@ -102,7 +103,7 @@ class EngineKnobs:
 
 @dataclass(frozen=True)
 @derive_fields(EngineArgs, "deployment", required=("model",))
-class Deployment:
+class Deployment(DeploymentFields):
     """One replica: a model on ``tp`` GPUs of one type, served by one engine generation.
 
     The fields before ``knobs`` are the ``deployment`` fields of :class:`EngineArgs` (``tp``:
@@ -132,14 +133,13 @@ class Deployment:
 GROUP_OVERRIDES = ("gpu", "tp", "profile", "weight_dtype", "kv_cache_dtype")
 
 
-
 def _values(section: object) -> dict[str, object]:
     return {f.name: getattr(section, f.name) for f in dataclasses.fields(section)}  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
 @derive_fields(WorkloadSpec, "workload", defaults={"dataset": "fixed", "burstiness": 1.0}, types={"dataset": str})
-class WorkloadSection:
+class WorkloadSection(WorkloadFields):
     """The traffic, minus the swept quantity (which the sweep axis sets point by point).
 
     The lengths, rates and users are the ``workload`` fields of
@@ -315,7 +315,7 @@ class Advice:
 
 @dataclass(frozen=True)
 @derive_fields(EngineArgs, "deployment", names=GROUP_OVERRIDES, inherit=True)
-class ClusterGroupSection:
+class ClusterGroupSection(ClusterGroupFields):
     """One replica group of a heterogeneous cluster: its role and count, and what differs from the
     scenario's deployment: the :data:`GROUP_OVERRIDES` fields of the deployment (added from
     :class:`~servesim.sim.engine_args.EngineArgs`, None: as the deployment) and engine ``knobs``."""

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +151,7 @@ def _save(out: Path, task: PointTask, result: PointResult, prints: dict[str, str
 # ---------------------------------------------------------------------------------- executors
 
 
-def _run_local(tasks: list[PointTask], workers: int) -> Iterator[tuple[PointTask, PointResult]]:
+def _run_local(tasks: list[PointTask], workers: int) -> Generator[tuple[PointTask, PointResult], None, None]:
     if workers == 1 or len(tasks) == 1:
         for task in tasks:
             yield task, run_point(task)
@@ -168,7 +168,7 @@ def _run_local(tasks: list[PointTask], workers: int) -> Iterator[tuple[PointTask
 
 
 def _run_dask(tasks: list[PointTask], workers: int | None, address: str | None
-              ) -> Iterator[tuple[PointTask, PointResult]]:
+              ) -> Generator[tuple[PointTask, PointResult], None, None]:
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:

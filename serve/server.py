@@ -94,8 +94,9 @@ class ServeApp:
     """The HTTP handlers around one live engine."""
 
     def __init__(self, cfg: EngineConfig, speed: float | ServeOptions, served_model_name: str | None = None) -> None:
-        opts = speed if isinstance(speed, ServeOptions) else ServeOptions(speed=speed,
-                                                                          served_model_name=served_model_name)
+        # A bare speed: the name defaults to the model's, as vLLM's --served-model-name does to --model.
+        opts = speed if isinstance(speed, ServeOptions) else ServeOptions(
+            speed=speed, served_model_name=served_model_name or cfg.model.name)
         self.cfg, self.opts, self.speed, self.model_name = cfg, opts, opts.speed, opts.served_model_name
         self.v1 = cfg.engine is EngineVersion.V1
         self.live = LiveEngine(cfg, opts.speed)  # raises ValueError now if the model does not fit

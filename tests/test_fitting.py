@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from servesim.calibrate import deployment_fit, e2e_fit, kv_capacity, silicon
+from servesim.calibrate import deployment_fit, e2e_fit, kv_capacity, probe_fit, silicon_fit
 from servesim.calibrate.fitting import (
     BOUNDS,
     Bound,
@@ -28,15 +28,15 @@ from servesim.sim.profile import MemoryCoefficients, StepCoefficients
 
 
 def test_every_coefficient_a_simulation_fit_moves_has_one_bound_with_unit_and_reason():
-    fitted = set(deployment_fit.FIT_PARAMS) | set(e2e_fit.FITTABLE) | set(silicon.FITTABLE)
+    fitted = set(deployment_fit.FIT_PARAMS) | set(e2e_fit.FITTABLE) | set(silicon_fit.FITTABLE)
     assert fitted <= set(BOUNDS)
     fields = set(StepCoefficients.__dataclass_fields__) | set(MemoryCoefficients.__dataclass_fields__)
     assert set(kv_capacity.SHARED) | set(kv_capacity.PER_ERA) <= set(BOUNDS)
     for name, b in BOUNDS.items():
         assert b.low < b.high and b.unit and b.why, name
-        assert name in fields or name in silicon.CLIENT_TERMS, name
+        assert name in fields or name in silicon_fit.CLIENT_TERMS or name in probe_fit.REPORTED_ONLY, name
         for fit, (lo, hi, why) in b.windows.items():
-            assert lo < hi and why and fit == silicon.BOUNDS_FIT, (name, fit)
+            assert lo < hi and why and fit == silicon_fit.BOUNDS_FIT, (name, fit)
 
 
 def test_bounds_arrays_uses_a_fits_window_and_names_unknown_coefficients():

@@ -39,7 +39,6 @@ OPTIONAL = {"torch", "vllm", "transformers", "dask", "distributed"}
 # once its edge is gone; test_known_exceptions_are_still_needed fails on a stale one.
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     # Circles found by this test that remain (owners of the files named).
-    ("servesim.calibrate.silicon", "servesim.calibrate.silicon_cli"): "calibrate: silicon <-> silicon_cli",
 }
 
 # Who may import whom (ARCHITECTURE.md, "What may import what").  Layers: the subpackages, "cli"

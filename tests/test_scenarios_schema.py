@@ -158,3 +158,25 @@ def test_every_shipped_scenario_loads() -> None:
 def test_unknown_scenario_file() -> None:
     with pytest.raises(FileNotFoundError, match="shipped scenarios"):
         load_scenario("no-such-scenario.yaml")
+
+
+def test_type_checker_declarations_match_the_derived_fields():
+    """scenarios/schema_fields.py tells mypy which fields derive_fields adds to each section: the
+    same names, types and required fields as the sections get at run time (an EngineArgs or
+    WorkloadSpec field added, renamed or retyped without it fails here, not silently in mypy)."""
+    import dataclasses
+    import typing
+
+    from servesim.scenarios import schema, schema_fields
+    from servesim.sim.arg_spec import arg_fields
+
+    for section, declared in schema_fields.DECLARED.items():
+        cls = getattr(schema, section)
+        hints = typing.get_type_hints(cls)
+        derived = {f.name: (hints[f.name], f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+                   for f, *_ in arg_fields(cls)}
+        decl_hints = typing.get_type_hints(declared)
+        wanted = {f.name: (decl_hints[f.name], f.default is dataclasses.MISSING)
+                  for f in dataclasses.fields(declared)}
+        assert wanted == derived, section
+        assert schema_fields.DeploymentFields is object  # no base at run time: the fields are derive_fields'
