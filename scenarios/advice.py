@@ -132,7 +132,7 @@ def node_advice(sc: Scenario, regions: Regions, mean: pd.DataFrame) -> NodeAdvic
         lines.append(f"{name}: admit at most {admission} concurrent requests {u.per} "
                      f"(max_num_seqs={admission}" + (f" on each of its {sc.cluster.num_replicas} replicas)."
                                                      if u.cluster and sc.cluster is not None else ")."))
-    if replicas is not None:
+    if replicas is not None and target:
         lines.append(f"{name}: for a demand of {target:g}{unit}, run {replicas} {u.scale_noun} "
                      f"({replicas * u.gpus_per_scale:g} GPUs), each at {target / replicas:.3g}{unit}.")
         if axis is Axis.RATE and not u.cluster:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..sim.request_streams import ClosedLoop, Workload
 from .schema import ArrivalKind, WorkloadSection
 
 
@@ -74,7 +75,9 @@ def workload_assumptions(w: WorkloadSection, base_dir: str = ".", seed: int = 0,
                 ArrivalKind.TRACE: f"trace {w.trace}, inter-arrival gaps rescaled to the rate"}.get(w.kind, w.kind.value)
     out: dict = {"arrivals": arrivals, "dataset": w.trace or w.dataset}
     try:
+        wl: Workload | ClosedLoop
         if w.kind is ArrivalKind.TRACE:
+            assert w.trace is not None  # the schema requires a trace file for a trace workload
             wl = trace_window(trace_file(w.trace, base_dir), n, seed, None)
         else:
             wl = build_workload(w.spec(kind="burst", num_requests=n), seed)

@@ -16,7 +16,7 @@ from ..sim.cluster_config import ClusterConfig, ReplicaGroup, ReplicaRole
 from ..sim.config import EngineConfig
 from ..sim.gpus import get_link
 from ..sim.power import PowerCap
-from ..sim.router import RouterConfig
+from ..sim.router import RouterConfig, RouterKind
 from ..sim.runner import SimOptions, simulate
 from .schema import ClusterSection, Scenario
 
@@ -58,7 +58,9 @@ def _group_config(sc: Scenario, g, engine_config) -> EngineConfig:
 
 def cluster_config(sc: Scenario, engine_config) -> ClusterConfig:
     """The cluster of ``sc`` (``engine_config(deployment, base_dir)`` builds each replica)."""
-    c: ClusterSection = sc.cluster
+    c = sc.cluster
+    if c is None:
+        raise ValueError("the scenario has no cluster: section")
     base = engine_config(sc.deployment, sc.base_dir)
     if c.groups:
         groups = tuple(ReplicaGroup(_group_config(sc, g, engine_config), g.replicas, ReplicaRole(g.role),
@@ -68,8 +70,8 @@ def cluster_config(sc: Scenario, engine_config) -> ClusterConfig:
     else:
         groups = (ReplicaGroup(base, c.prefill_replicas, ReplicaRole.PREFILL, "prefill"),
                   ReplicaGroup(base, c.decode_replicas, ReplicaRole.DECODE, "decode"))
-    router = RouterConfig(c.router, staleness_s=c.router_staleness_s)
-    decode = RouterConfig(c.decode_router, staleness_s=c.router_staleness_s) if c.decode_router else None
+    router = RouterConfig(RouterKind.parse(c.router), staleness_s=c.router_staleness_s)
+    decode = RouterConfig(RouterKind.parse(c.decode_router), staleness_s=c.router_staleness_s) if c.decode_router else None
     power = PowerCap(c.power_cap_w, c.power_clock_exponent, c.memory_clock_sensitivity)
     return ClusterConfig(groups, router, decode, get_link(c.kv_link), power, c.server_power_cap_w,
                          c.gpus_per_server, c.power_budget_w)

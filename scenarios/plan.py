@@ -98,6 +98,7 @@ def plan(req: PlanRequest) -> PlanResult:
                     last = max(evals) if evals else r_lo
                     unmet.append((gpu, tp, mns, last, evals[last].reason if evals else "not evaluated"))
                     continue
+                assert r_may is not None  # search_replicas sets both or neither
                 opt = _option(req, gpu, tp, mns, r, r_may, evals[r])
                 options.append(opt)
                 best = min(best, opt.cost_per_h)

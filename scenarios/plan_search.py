@@ -14,7 +14,7 @@ from .assumptions import finite
 from .cluster_point import as_cluster, as_disaggregated
 from .economics import add_economics
 from .plan_space import _scenario
-from .points import PointTask, run_converged, run_point
+from .points import PointTask, _full_trace, run_converged, run_point, trace_file
 from .schema import SLO, ArrivalKind, Costs, Economics, Scenario, WorkloadSection
 from .stability import ConvergenceRule, describe_instability, t_quantile
 
@@ -215,9 +215,9 @@ def evaluate(req: PlanRequest, sc: Scenario, r: int, stop_early: bool = True,
     fixed = bool(req.workload.num_requests or req.workload.duration_s)
     rule = req.convergence
     if sc.workload.kind is ArrivalKind.TRACE:  # seeds replay disjoint windows of the trace, or they are not independent
-        from .points import _full_trace, trace_file
-        rows = len(_full_trace(str(trace_file(sc.workload.trace, sc.base_dir))))
-        cap = max(rule.min_requests, rows // req.seeds)
+        assert sc.workload.trace is not None  # the schema requires a trace file for a trace workload
+        trace_rows = len(_full_trace(str(trace_file(sc.workload.trace, sc.base_dir))))
+        cap = max(rule.min_requests, trace_rows // req.seeds)
         rule = replace(rule, max_requests=min(rule.max_requests, cap), min_requests=min(rule.min_requests, cap))
 
     def run(seed: int, draw: int | None) -> dict:
