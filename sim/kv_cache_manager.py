@@ -100,7 +100,7 @@ class KVCacheManager:
         """The cache key of the request's ``j``-th full block (see the module docstring).
 
         A block only its own request can hit gets a negative int (``j < 2**20`` always: a request
-        holds fewer than 2**20 blocks), which no workload hash (a non-negative int or a tuple) equals."""
+        holds fewer than 2**20 blocks), which no workload hash (a non-negative int: ``sources.prompt_block_hashes``) equals."""
         hashes = request.block_hashes
         if hashes is not None and j < len(hashes):
             return hashes[j]
