@@ -8,6 +8,7 @@ only its numpy arrays until each request arrives.
 from __future__ import annotations
 
 import heapq
+from itertools import chain, islice
 from typing import cast
 
 import numpy as np
@@ -29,7 +30,10 @@ def prompt_block_hashes(hash_ids, input_tokens: int, block_size: int, hash_block
         raise ValueError(f"hash_ids must be non-negative ints; got {min(hash_ids)} in a request's hash_ids")
     per = hash_block_tokens // block_size
     full = min(input_tokens // block_size, len(hash_ids) * per)
-    return tuple(int(hash_ids[j // per]) * per + j % per for j in range(full))
+    ids = hash_ids[:-(-full // per)]  # the trace blocks holding a full KV block
+    # Per trace id one range of ``per`` consecutive keys, chained and cut at ``full`` in C (the
+    # same keys, in the same order, as one ``(j // per) * per + j % per`` per block).
+    return tuple(islice(chain.from_iterable(range(int(h) * per, int(h) * per + per) for h in ids), full))
 
 
 class OpenLoopSource:
