@@ -25,8 +25,9 @@ class BlockPool:
 
     Invariants, with caching: the free queue is ``reversed(_front)`` then the live (non-tombstone)
     entries of ``_back[_back_head:]``; blocks in ``_front`` carry no hash; ``_pos`` maps each free
-    block carrying a hash to its index in ``_back``; ``cached[h]`` holds, oldest first, exactly
-    the blocks carrying hash ``h`` (never empty); ``_shared`` holds the reference count of blocks
+    block carrying a hash to its index in ``_back``; ``cached[h]`` is exactly the blocks carrying
+    hash ``h``, oldest first: the block id itself while it is the first and only one (most hashes:
+    no dict to build per cached block), else a ``{block: None}`` dict (never empty); ``_shared`` holds the reference count of blocks
     referenced more than once; ``num_free_blocks`` is the free queue's length.
     """
 
@@ -39,7 +40,7 @@ class BlockPool:
         self.watch_valid = False
         if enable_caching:
             self.block_hash: list[object | None] = [None] * num_blocks
-            self.cached: dict[object, dict[int, None]] = {}
+            self.cached: dict[object, int | dict[int, None]] = {}
             self._front: list[int] = list(range(num_blocks - 1, -1, -1))
             self._back: list[int] = []
             self._back_head = 0
@@ -124,10 +125,12 @@ class BlockPool:
                         del pos[b]
                         block_hash[b] = None
                         same = cached[h]
-                        if len(same) == 1:
+                        if isinstance(same, int):
                             del cached[h]
                         else:
                             del same[b]
+                            if not same:
+                                del cached[h]
                     if self.watch and not self.watch.isdisjoint(hashes):
                         self.watch_valid = False
                 blocks += seg
@@ -144,7 +147,16 @@ class BlockPool:
         if not self.enable_caching:
             return None
         same = self.cached.get(block_hash)
-        return next(iter(same)) if same else None
+        if same is None or isinstance(same, int):
+            return same
+        return next(iter(same))
+
+    def blocks_of(self, block_hash: object) -> list[int]:
+        """Every block carrying ``block_hash``, oldest first (empty if none)."""
+        same = self.cached.get(block_hash) if self.enable_caching else None
+        if same is None:
+            return []
+        return [same] if isinstance(same, int) else list(same)
 
     def is_free(self, block: int) -> bool:
         """Whether a block carrying a hash sits in the free queue (an evictable cache hit)."""
@@ -173,9 +185,11 @@ class BlockPool:
             self.block_hash[block] = block_hash
             same = self.cached.get(block_hash)
             if same is None:
-                self.cached[block_hash] = {block: None}
+                self.cached[block_hash] = block
                 if block_hash in self.watch:
                     self.watch_valid = False
+            elif isinstance(same, int):
+                self.cached[block_hash] = {same: None, block: None}
             else:
                 same[block] = None
 
@@ -187,9 +201,11 @@ class BlockPool:
                 block_hash[b] = h
                 same = cached.get(h)
                 if same is None:
-                    cached[h] = {b: None}
+                    cached[h] = b
                     if h in watch:
                         self.watch_valid = False
+                elif isinstance(same, int):
+                    cached[h] = {same: None, b: None}
                 else:
                     same[b] = None
 

@@ -13,9 +13,11 @@ shared step counter* ``g`` (the number of batch steps run so far):
 * the summed context of the batch is ``sum(off_c) + size * (g + 1)``.
 
 A step is then a counter increment plus work proportional to what changed (blocks handed out,
-requests finishing).  Whenever something per-request must happen to a decoder (preemption, a
-token budget smaller than the batch) the scheduler takes every member out
-(:meth:`Scheduler.materialize`) and runs the exact per-request path; ``exact=True`` always does.
+requests finishing).  Whenever something per-request must happen to a decoder (a token budget
+smaller than the batch, preemption while other requests run too) the scheduler takes every
+member out (:meth:`Scheduler.materialize`) and runs the exact per-request path; ``exact=True``
+always does.  Preemption when only the batch runs removes just the victims
+(:meth:`Scheduler._preempt_from_tail`).
 ``tests/test_engine.py::test_fast_path_matches_exact`` shows both give identical results.
 """
 from __future__ import annotations

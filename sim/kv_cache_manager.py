@@ -86,9 +86,10 @@ class KVCacheManager:
             key = hashes[j] if j < len(hashes) else self._block_key(request, j)
             keys.append(key)
             same = cached.get(key)
-            if not same:
+            if same is None:
                 break
-            hits.append(next(iter(same)))  # the oldest block carrying the hash (vLLM's get_one_block)
+            # the oldest block carrying the hash (vLLM's get_one_block; see BlockPool.cached)
+            hits.append(same if isinstance(same, int) else next(iter(same)))
         # The same request at the head of the waiting queue asks again every step until admitted;
         # its answer stays valid until the pool changes one of these lookups (BlockPool.watch_hashes).
         pool.watch_hashes(set(keys))
@@ -100,7 +101,7 @@ class KVCacheManager:
         """The cache key of the request's ``j``-th full block (see the module docstring).
 
         A block only its own request can hit gets a negative int (``j < 2**20`` always: a request
-        holds fewer than 2**20 blocks), which no workload hash (a non-negative int or a tuple) equals."""
+        holds fewer than 2**20 blocks), which no workload hash (a non-negative int: ``sources.prompt_block_hashes``) equals."""
         hashes = request.block_hashes
         if hashes is not None and j < len(hashes):
             return hashes[j]
@@ -137,6 +138,9 @@ class KVCacheManager:
             if num_new_blocks > pool.num_free_blocks - evictable:
                 return None
             pool.touch(computed)
+            if rid in self.num_cached_block and self.num_cached_block[rid] == len(req_blocks):
+                # The hits carry their hashes already (caching would skip them): start after them.
+                self.num_cached_block[rid] = len(req_blocks) + len(computed)
             req_blocks.extend(computed)
         elif num_new_blocks > pool.num_free_blocks:
             return None
@@ -187,7 +191,8 @@ class KVCacheManager:
         blocks = self.req_to_blocks.pop(request.request_id, None)
         request.blocks = None
         counts = self.num_cached_block
-        if counts and counts.pop(request.request_id, None) is not None:
+        num_cached = counts.pop(request.request_id, None) if counts else None
+        if num_cached is not None:
             if len(counts) > 2 * len(self.req_to_blocks) + 4096:
                 # Blocks taken out of req_to_blocks by a caller (a disaggregated prefill keeps them
                 # for the KV transfer) leave a count behind: drop those.
@@ -201,5 +206,6 @@ class KVCacheManager:
         # vLLM hashes every block full of computed tokens; the others go to the free queue's front.
         num_full = min(request.num_computed_tokens // self.block_size, len(blocks))
         if preempted:
-            pool.cache_blocks(blocks[:num_full], [self._block_key(request, j) for j in range(num_full)])
+            done = min(num_cached or 0, num_full)  # these carry their prompt hashes already
+            pool.cache_blocks(blocks[done:num_full], [self._block_key(request, j) for j in range(done, num_full)])
         pool.free_blocks(blocks[::-1], num_unhashed=len(blocks) - num_full)

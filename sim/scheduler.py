@@ -168,11 +168,18 @@ class Scheduler:
     def schedule(self, now: float) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self.sched.max_num_batched_tokens
-        if len(self.batch.members) > budget:
+        batch = self.batch
+        if len(batch.members) > budget:
             self.materialize()
-        self._schedule_batch(out, free_margin=0)
-        budget -= out.num_batch_decodes
         preempted = False
+        if (batch.members and not self.scalar_running
+                and len(batch.needing_blocks()) > self.kv.num_free_blocks
+                and list(self.running) == list(batch.members)):
+            self._preempt_from_tail(out)
+            preempted = True
+        else:
+            self._schedule_batch(out, free_margin=0)
+        budget -= out.num_batch_decodes
         kv = self.kv
         threshold = self.sched.long_prefill_token_threshold
         for request in list(self.scalar_running.values()) if self.scalar_running else ():
@@ -199,6 +206,35 @@ class Scheduler:
         if not preempted:
             self._schedule_waiting(out, budget, now)
         return out
+
+    def _preempt_from_tail(self, out: SchedulerOutput) -> None:
+        """Schedule the batch's decode step when its new blocks do not all fit and only batch
+        members run, in the same running order: the per-request walk's outcome without taking
+        the batch apart.  That walk hands the members needing a block one each, in running order,
+        and whenever none is free preempts the newest running request (the tail), stopping when
+        it reaches the request asking; so blocks go out in runs as long as the free queue, between
+        preemptions of tail members, in the walk's order (same block ids, same free-queue order),
+        and only the victims leave the batch.  Cost: the needing members and the victims, not the
+        whole batch (``tests/test_engine.py`` checks it against ``exact``)."""
+        batch, kv, running = self.batch, self.kv, self.running
+        needing = list(batch.needing_blocks().values())  # in running order (batch order is)
+        i, n = 0, len(needing)
+        while i < n:
+            free = kv.num_free_blocks
+            if free:
+                take = min(free, n - i)
+                kv.append_blocks(needing[i:i + take])
+                i += take
+                continue
+            victim = running[next(reversed(running))]
+            self.preempt(victim)
+            if victim is needing[n - 1]:
+                n -= 1  # a victim needing a block gets none (the asking one itself ends the walk)
+        size = len(batch.members)
+        if size:
+            out.num_batch_decodes = size
+            out.num_decode_seqs += size
+            out.decode_context_tokens += batch.context_sum()
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int, now: float) -> None:
         kv, waiting, max_seqs = self.kv, self.waiting, self.sched.max_num_seqs

@@ -300,6 +300,10 @@ def load_mooncake_trace(path: str | Path, limit: int | None = None, time_scale: 
             if ids is not None:
                 if not isinstance(ids, list) or not all(isinstance(h, int) for h in ids):
                     raise ValueError(f"{path}: line {lineno}: hash_ids={ids!r}; expected a list of ints")
+                negative = [h for h in ids if h < 0]
+                if negative:
+                    raise ValueError(f"{path}: line {lineno}: hash_ids holds {negative[0]}; "
+                                     "expected non-negative ints (prefix block ids)")
                 hashes.append(tuple(ids))
     stamps = np.asarray(stamps_ms, dtype=np.float64)
     seconds = (stamps - stamps[0]) / 1000.0 if stamps.size else stamps

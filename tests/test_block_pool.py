@@ -80,7 +80,8 @@ def test_cached_blocks_hit_and_refcount():
     assert pool.get_cached_block("h1") == 1
     assert pool.get_cached_block("hx") is None
     assert pool.block_hash[:3] == ["h0", "h1", "h0"]
-    assert pool.cached == {"h0": {0: None, 2: None}, "h1": {1: None}}
+    assert pool.cached == {"h0": {0: None, 2: None}, "h1": 1}  # a hash's only block is kept bare
+    assert pool.blocks_of("h0") == [0, 2] and pool.blocks_of("h1") == [1] and pool.blocks_of("hx") == []
 
     pool.free_blocks([2, 1, 0])  # tail first, as KVCacheManager.free passes them
     assert free_queue(pool) == [3, 4, 5, 2, 1, 0]
@@ -230,10 +231,10 @@ def test_full_prompt_blocks_are_cached_as_scheduled():
     kv = KVCacheManager(8, 16, enable_caching=True)
     r = req(0, prompt=48, hashes=HASHES)
     assert kv.allocate_slots(r, 20) == [0, 1]
-    assert kv.block_pool.cached == {"a": {0: None}}  # only full blocks of scheduled tokens
+    assert kv.block_pool.cached == {"a": 0}  # only full blocks of scheduled tokens
     r.num_computed_tokens = 20
     assert kv.allocate_slots(r, 28) == [2]
-    assert kv.block_pool.cached == {"a": {0: None}, "b": {1: None}, "c": {2: None}}
+    assert kv.block_pool.cached == {"a": 0, "b": 1, "c": 2}
 
 
 def test_get_computed_blocks_never_hits_the_last_prompt_token():
@@ -288,7 +289,7 @@ def test_allocate_with_hits_counts_evictable_hits_and_refuses_cleanly():
     assert kv.allocate_slots(big, 33, hits) is None
     assert free_queue(kv.block_pool) == [3, 2, 1, 0]
     assert kv.block_pool.ref_cnt == [0, 0, 0, 0]
-    assert kv.block_pool.cached == {"a": {0: None}, "b": {1: None}, "c": {2: None}}
+    assert kv.block_pool.cached == {"a": 0, "b": 1, "c": 2}
     assert kv.num_blocks_of(big) == 0
     fits = req(2, prompt=49, hashes=HASHES)
     assert kv.allocate_slots(fits, 1, kv.get_computed_blocks(fits)[0]) == [3]
@@ -305,10 +306,10 @@ def walk_hits(kv: KVCacheManager, r: Request) -> list[int]:
     num_hashed = len(hashes) if r.num_preemptions == 0 else max_hit
     hits = []
     for j in range(min(max_hit, num_hashed)):
-        same = kv.block_pool.cached.get(kv._block_key(r, j))
+        same = kv.block_pool.blocks_of(kv._block_key(r, j))
         if not same:
             break
-        hits.append(next(iter(same)))
+        hits.append(same[0])
     return hits
 
 
@@ -398,4 +399,4 @@ def test_prefix_cache_fast_paths_agree_with_a_fresh_walk(seed):
                 assert kv.block_pool.block_hash[b] is not None
         pool = kv.block_pool
         assert pool.num_free_blocks == len(pool.free_queue)
-        assert all(pool.block_hash[b] == h for h, same in pool.cached.items() for b in same)
+        assert all(pool.block_hash[b] == h for h in pool.cached for b in pool.blocks_of(h))

@@ -68,7 +68,7 @@ def workloads(draw, cfg, closed: bool | None = None):
         # Shared prefixes: each prompt is a path in a small tree of trace blocks, so equal leading
         # ids mean equal prefixes (as Mooncake hash_ids).
         paths = draw(st.lists(st.lists(st.integers(0, 2), max_size=5), min_size=n, max_size=n))
-        hashes = [tuple(hash(tuple(p[:j + 1])) for j in range(len(p))) for p in paths]
+        hashes = [tuple(hash(tuple(p[:j + 1])) & (2**62 - 1) for j in range(len(p))) for p in paths]  # ids >= 0
     return Workload(np.cumsum(gaps), np.array(inputs), np.array(outputs), prefix_hashes=hashes,
                     prefix_block_tokens=cfg.cache.block_size * draw(st.sampled_from([1, 2])))
 

@@ -355,6 +355,8 @@ def test_malformed_azure_raises_clear_errors(tmp_path, text, message):
       '{"timestamp": 3, "input_length": 5, "output_length": 1}'], "line 2: timestamp 3 goes back"),
     (['{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [1]}',
       '{"timestamp": 1, "input_length": 5, "output_length": 1}'], "line 2: hash_ids present on some"),
+    (['{"timestamp": 0, "input_length": 5, "output_length": 1, "hash_ids": [3, -7]}'],
+     "line 1: hash_ids holds -7; expected non-negative"),
     (['[1, 2]'], "line 1: got list"),
 ])
 def test_malformed_mooncake_raises_clear_errors(tmp_path, lines, message):
@@ -425,3 +427,15 @@ def test_real_traces_load(name, rows, mean_rate):
     if name == "azure2023_code.csv":
         assert w.input_tokens.mean() == pytest.approx(2048, rel=0.01)
         assert w.output_tokens.mean() == pytest.approx(28, rel=0.02)
+
+
+def test_prompt_block_hashes_are_distinct_non_negative_ints():
+    """Block j of a prompt is keyed h * per + j % per: distinct per (trace id, offset), never negative."""
+    from servesim.sim.sources import prompt_block_hashes
+    keys = prompt_block_hashes((0, 1, 5, 2), 4 * 512, 16, 512)
+    assert len(keys) == 4 * 32 and all(isinstance(k, int) and k >= 0 for k in keys)
+    assert len(set(keys)) == len(keys)
+    assert keys[:3] == (0, 1, 2) and keys[32] == 32 and keys[64] == 5 * 32
+    assert prompt_block_hashes((0, 1), 100, 16, 512) == tuple(range(6))  # only full blocks
+    with pytest.raises(ValueError, match="non-negative ints; got -3"):
+        prompt_block_hashes((4, -3), 2 * 512, 16, 512)
