@@ -11,6 +11,7 @@
 
     python benchmarks/bench_cluster.py                       # 100,000 requests
     nice python benchmarks/bench_cluster.py --requests 1000000
+    python benchmarks/bench_cluster.py --routers-only        # only the router-decision table
 
 Needs ``traces/azure2023_conv.csv`` from ../shared/data (or $SERVESIM_DATA).
 """
@@ -62,6 +63,21 @@ def tiled_trace(n: int, rate: float) -> Workload:
                     f"azure2023_conv x{reps}")
 
 
+SIZES = (4, 16, 64)
+
+
+def _print_routers(out: dict, as_json: bool) -> None:
+    """The router-decision table; the last column is the 64- over the 4-replica cost (O(1) or
+    O(log N): about 1, or at most log(64)/log(4) = 3)."""
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    print("router decision cost (CPU ns per choose, snapshot refresh every 1,000 decisions)")
+    print(f"  {'router':<28}" + "".join(f"{n:>10} rep" for n in SIZES) + f"{'64/4':>8}")
+    for kind, costs in out["router_ns_per_decision"].items():
+        print(f"  {kind:<28}" + "".join(f"{costs[n]:>14,.0f}" for n in SIZES) + f"{costs[64] / costs[4]:>8.2f}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--requests", type=int, default=100_000)
@@ -70,11 +86,17 @@ def main() -> int:
     p.add_argument("--router", default="least-outstanding-tokens")
     p.add_argument("--staleness", type=float, default=1.0)
     p.add_argument("--skip-routers", action="store_true", help="skip the router-decision timing")
+    p.add_argument("--routers-only", action="store_true", help="only the router-decision timing")
+    p.add_argument("--decisions", type=int, default=200_000, help="router decisions timed per cell")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     out: dict = {}
     if not args.skip_routers:
-        out["router_ns_per_decision"] = {k.value: {n: router_cost_ns(k, n) for n in (4, 16, 64)} for k in RouterKind}
+        out["router_ns_per_decision"] = {k.value: {n: router_cost_ns(k, n, args.decisions) for n in SIZES}
+                                         for k in RouterKind}
+    if args.routers_only:
+        _print_routers(out, args.json)
+        return 0
     workload = tiled_trace(args.requests, args.rate_per_replica * args.replicas)
     engine = make_engine_config(get_model("llama-3.1-8b"), get_gpu("h100-sxm"), "vllm-v1")
     cluster = homogeneous_cluster(engine, replicas=args.replicas,
@@ -94,10 +116,7 @@ def main() -> int:
         print(json.dumps(out, indent=2))
         return 0
     if "router_ns_per_decision" in out:
-        print("router decision cost (CPU ns per choose, snapshot refresh every 1,000 decisions)")
-        print(f"  {'router':<28}" + "".join(f"{n:>10} rep" for n in (4, 16, 64)))
-        for kind, costs in out["router_ns_per_decision"].items():
-            print(f"  {kind:<28}" + "".join(f"{costs[n]:>14,.0f}" for n in (4, 16, 64)))
+        _print_routers(out, False)
     c = out["cluster"]
     print(f"{c['replicas']}-replica cluster, router {c['router']}, {c['requests']:,} requests of the Azure "
           f"conversation trace at {c['rate']:g} req/s")

@@ -9,6 +9,12 @@ demand meeting the SLOs.  From it follow:
   axis it is the 95th percentile of running requests observed at the best point (rounded up);
 * the **replicas** for ``advice.target_demand``: ``ceil(target / best point)``, which keeps every
   node at or below its best point.
+
+When the scenario has a ``cluster:`` section the unit that was simulated is the whole cluster
+(its replicas, pools and router, docs/cluster.md), and the lines say so (:class:`_Unit`): the cost
+is the cluster's (every GPU of it), the admission limit is per replica (the time series pools
+every replica's samples), and a target demand is met by copies of the cluster, or, when the
+swept demand is per replica (``demand_per_replica``), by that many replicas.
 """
 from __future__ import annotations
 
@@ -32,6 +38,36 @@ class NodeAdvice:
     cost_per_1m_tokens: float | None
     profit_per_h: float | None
     lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Unit:
+    """What one point of the sweep simulated, in words: one replica (a node) or a whole cluster."""
+
+    cluster: bool
+    noun: str             # "a node" / "the cluster (6 replicas, 24 GPUs, least-outstanding-tokens router)"
+    per: str              # where the admission limit applies: "per node" / "per replica"
+    scale_noun: str       # what a target demand is met with: "replica(s)" / "copies of the cluster"
+    gpus_per_scale: float  # GPUs of one of those
+    per_replica_demand: bool = False
+
+
+def _unit(sc: Scenario, row: pd.Series) -> _Unit:
+    c = sc.cluster
+    tp = sc.deployment.tp
+    if c is None:
+        return _Unit(False, "a node", "per node", "replica(s)", tp)
+    replicas = c.num_replicas
+    gpus = row.get("num_gpus_total", math.nan)
+    gpus = float(gpus) if pd.notna(gpus) else float(replicas * tp)
+    prefill = c.prefill_replicas + sum(g.replicas for g in c.groups if g.role == "prefill")
+    decode = c.decode_replicas + sum(g.replicas for g in c.groups if g.role == "decode")
+    pools = f"{prefill} prefill + {decode} decode replicas" if prefill else f"{replicas} replicas"
+    noun = f"the cluster ({pools}, {gpus:g} GPUs, {c.router} router)"
+    per = "per replica (prefill and decode samples pooled)" if prefill else "per replica"
+    if c.demand_per_replica:
+        return _Unit(True, noun, per, "replica(s) of this cluster's kind", gpus / replicas, True)
+    return _Unit(True, noun, per, "copies of the cluster", gpus)
 
 
 def _row_at(mean: pd.DataFrame, demand: float) -> pd.Series:
@@ -61,7 +97,8 @@ def node_advice(sc: Scenario, regions: Regions, mean: pd.DataFrame) -> NodeAdvic
         if regions.slo_limit.value is None:
             return NodeAdvice(name, None, "", None, None, None, None, None,
                               (f"{name}: no point of the sweep meets the SLOs "
-                               f"({', '.join(map(str, sc.slos))}); use faster hardware or fewer requests per node",))
+                               f"({', '.join(map(str, sc.slos))}); use faster hardware or fewer requests per "
+                               + ("node" if sc.cluster is None else "replica (more replicas)"),))
         candidates.append((regions.slo_limit.value, "largest demand meeting the SLOs"))
     best, basis = min(candidates)
     row = _row_at(mean, best)
@@ -72,6 +109,7 @@ def node_advice(sc: Scenario, regions: Regions, mean: pd.DataFrame) -> NodeAdvic
         admission = int(best)
     target = sc.advice.target_demand
     replicas = int(math.ceil(target / best - 1e-9)) if target else None
+    u = _unit(sc, row)
     lines = []
     eq, sat = regions.equilibrium, regions.saturation
     if sat.value is not None:
@@ -79,23 +117,25 @@ def node_advice(sc: Scenario, regions: Regions, mean: pd.DataFrame) -> NodeAdvic
                   else "no equilibrium point (no queue or KV pressure with a falling slope before saturation)")
         lines.append(f"{name}: {a_text}; region B up to the saturation point {sat.describe(unit)}; "
                      f"region C beyond (peak {regions.peak_throughput:,.0f} tok/s at {regions.peak_demand:g}{unit}).")
-    lines.append(f"{name}: best point {best:g}{unit} ({basis}): {row['output_throughput']:,.0f} output tok/s, "
+    where = "" if not u.cluster else (" per replica" if u.per_replica_demand else " into the whole cluster")
+    lines.append(f"{name}: best point {best:g}{unit}{where} ({basis}): {row['output_throughput']:,.0f} output tok/s, "
                  f"p99 TTFT {row.get('p99_ttft_ms', math.nan):,.0f} ms, "
                  f"p99 TPOT {row.get('p99_tpot_ms', math.nan):.1f} ms.")
     cost = row.get("cost_per_1m_tokens", math.nan)
     profit = row.get("profit_per_h", math.nan)
     if pd.notna(cost):
         revenue = row.get("revenue_per_h", math.nan)
-        lines.append(f"{name}: at the best point a node costs {row['cost_per_h']:,.2f} USD/h "
+        lines.append(f"{name}: at the best point {u.noun} costs {row['cost_per_h']:,.2f} USD/h "
                      f"({cost:.3f} USD per 1M tokens), takes in {revenue:,.2f} USD/h and so "
                      f"{'makes a profit of' if profit >= 0 else 'loses'} {abs(profit):,.2f} USD/h.")
     if admission is not None:
-        lines.append(f"{name}: admit at most {admission} concurrent requests per node "
-                     f"(max_num_seqs={admission}).")
+        lines.append(f"{name}: admit at most {admission} concurrent requests {u.per} "
+                     f"(max_num_seqs={admission}" + (f" on each of its {sc.cluster.num_replicas} replicas)."
+                                                     if u.cluster and sc.cluster is not None else ")."))
     if replicas is not None:
-        lines.append(f"{name}: for a demand of {target:g}{unit}, run {replicas} replica(s) "
-                     f"({replicas * sc.deployment.tp} GPUs), each at {target / replicas:.3g}{unit}.")
-        if axis is Axis.RATE:
+        lines.append(f"{name}: for a demand of {target:g}{unit}, run {replicas} {u.scale_noun} "
+                     f"({replicas * u.gpus_per_scale:g} GPUs), each at {target / replicas:.3g}{unit}.")
+        if axis is Axis.RATE and not u.cluster:
             lines.append(f"{name}: this count divides the target by one replica's best point on this sweep's grid; "
                          f"`servesim plan --demand {target:g}` answers the cheapest fleet whose replicas meet the "
                          "SLOs with 95% confidence at target / replicas (rental prices, its own run lengths), so "

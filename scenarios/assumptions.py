@@ -98,7 +98,7 @@ def describe_lengths(stats: dict) -> str:
 def plan_assumptions(req, best) -> dict:
     """What a :class:`~.plan.PlanRequest`'s answer (its best :class:`~.plan.PlanOption`, or None)
     rests on, for ``servesim plan`` (``docs/scenarios.md``, "servesim plan")."""
-    from .plan import _deployment, model_len
+    from .plan_space import _deployment, model_len
     from .points import engine_config
     from .stability import DEFAULT_TOLERANCE
     gpu, tp = (best.gpu, best.tp) if best else (req.gpus[0], req.tps[0])
@@ -113,6 +113,10 @@ def plan_assumptions(req, best) -> dict:
                      f"{'Poisson' if req.workload.kind is ArrivalKind.POISSON else req.workload.kind.value} "
                      "stream; no load-aware routing, no routing delay, replicas independent (plan --router "
                      "simulates the whole cluster instead)")
+    if getattr(req, "disaggregated", False):
+        out["router"] += (f"; disaggregated candidates: prefill and decode pools behind the "
+                          f"{req.router or 'round-robin'} router (snapshots {req.router_staleness_s:g} s old), "
+                          f"KV over {req.kv_link} (catalogue peak bandwidth, no efficiency factor), at the full demand")
     fixed = bool(req.workload.num_requests or req.workload.duration_s)
     c = req.convergence
     out["run_length"] = ("fixed by the workload (--duration or num_requests)" if fixed else

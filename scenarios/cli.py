@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from .. import argtypes as at
+from ..sim.gpus import LINK_CATALOG
 from ..sim.lengths import SHAREGPT_CONVERSATIONS_STATS, SHAREGPT_FIRST_TURN_STATS
 from ..sim.router import RouterKind
 from .loader import load_scenario, parse_slo, scenario_to_dict, shipped_scenarios
@@ -89,6 +90,12 @@ def register(sub) -> None:
                         "the work per candidate; docs/cluster.md); default: one replica at demand / r, an ideal split")
     q.add_argument("--router-staleness", type=at.NON_NEGATIVE, default=1.0,
                    help="with --router: seconds between the router's snapshots of replica state")
+    q.add_argument("--disaggregated", action="store_true",
+                   help="also search prefill/decode pools (1:1, 2:1, 1:2, 3:1, 1:3 at each replica count) simulated "
+                        "as whole clusters behind --router (default round-robin) and compare them with collocated "
+                        "replicas (docs/cluster.md)")
+    q.add_argument("--kv-link", default="infiniband", choices=sorted(LINK_CATALOG),
+                   help="with --disaggregated: the KV transfer link (sim/gpus.py LINK_CATALOG)")
     q.add_argument("--slack", type=at.NON_NEGATIVE, default=0.3, help="also search pairs whose bound is within this "
                                                             "fraction of the best cost (ranked alternatives)")
     q.add_argument("--top", type=at.POSITIVE_INT, default=10)
@@ -294,7 +301,8 @@ def cmd_plan(args) -> int:
                       seed=args.seed, slack=args.slack, workers=args.workers, base_dir=str(Path.cwd()),
                       max_model_len=args.max_model_len, confidence=args.confidence, seeds=args.seeds,
                       profile_draws=args.profile_draws, router=args.router,
-                      router_staleness_s=args.router_staleness)
+                      router_staleness_s=args.router_staleness, disaggregated=args.disaggregated,
+                      kv_link=args.kv_link, progress=True)
     result = plan(req)
     if args.json:
         print(json.dumps(plan_json(req, result), indent=2, default=str))

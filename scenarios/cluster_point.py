@@ -31,6 +31,16 @@ def as_cluster(sc: Scenario, replicas: int, router: str, staleness_s: float = 1.
                                               demand_per_replica=True))
 
 
+def as_disaggregated(sc: Scenario, prefill: int, decode: int, router: str, staleness_s: float = 1.0,
+                     link: str = "infiniband") -> Scenario:
+    """``sc`` as a pool of ``prefill`` prefill and ``decode`` decode replicas behind ``router`` (both
+    pools), KV over ``link``, offered ``prefill + decode`` times a point's rate: how
+    ``plan --disaggregated`` simulates a candidate (``scenarios/plan_disagg.py``)."""
+    return replace(sc, cluster=ClusterSection(prefill_replicas=prefill, decode_replicas=decode, router=router,
+                                              router_staleness_s=staleness_s, kv_link=link,
+                                              demand_per_replica=True))
+
+
 def point_demand(sc: Scenario, demand: float) -> float:
     c = sc.cluster
     return demand * c.num_replicas if c is not None and c.demand_per_replica else demand

@@ -24,6 +24,11 @@ Pruning keeps it interactive:
    monotone in the per-replica rate), never beyond the replicas that would cost more than
    ``(1 + slack)`` times the best found; every ``max_num_seqs`` of a pair runs in its own process.
 
+With ``disaggregated`` the same search also runs over prefill/decode pools of each (GPU, TP,
+``max_num_seqs``): at each replica count the prefill:decode splits of
+:data:`~.plan_disagg.DISAGG_RATIOS`, each simulated as the whole cluster with its KV transfer
+(:mod:`.plan_disagg`); the options of both layouts are ranked together.
+
 Costs come from :class:`~.schema.Costs` per GPU (default: :data:`DEFAULT_GPU_PRICES`, illustrative
 on-demand rental prices) plus the simulated energy (:mod:`.economics`).
 """
@@ -33,363 +38,26 @@ import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
 
-import numpy as np
-
-from ..sim.uncertainty import Interval, combine
-from .assumptions import finite
-from .cluster_point import as_cluster
-from .economics import add_economics
-from .points import PointTask, engine_config, run_converged, run_point
-from .schema import SLO, ArrivalKind, Axis, Costs, Deployment, Economics, EngineKnobs, Scenario, Sweep, WorkloadSection
-from .stability import ConvergenceRule, describe_instability, t_quantile
-
-# Illustrative on-demand rental prices, USD per GPU-hour (2025 public cloud list prices, rounded);
-# override with --gpu-price or a scenario's costs.
-DEFAULT_GPU_PRICES = {"h100-sxm": 2.50, "h100-nvl": 2.30, "h100-pcie": 2.00, "h200": 3.20, "a100-80gb": 1.50,
-                      "a100-40gb": 1.10, "b200": 4.50, "l40s": 0.90}
-PROBE_MARGIN = 1.25  # the burst probe may understate the sustainable rate a little (ramp and drain)
-
-
-@dataclass(frozen=True)
-class PlanRequest:
-    """What to plan for: a model, a demand in requests/s, the traffic, SLOs and the search space."""
-
-    model: str
-    demand_rps: float
-    workload: WorkloadSection
-    slos: tuple[SLO, ...]
-    gpus: tuple[str, ...] = ("h100-sxm", "h200")
-    tps: tuple[int, ...] = (1, 2, 4, 8)
-    max_num_seqs: tuple[int, ...] = (64, 128, 256, 512)
-    engine: str = "vllm-v1"
-    weight_dtype: str | None = None
-    kv_cache_dtype: str = "auto"
-    costs: dict[str, Costs] = field(default_factory=dict)
-    seed: int = 0
-    probe_requests: int = 600
-    max_replicas: int = 512
-    slack: float = 0.3
-    workers: int | None = None
-    base_dir: str = "."
-    max_model_len: int | None = None    # None: what the workload needs (see model_len)
-    confidence: float = 0.95            # the SLOs must hold with this confidence
-    seeds: int = 3                      # independent replications per candidate (workload uncertainty)
-    profile_draws: int = 3              # parametric-bootstrap draws of the profile (0: nominal only)
-    convergence: ConvergenceRule = field(default_factory=ConvergenceRule)
-    # None: the ideal split (one replica simulated at demand / r).  A router name (sim/router.py):
-    # the whole cluster of r replicas behind that router is simulated at the full demand, so
-    # routing imbalance counts (docs/cluster.md); r times the simulation work per candidate.
-    router: str | None = None
-    router_staleness_s: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not (self.demand_rps > 0 and math.isfinite(self.demand_rps)):
-            raise ValueError(f"--demand must be a positive request rate (req/s), got {self.demand_rps}")
-        if not self.slos:
-            raise ValueError("plan needs at least one SLO, e.g. --slo 'p99_ttft_ms<=2000,p99_tpot_ms<=100'")
-        if self.workload.kind not in (ArrivalKind.POISSON, ArrivalKind.GAMMA, ArrivalKind.TRACE):
-            raise ValueError(f"plan needs open-loop traffic (poisson, gamma or trace), got {self.workload.kind.value}")
-        if not 0.5 <= self.confidence < 1:
-            raise ValueError(f"--confidence must be in [0.5, 1), got {self.confidence}")
-        if self.seeds < 1 or self.profile_draws < 0:
-            raise ValueError(f"--seeds must be >= 1 and --profile-draws >= 0, got {self.seeds}, {self.profile_draws}")
-
-    def costs_for(self, gpu: str) -> Costs:
-        if gpu in self.costs:
-            return self.costs[gpu]
-        if gpu not in DEFAULT_GPU_PRICES:
-            raise ValueError(f"no price for GPU {gpu!r}; give --gpu-price {gpu}=USD_PER_GPU_HOUR")
-        return Costs(gpu_rental_per_gpu_hour=DEFAULT_GPU_PRICES[gpu])
-
-
-@dataclass
-class Evaluation:
-    """``seeds`` replications (nominal profile) and ``profile_draws`` bootstrap draws of one
-    candidate: a (GPU, TP, ``max_num_seqs``) with ``replicas`` replicas.
-
-    ``meets``: every replication ran, rejected nothing and kept up with its offered rate, and the
-    one-sided upper ``confidence`` bound of every SLO's metric is within the SLO; ``may_meet``:
-    stable, and the one-sided *lower* bound is within every SLO (meeting cannot be ruled out).
-    ``intervals`` hold the two-sided ``confidence`` interval of each SLO column and throughput."""
-
-    replicas: int
-    rows: list[dict]
-    draws: list[dict]
-    reason: str
-    intervals: dict[str, Interval] = field(default_factory=dict)
-    meets: bool = False
-    may_meet: bool = False
-    early: bool = False  # stopped after a seed over an SLO, before the others ran (may_meet unknown)
-
-    @property
-    def num_simulations(self) -> int:
-        return len(self.rows) + len(self.draws)
-
-    def mean_row(self) -> dict:
-        """Seed mean of every numeric column (the first row's value for the others)."""
-        out = dict(self.rows[0])
-        for key, value in self.rows[0].items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                vals = [r.get(key, math.nan) for r in self.rows]
-                out[key] = float(np.mean(vals))
-        return out
-
-
-@dataclass
-class PlanOption:
-    """A deployment meeting the SLOs with ``confidence``: ``replicas`` (the count chosen) within
-    ``replicas_range`` (the fewest that may meet them .. the fewest that meet them with confidence)."""
-
-    gpu: str
-    tp: int
-    max_num_seqs: int
-    replicas: int
-    replicas_range: tuple[int, int]
-    cost_per_h: float
-    cost_per_h_range: tuple[float, float]
-    cost_per_1m_tokens: float
-    cost_per_1m_output_tokens: float
-    per_replica_rps: float
-    row: dict
-    evaluation: Evaluation
-
-    @property
-    def num_gpus(self) -> int:
-        return self.replicas * self.tp
-
-    def to_dict(self) -> dict:
-        """The option for machines (``servesim plan --json``): figures with their intervals."""
-        ivs = {k: iv.to_dict() for k, iv in self.evaluation.intervals.items()}
-        return {"gpu": self.gpu, "tp": self.tp, "max_num_seqs": self.max_num_seqs, "replicas": self.replicas,
-                "replicas_range": list(self.replicas_range), "num_gpus": self.num_gpus,
-                "num_gpus_range": [r * self.tp for r in self.replicas_range],
-                "cost_per_hour": self.cost_per_h, "cost_per_hour_range": list(self.cost_per_h_range),
-                "cost_per_1m_tokens": self.cost_per_1m_tokens,
-                "cost_per_1m_output_tokens": self.cost_per_1m_output_tokens,
-                "per_replica_rps": self.per_replica_rps, "predictions": ivs,
-                "stable": bool(all(r.get("stable", True) for r in self.evaluation.rows)),
-                "rate_shortfall": finite(self.row.get("rate_shortfall", math.nan)),
-                "num_requests_per_run": [int(r.get("num_requests", 0)) for r in self.evaluation.rows],
-                "converged": [bool(r.get("converged", True)) for r in self.evaluation.rows]}
-
-
-@dataclass
-class PlanResult:
-    options: list[PlanOption]
-    infeasible: list[tuple[str, int, str]]
-    pruned: list[tuple[str, int, float]]
-    num_simulations: int
-    wall_s: float
-    assumptions: dict = field(default_factory=dict)
-    rejected: list[tuple[str, int, int, int, str]] = field(default_factory=list)  # gpu, tp, mns, replicas, why
-    unmet: list[tuple[str, int, int, int, str]] = field(default_factory=list)  # searched, no answer up to replicas
-
-
-LONG_WORKLOAD_LEN = 16384  # max_model_len for workloads whose longest request is not known up front
-
-
-def model_len(req: PlanRequest, context: int) -> int:
-    """``max_model_len`` for the search: the workload's longest request (fixed or random lengths),
-    else :data:`LONG_WORKLOAD_LEN`, capped at the model's context.  vLLM refuses a replica whose KV
-    cache cannot hold one ``max_model_len`` sequence, so the model's full context (e.g. 128k)
-    would wrongly rule out small GPUs."""
-    if req.max_model_len:
-        return req.max_model_len
-    w = req.workload
-    if w.dataset == "fixed" and w.kind is not ArrivalKind.TRACE:
-        need = w.input_len + w.output_len
-    elif w.dataset == "random":
-        need = math.ceil((w.input_len + w.output_len) * (1 + w.range_ratio)) + 2
-    elif w.dataset == "sharegpt" and w.kind is not ArrivalKind.TRACE:
-        from ..sim.lengths import first_turn_table
-        inputs, outputs = first_turn_table()
-        need = int((inputs + outputs).max())
-    else:
-        need = LONG_WORKLOAD_LEN
-    return min(context, max(1024, need))
-
-
-def _deployment(req: PlanRequest, gpu: str, tp: int, mns: int | None) -> Deployment:
-    from ..sim.model_catalog import get_model
-    return Deployment(model=req.model, gpu=gpu, tp=tp, engine=req.engine, weight_dtype=req.weight_dtype,
-                      kv_cache_dtype=req.kv_cache_dtype,
-                      knobs=EngineKnobs(max_num_seqs=mns,
-                                        max_model_len=model_len(req, get_model(req.model).max_position_embeddings)))
-
-
-def _scenario(req: PlanRequest, gpu: str, tp: int, mns: int | None) -> Scenario:
-    dep = _deployment(req, gpu, tp, mns)
-    return Scenario(name=f"{gpu}-tp{tp}-mns{mns}", deployment=dep, workload=req.workload,
-                    sweep=Sweep(Axis.RATE, (1.0,), (req.seed,)), slos=req.slos, base_dir=req.base_dir)
-
-
-def rejection(row: dict) -> str:
-    """Why one simulated point cannot be an answer (empty: it can): an engine refusal, rejected
-    requests, or an unstable run (the achieved rate falls short of the offered one)."""
-    if row.get("error"):
-        return str(row["error"])
-    if row.get("failed", 0) > 0:
-        return f"{int(row['failed'])} request(s) rejected"
-    return describe_instability(row)
-
-
-def meets(row: dict, slos: tuple[SLO, ...]) -> bool:
-    """The simulated point ran, rejected nothing, kept up with its offered rate and meets every SLO."""
-    if rejection(row):
-        return False
-    return all(row.get(s.column, math.inf) <= s.max_ms for s in slos)
-
-
-def probe(args: tuple[PlanRequest, str, int]) -> tuple[str, int, float, str]:
-    """Peak request rate of one (GPU, TP) at its largest ``max_num_seqs`` (a saturated burst)."""
-    req, gpu, tp = args
-    sc = _scenario(req, gpu, tp, max(req.max_num_seqs))
-    sc = replace(sc, workload=replace(sc.workload, num_requests=req.probe_requests))
-    row = run_point(PointTask(sc, 1e6, req.seed)).row  # 1e6 req/s: effectively everything at once
-    return gpu, tp, float(row.get("request_throughput", 0.0) or 0.0), row.get("error", "")
-
-
-INTERVAL_COLUMNS = ("request_throughput", "output_throughput", "mean_gpu_power_w")
-
-
-def evaluate(req: PlanRequest, sc: Scenario, r: int, stop_early: bool = True) -> Evaluation:
-    """Replications of ``sc`` at ``demand / r`` per replica (see :class:`Evaluation`): one replica,
-    or with ``req.router`` the whole cluster of ``r``; stops at the first seed that cannot be an
-    answer, since one unstable replication already refuses the candidate (and, with
-    ``stop_early``, at the first seed whose SLO metric alone decides it)."""
-    rate = req.demand_rps / r
-    if req.router is not None:  # the whole cluster of r replicas at r times a replica's rate
-        sc = as_cluster(sc, r, req.router, req.router_staleness_s)
-    fixed = bool(req.workload.num_requests or req.workload.duration_s)
-    rule = req.convergence
-    if sc.workload.kind is ArrivalKind.TRACE:  # seeds replay disjoint windows of the trace, or they are not independent
-        from .points import _full_trace, trace_file
-        rows = len(_full_trace(str(trace_file(sc.workload.trace, sc.base_dir))))
-        cap = max(rule.min_requests, rows // req.seeds)
-        rule = replace(rule, max_requests=min(rule.max_requests, cap), min_requests=min(rule.min_requests, cap))
-
-    def run(seed: int, draw: int | None) -> dict:
-        task = PointTask(sc, rate, seed, profile_draw=draw)
-        return run_point(task).row if fixed else run_converged(task, rule).row
-
-    # With t_{c, R-1} >= R - 1 (R <= 3 seeds at 95%), the one-sided upper bound is at least the
-    # largest seed's value (no sample lies more than (R-1)/sqrt(R) sd from the mean), so one seed
-    # over an SLO already decides that the candidate does not meet it with confidence.
-    decisive = t_quantile(req.confidence, req.seeds - 1, two_sided=False) >= req.seeds - 1
-    rows: list[dict] = []
-    for i in range(req.seeds):
-        rows.append(run(req.seed + i, None))
-        why = rejection(rows[-1])
-        if not why and stop_early and decisive and req.seeds > 1:
-            over = [s for s in req.slos if rows[-1].get(s.column, math.inf) > s.max_ms]
-            why = f"{over[0]} fails ({rows[-1].get(over[0].column, math.nan):,.0f})" if over else ""
-        if why:
-            return Evaluation(r, rows, [], f"seed {req.seed + i}: {why}", early=not rejection(rows[-1]))
-    draws = [run(req.seed, j) for j in range(req.profile_draws)]
-    bad = [d for d in draws if rejection(d)]
-    one_sided = 2 * req.confidence - 1  # the ends of this two-sided interval are one-sided bounds
-    meets_all, may_all, intervals = True, True, {}
-    for s in req.slos:
-        seeds_v = [row.get(s.column, math.nan) for row in rows]
-        draws_v = [d.get(s.column, math.nan) for d in draws]
-        bound = combine(seeds_v, draws_v, one_sided)
-        intervals[s.column] = combine(seeds_v, draws_v, req.confidence, floor=0.0)
-        meets_all &= bound.hi <= s.max_ms
-        may_all &= bound.lo <= s.max_ms
-    for col in INTERVAL_COLUMNS:
-        intervals[col] = combine([row.get(col, math.nan) for row in rows], [d.get(col, math.nan) for d in draws],
-                                 req.confidence, floor=0.0)
-    reason = ""
-    if bad:
-        meets_all = False
-        reason = f"{len(bad)} of {len(draws)} profile draws cannot serve it ({rejection(bad[0])})"
-    elif not meets_all:
-        reason = f"SLOs not met with {req.confidence:.0%} confidence"
-    return Evaluation(r, rows, draws, reason, intervals, meets_all, may_all)
-
-
-def search_replicas(args: tuple[PlanRequest, str, int, int, int, int]
-                    ) -> tuple[int | None, int | None, dict[int, Evaluation]]:
-    """Fewest replicas in ``[r_lo, r_cap]`` meeting the SLOs with confidence, the fewest that may
-    meet them (the optimistic end of the range), and every evaluation made.
-
-    The first is None when even ``r_cap`` replicas fail (``r_cap``: the most replicas that could
-    still be within the slack of the best cost found so far, or ``max_replicas``)."""
-    req, gpu, tp, mns, r_lo, r_cap = args
-    sc = _scenario(req, gpu, tp, mns)
-    evals: dict[int, Evaluation] = {}
-
-    def ok(r: int) -> bool:
-        if r not in evals:
-            evals[r] = evaluate(req, sc, r)
-        return evals[r].meets
-
-    hi = None
-    if ok(r_lo):
-        hi = r_lo
-    else:
-        lo, step = r_lo, 1
-        while True:
-            cand = min(lo + step, r_cap)
-            if cand <= lo:
-                return None, None, evals
-            if ok(cand):
-                hi = cand
-                break
-            if cand >= r_cap or evals[cand].rows[0].get("error"):
-                return None, None, evals
-            lo, step = cand, step * 2
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if ok(mid):
-                hi = mid
-            else:
-                lo = mid
-    r_may = hi
-    while r_may > 1:
-        if r_may - 1 not in evals or evals[r_may - 1].early:
-            evals[r_may - 1] = evaluate(req, sc, r_may - 1, stop_early=False)
-        if not evals[r_may - 1].may_meet:
-            break
-        r_may -= 1
-    return hi, r_may, evals
-
-
-def _feasible(req: PlanRequest) -> tuple[list[tuple[str, int]], list[tuple[str, int, str]]]:
-    from ..sim.memory import kv_capacity
-    from .points import resolve_model
-    pairs, infeasible = [], []
-    for gpu in req.gpus:
-        for tp in req.tps:
-            dep = _deployment(req, gpu, tp, max(req.max_num_seqs))
-            model = resolve_model(dep, req.base_dir)
-            if model.num_attention_heads % tp or (model.num_key_value_heads % tp and tp % model.num_key_value_heads):
-                infeasible.append((gpu, tp, f"TP {tp} does not divide {model.num_attention_heads} attention heads "
-                                            f"/ {model.num_key_value_heads} KV heads"))
-                continue
-            try:
-                kv_capacity(engine_config(dep, req.base_dir))
-            except ValueError as exc:
-                infeasible.append((gpu, tp, str(exc).split(". ")[0]))
-                continue
-            pairs.append((gpu, tp))
-    return pairs, infeasible
-
-
-def _option(req: PlanRequest, gpu: str, tp: int, mns: int, r: int, r_may: int, ev: Evaluation) -> PlanOption:
-    import pandas as pd
-    row = ev.mean_row()
-    priced = add_economics(pd.DataFrame([row]), Economics(costs=req.costs_for(gpu)), tp=tp).iloc[0]
-    per_replica = float(priced["cost_per_h"])
-    cost = per_replica * r
-    per_req_tokens = (row["total_input_tokens"] + row["total_output_tokens"]) / max(row["completed"], 1)
-    per_req_out = row["total_output_tokens"] / max(row["completed"], 1)
-    tokens_m_per_h = req.demand_rps * 3600 / 1e6
-    return PlanOption(gpu, tp, mns, r, (r_may, r), cost, (per_replica * r_may, cost),
-                      cost / (tokens_m_per_h * per_req_tokens), cost / (tokens_m_per_h * per_req_out),
-                      req.demand_rps / r, row, ev)
+from .assumptions import plan_assumptions
+from .plan_disagg import search_pools
+from .plan_search import (  # noqa: F401 (the planner's public names, re-exported)
+    DEFAULT_GPU_PRICES,
+    PROBE_MARGIN,
+    Evaluation,
+    PlanOption,
+    PlanRequest,
+    PlanResult,
+    _option,
+    _progress,
+    add_economics_fixed,
+    evaluate,
+    fewest,
+    meets,
+    rejection,
+    search_replicas,
+)
+from .plan_space import LONG_WORKLOAD_LEN, _deployment, _feasible, _scenario, model_len, probe  # noqa: F401 (re-exported)
 
 
 def plan(req: PlanRequest) -> PlanResult:
@@ -424,6 +92,8 @@ def plan(req: PlanRequest) -> PlanResult:
             for mns, (r, r_may, evals) in zip(req.max_num_seqs, pool.map(search_replicas, jobs)):
                 sims += sum(e.num_simulations for e in evals.values())
                 rejected += [(gpu, tp, mns, k, e.reason) for k, e in sorted(evals.items()) if e.reason]
+                _progress(req, f"{gpu} TP{tp} max_num_seqs={mns} collocated: "
+                               + (f"{r} replicas" if r is not None else "no answer") + f", {sims} simulations")
                 if r is None:
                     last = max(evals) if evals else r_lo
                     unmet.append((gpu, tp, mns, last, evals[last].reason if evals else "not evaluated"))
@@ -431,14 +101,12 @@ def plan(req: PlanRequest) -> PlanResult:
                 opt = _option(req, gpu, tp, mns, r, r_may, evals[r])
                 options.append(opt)
                 best = min(best, opt.cost_per_h)
+            if req.disaggregated:
+                pooled, n_sims = search_pools(pool, req, gpu, tp, r_lo, r_cap, rejected, unmet)
+                sims += n_sims
+                options += pooled
+                best = min([best] + [o.cost_per_h for o in pooled])
     options.sort(key=lambda o: (o.cost_per_h, o.num_gpus, o.row.get("p99_ttft_ms", math.inf)))
     result = PlanResult(options, infeasible, pruned, sims, time.perf_counter() - t0, rejected=rejected, unmet=unmet)
-    from .assumptions import plan_assumptions
     result.assumptions = plan_assumptions(req, options[0] if options else None)
     return result
-
-
-def add_economics_fixed(req: PlanRequest, gpu: str, tp: int) -> float:
-    """Fixed cost per hour of one replica (the energy term is added once simulated)."""
-    from .economics import fixed_cost_per_gpu_hour
-    return tp * fixed_cost_per_gpu_hour(req.costs_for(gpu))

@@ -10,7 +10,7 @@ import math
 import sys
 
 from .assumptions import describe_lengths, finite
-from .plan import PlanRequest, PlanResult
+from .plan_search import PlanOption, PlanRequest, PlanResult
 
 WHY_SWEEP_DIFFERS = ("`servesim sweep` advice answers another question: its best point is the maximum-profit "
                      "point (or saturation) capped by the SLO limit of one replica's curve, and it sizes a fleet "
@@ -37,6 +37,8 @@ def print_plan(args, req: PlanRequest, result: PlanResult, file=None) -> None:
     for i, o in enumerate(result.options[:args.top], start=1):
         lo, hi = o.replicas_range
         reps = f"{hi}" if lo == hi else f"{lo}-{hi}"
+        if o.prefill_replicas:
+            reps = o.layout if lo == hi else f"{lo}-{o.layout}"
         gpus = f"{o.num_gpus}" if lo == hi else f"{lo * o.tp}-{hi * o.tp}"
         p(f"  {i:>2} {o.gpu:<10} {o.tp:>2} {o.max_num_seqs:>12} {reps:>9} {gpus:>7} {o.cost_per_h:>8.2f} "
           f"{o.cost_per_1m_tokens:>10.4f} {o.cost_per_1m_output_tokens:>10.4f} {o.per_replica_rps:>10.3g} "
@@ -52,11 +54,16 @@ def print_plan(args, req: PlanRequest, result: PlanResult, file=None) -> None:
     if result.options:
         best = result.options[0]
         lo, hi = best.replicas_range
-        p(f"  advice: {best.replicas} x {best.gpu} TP{best.tp} with max_num_seqs={best.max_num_seqs} "
-          f"(admission limit per node), {best.per_replica_rps:.3g} req/s per node; "
+        what = (f"{best.prefill_replicas} prefill + {best.decode_replicas} decode replicas" if best.prefill_replicas
+                else str(best.replicas))
+        p(f"  advice: {what} x {best.gpu} TP{best.tp} with max_num_seqs={best.max_num_seqs} "
+          f"(admission limit per node), {best.per_replica_rps:.3g} req/s per node"
+          + (" on average (the prefill pool takes every request, the decode pool every KV); "
+             if best.prefill_replicas else "; ")
           + (f"{best.replicas} is the fewest meeting the SLOs with {req.confidence:.0%} confidence" +
              (f", {lo} may suffice" if lo < hi else "")))
-        refused = [r for r in result.rejected if r[:3] == (best.gpu, best.tp, best.max_num_seqs) and r[3] < lo]
+        refused = [r for r in result.rejected if r[:3] == (best.gpu, best.tp, best.max_num_seqs) and r[3] < lo
+                   and ("D pools: " in r[4]) == bool(best.prefill_replicas)]  # the answer's own layout
         for gpu, tp, _mns, r, why in refused[-2:]:
             p(f"  refused {r} x {gpu} TP{tp}: {why}")
         for col in (first, "request_throughput"):
@@ -64,8 +71,47 @@ def print_plan(args, req: PlanRequest, result: PlanResult, file=None) -> None:
             if iv is not None and math.isfinite(iv.workload_share):
                 p(f"  uncertainty of {col} at the answer: {iv.workload_share:.0%} workload (seeds), "
                   f"{iv.profile_share:.0%} profile (coefficient stderr)")
+    if req.disaggregated:
+        _print_layouts(req, result, p)
     _print_assumptions(result.assumptions, p)
     p(f"  note: {WHY_SWEEP_DIFFERS}")
+
+
+def best_by_layout(result: PlanResult) -> dict[str, PlanOption | None]:
+    """The cheapest collocated and the cheapest disaggregated option (None where there is none)."""
+    out: dict[str, PlanOption | None] = {"collocated": None, "disaggregated": None}
+    for o in result.options:  # ranked cheapest first
+        key = "disaggregated" if o.prefill_replicas else "collocated"
+        if out[key] is None:
+            out[key] = o
+    return out
+
+
+def _print_layouts(req: PlanRequest, result: PlanResult, p) -> None:
+    """Collocated against disaggregated: each one's cheapest answer with its cost and energy per
+    token and every SLO metric's confidence interval."""
+    p(f"  collocated vs disaggregated (prefill:decode pools, KV over {req.kv_link}; "
+      f"{req.confidence:.0%} intervals; seeds and profile draws):")
+    for layout, o in best_by_layout(result).items():
+        if o is None:
+            p(f"    {layout:<13} no answer in the search space")
+            continue
+        slos = ", ".join(f"{s.column} {_iv(o, s.column)}" for s in req.slos)
+        p(f"    {layout:<13} {o.layout if o.prefill_replicas else str(o.replicas) + ' replicas'} x {o.gpu} "
+          f"TP{o.tp} mns={o.max_num_seqs}: {o.num_gpus} GPUs, {o.cost_per_h:,.2f} USD/h, "
+          f"{o.cost_per_1m_output_tokens:.4f} USD/1M out, J/out token {_iv2(o, 'energy_per_output_token_j')}; {slos}")
+    both = [o for o in best_by_layout(result).values() if o is not None]
+    if len(both) == 2:
+        cheaper = min(both, key=lambda o: o.cost_per_h)
+        p(f"    cheaper: {'disaggregated' if cheaper.prefill_replicas else 'collocated'} "
+          f"({abs(both[0].cost_per_h - both[1].cost_per_h):,.2f} USD/h apart)")
+
+
+def _iv2(option, column: str) -> str:
+    iv = option.evaluation.intervals.get(column)
+    if iv is None or not math.isfinite(iv.value):
+        return "n/a"
+    return f"{iv.value:.3g} [{iv.lo:.3g}, {iv.hi:.3g}]"
 
 
 def _print_assumptions(a: dict, p) -> None:
@@ -89,9 +135,11 @@ def _print_assumptions(a: dict, p) -> None:
 def plan_json(req: PlanRequest, result: PlanResult) -> dict:
     """``{"best": {...}, "options": [...], "assumptions": {...}, ...}`` (docs/scenarios.md)."""
     options = [o.to_dict() for o in result.options]
+    layouts = {k: (None if o is None else o.to_dict()) for k, o in best_by_layout(result).items()}
     return {"question": {"demand_rps": req.demand_rps, "slos": [str(s) for s in req.slos],
                          "confidence": req.confidence, "seeds": req.seeds, "profile_draws": req.profile_draws},
             "best": options[0] if options else None, "options": options,
+            **({"best_by_layout": layouts} if req.disaggregated else {}),
             "assumptions": result.assumptions,
             "infeasible": [{"gpu": g, "tp": t, "why": w} for g, t, w in result.infeasible],
             "pruned": [{"gpu": g, "tp": t, "cost_bound_per_hour": finite(b)} for g, t, b in result.pruned],

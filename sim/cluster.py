@@ -73,6 +73,8 @@ class Replica:
 class Cluster:
     """Builds the replicas, routes the workload and moves KV between pools (module docstring)."""
 
+    share_environment = False  # True: never run replicas in their own environments (tests compare both)
+
     def __init__(self, cfg: ClusterConfig, workload, sample_interval_s: float = 0.2, exact: bool = False) -> None:
         self.cfg, self.env = cfg, simpy.Environment()
         self.closed = hasattr(workload, "num_users")  # closed loop: users send their next request on a finish
@@ -101,7 +103,17 @@ class Cluster:
         self._held: dict[int, list[int] | None] = {}
         self.links = LinkSchedule([0.0] * len(self.replicas))
         self.num_rejected_at_router = 0
-        if not self.closed and not any(r.role is ReplicaRole.PREFILL for r in self.front):
+        # Collocated replicas of an open loop behind a router that reads no state (or one replica)
+        # share nothing once the workload is routed at t = 0: each runs alone in its own environment,
+        # one after another (the same events in the same order per replica; each replica's data stays
+        # in the CPU caches while it runs).
+        # With a stale router they share only the snapshot: each window [T, T + staleness) is routed
+        # at T, then every replica runs alone up to T + staleness (``_run_windows``).
+        alone = not self.share_environment and not self.closed and not self.back
+        self.independent = alone and (not cfg.router.needs_state or len(self.front) == 1)
+        self.windowed = alone and not self.independent and cfg.router.staleness_s > 0
+        if not self.closed and not (self.independent or self.windowed) and not any(
+                r.role is ReplicaRole.PREFILL for r in self.front):
             self.env.process(self._refresher())  # first process: routes before any replica looks
         for rep in self.replicas:
             engine_cfg = rep.group.engine
@@ -109,7 +121,8 @@ class Cluster:
             source_cls = RoutedSource if routed else PushedSource
             rep.source = source_cls(self, rep, engine_cfg.cache.enable_prefix_caching and rep.role is not ReplicaRole.DECODE)
             hooks = [CallbackObserver(on_token=self._prefill_hook(rep))] if rep.role is ReplicaRole.PREFILL else []
-            rep.engine = LLMEngine(self.env, engine_cfg, rep.source, self.records, sample_interval_s, exact,
+            env = simpy.Environment() if self.independent or self.windowed else self.env
+            rep.engine = LLMEngine(env, engine_cfg, rep.source, self.records, sample_interval_s, exact,
                                    observers=hooks)
             if rep.cap.cap_w is not None:
                 rep.engine.cost = CappedStepCostModel(cast(StepCostModel, rep.engine.cost), engine_cfg.profile.power, rep.cap)
@@ -123,6 +136,8 @@ class Cluster:
             self._schedule_arrival(0.0)
         elif self.back:
             self.env.process(self._push_arrivals())
+        elif self.independent or self.windowed:
+            self.route(0.0)  # the first window (everything when independent), before any replica looks
 
     @staticmethod
     def _make_router(cfg, replicas: list[Replica]) -> Router:
@@ -146,18 +161,26 @@ class Cluster:
             until = math.inf
         else:
             until = math.nextafter(now, math.inf) if fresh else now + rc.staleness_s
-        a, router, front = self.arrivals, self.router, self.front
+        a, choose, front = self.arrivals, self.router.choose, self.front
         assert a is not None  # routing windows ahead is for open loops
         prefix = a.prefix if rc.kind is RouterKind.PREFIX_AWARE else None
-        i = self.next_index
-        while i < a.n and a.time[i] < until:
-            prompt, out = a.input[i], a.output[i]
-            k = router.choose(prompt, out, prefix[i] if prefix is not None else None)
-            rep = front[k]
-            rep.assigned_tokens += prompt + out
-            cast(RoutedSource, rep.source).inbox.append(i)
-            self.replica_of[i] = rep.index
+        inboxes = [cast(RoutedSource, rep.source).inbox for rep in front]
+        assigned = [0] * len(front)
+        times, inputs, outputs, n = a.time, a.input, a.output, a.n
+        start = i = self.next_index
+        chosen = []
+        while i < n and times[i] < until:
+            prompt, out = inputs[i], outputs[i]
+            k = choose(prompt, out, prefix[i] if prefix is not None else None)
+            assigned[k] += prompt + out
+            inboxes[k].append(i)
+            chosen.append(k)
             i += 1
+        if chosen:  # the replica ids of the routed window, in one numpy write
+            ids = np.asarray([rep.index for rep in front], dtype=np.int32)
+            self.replica_of[start:i] = ids[np.asarray(chosen, dtype=np.intp)]
+            for rep, tokens in zip(front, assigned):
+                rep.assigned_tokens += tokens
         self.next_index = i
         self.routed_until = a.time[i] if fresh and i < a.n else until
 
@@ -332,8 +355,27 @@ class Cluster:
         cast(PushedSource, drep.source).push(request)
 
     # ----- running ----------------------------------------------------------------------
+    def _run_windows(self) -> None:
+        """Every replica alone up to the next refresh instant, then the next window routed there
+        (what ``_refresher`` does on one clock: a replica reaching the instant first would route the
+        same window from the same snapshot, since waking idle changes nothing a snapshot reads)."""
+        assert self.arrivals is not None
+        envs, n = [r.engine.env for r in self.replicas], self.arrivals.n
+        while self.next_index < n:
+            until = self.routed_until
+            for env in envs:
+                if env.now < until:
+                    env.run(until=until)  # events at ``until`` itself wait for the refresh
+            self.route(until)
+
     def run(self) -> None:
-        self.env.run()
+        if self.windowed:
+            self._run_windows()
+        if self.independent or self.windowed:
+            for rep in self.replicas:
+                rep.engine.env.run()
+        else:
+            self.env.run()
         end = self.env.now
         for rep in self.replicas:
             if rep.source.live:  # pushed sources never end their engine: close its time series here

@@ -47,15 +47,17 @@ class RoutedSource:
         a = cluster.arrivals
         assert a is not None  # routed sources serve open loops
         self.arrivals = a
+        self._time, self._n = a.time, a.n
         self.prefix = a.prefix if caching else None
         self.has_prefix_hashes = self.prefix is not None
         self.block_size = replica.group.engine.cache.block_size
 
     def next_time(self) -> float | None:
+        inbox = self.inbox
+        if inbox:
+            return self._time[inbox[0]]
         c = self.cluster
-        if self.inbox:
-            return self.arrivals.time[self.inbox[0]]
-        return c.routed_until if c.next_index < self.arrivals.n else None
+        return c.routed_until if c.next_index < self._n else None
 
     def pop_until(self, now: float) -> list[Request]:
         c = self.cluster
@@ -71,6 +73,10 @@ class RoutedSource:
         return out
 
     def on_finish(self, request: Request, now: float) -> None:
+        # A collocated open-loop request that ran: nothing to hand on (Cluster.on_finish's common case).
+        if request.first_token_time >= 0:
+            self.cluster.num_done += 1
+            return
         self.cluster.on_finish(self.replica, request, now)
 
     def pending(self) -> int:

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from conftest import mooncake_like, tiny_config
 
+from servesim.sim.cluster import Cluster
 from servesim.sim.cluster_config import ClusterConfig, ReplicaGroup, ReplicaRole, homogeneous_cluster
 from servesim.sim.cluster_runner import simulate_cluster
 from servesim.sim.cost_model import BatchShape, StepCostModel
@@ -308,3 +309,25 @@ def test_blocks_held_on_both_sides_during_a_transfer_and_freed_after():
     assert prefill.engine.kv.num_free_blocks == full and decode.engine.kv.num_free_blocks == full
     assert cluster.records.status[0] == 1 and cluster.transfer_s[0] == pytest.approx(1.0 + 1e-6)
     assert cluster.records.cols["first_token_s"][0] > 1.0  # TTFT includes the transfer
+
+
+@pytest.mark.parametrize("router, staleness", [("round-robin", 0.05), ("random", 0.05),
+                                               ("join-shortest-queue", 0.05), ("least-outstanding-tokens", 0.3),
+                                               ("least-kv-usage", 0.05), ("prefix-aware", 0.1)])
+def test_replicas_run_alone_between_refreshes_with_the_same_results(router, staleness, monkeypatch):
+    """Collocated replicas of an open loop run in their own environments (one after another, up to
+    each refresh instant of the router's snapshot); one shared environment gives the same summary,
+    records and time series."""
+    cfg = tiny_config("vllm-v1", num_gpu_blocks=120, max_num_seqs=16, max_num_batched_tokens=64, max_model_len=512,
+                      enable_prefix_caching=True)
+    wl = mooncake_like(160, seed=3, rate=60.0)
+    cluster = homogeneous_cluster(cfg, replicas=3, router=RouterConfig(router, staleness_s=staleness))
+    alone = simulate_cluster(cluster, wl, SimOptions(sample_interval_s=0.05))
+    assert alone.cluster.independent or alone.cluster.windowed
+    monkeypatch.setattr(Cluster, "share_environment", True)
+    shared = simulate_cluster(cluster, wl, SimOptions(sample_interval_s=0.05))
+    assert not shared.cluster.independent and not shared.cluster.windowed
+    assert json.dumps(alone.summary, sort_keys=True, default=str) == json.dumps(shared.summary, sort_keys=True,
+                                                                                 default=str)
+    pd.testing.assert_frame_equal(alone.records.to_frame(), shared.records.to_frame(), check_exact=True)
+    pd.testing.assert_frame_equal(alone.series.to_frame(), shared.series.to_frame(), check_exact=True)

@@ -40,7 +40,6 @@ OPTIONAL = {"torch", "vllm", "transformers", "dask", "distributed"}
 KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
     # Circles found by this test that remain (owners of the files named).
     ("servesim.calibrate.silicon", "servesim.calibrate.silicon_cli"): "calibrate: silicon <-> silicon_cli",
-    ("servesim.scenarios.assumptions", "servesim.scenarios.plan"): "scenarios: assumptions <-> plan",
 }
 
 # Who may import whom (ARCHITECTURE.md, "What may import what").  Layers: the subpackages, "cli"
