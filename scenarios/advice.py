@@ -1,4 +1,4 @@
-"""Turning a variant's regions into operating advice (DESIGN.md, "Economics").
+"""Turning a variant's regions into operating advice (docs/design.md, "Economics").
 
 The **best point** of a node is the maximum-profit point when the scenario has prices and costs,
 else the saturation point (most throughput for the hardware), in both cases capped by the largest

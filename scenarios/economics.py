@@ -1,4 +1,4 @@
-"""Revenue, cost and profit of one replica at each point of a curve (DESIGN.md, "Economics").
+"""Revenue, cost and profit of one replica at each point of a curve (docs/design.md, "Economics").
 
 All rates are per hour of operation at the point's sustained throughput::
 

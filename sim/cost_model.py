@@ -1,6 +1,6 @@
 """Step-cost model: how long one engine step takes, as a pure function of the batch.
 
-The form is roofline features times fitted coefficients (DESIGN.md, "Step cost"): features are
+The form is roofline features times fitted coefficients (docs/design.md, "Step cost"): features are
 bytes and FLOPs that follow from the model, the GPU and tensor parallelism; coefficients are
 efficiencies and overheads from a :class:`~servesim.sim.profile.Profile`.  Per GPU of a TP group:
 

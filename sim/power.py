@@ -1,6 +1,6 @@
 """GPU power by phase, power caps as clock scaling, and the energy a replica uses.
 
-What a power cap does to a step (the model; DESIGN.md "Beyond one replica"):
+What a power cap does to a step (the model; docs/design.md "Beyond one replica"):
 
 * A GPU draws the profile's phase power at full clock: ``prefill_w`` while computing prompt
   tokens, ``decode_w`` while decoding, ``idle_w`` between steps (:class:`PowerCoefficients`).  A

@@ -2,9 +2,23 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
-from servesim.flag_docs import DOCS, main, render
+import pytest
+
+from servesim import flag_docs
+from servesim.flag_docs import main, render
 from servesim.sim.engine_args import EngineArgs
+
+# The checkout's docs/, beside tests/.  flag_docs.DOCS is found from the module's own file, which
+# is the checkout only in an editable install; the README's `pip install '.[test]'` copies the
+# package into site-packages, where there is no docs/ folder.
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.fixture(autouse=True)
+def _checkout_docs(monkeypatch):
+    monkeypatch.setattr(flag_docs, "DOCS", DOCS)
 
 
 def test_cli_doc_tables_are_current():
