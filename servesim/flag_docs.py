@@ -72,10 +72,16 @@ def render(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m servesim.flag_docs", description=__doc__)
     ap.add_argument("--check", action="store_true", help="exit 1 if a table is not current; write nothing")
+    ap.add_argument("--docs", type=Path, default=DOCS,
+                    help="the checkout's docs/ folder (default: beside the package, as in a checkout)")
     args = ap.parse_args(argv)
     stale = []
     for name in FILES:
-        path = DOCS / name
+        path = args.docs / name
+        if not path.is_file():
+            print(f"python -m servesim.flag_docs: {path} not found; run it in a checkout (an installed package "
+                  f"has no docs/), or pass --docs CHECKOUT/docs", file=sys.stderr)
+            return 2
         text = path.read_text(encoding="utf-8")
         new = render(text)
         if new != text:

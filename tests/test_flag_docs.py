@@ -31,3 +31,12 @@ def test_every_engine_flag_is_in_the_doc():
     for f in dataclasses.fields(EngineArgs):
         assert f"deployment.{'knobs.' if f.metadata['servesim_arg'].section == 'knobs' else ''}" in text
         assert f"`{f.metadata['servesim_arg'].flags[0]}`" in text, f.name
+
+
+def test_without_a_docs_folder_it_says_so(tmp_path, capsys):
+    """An installed package has no docs/: a clear error naming the path and --docs, status 2."""
+    from servesim import flag_docs
+
+    assert flag_docs.main(["--check", "--docs", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "cli.md") in err and "--docs" in err

@@ -1,0 +1,1 @@
+../../servesim/__main__.py

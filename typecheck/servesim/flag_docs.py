@@ -1,0 +1,1 @@
+../../servesim/flag_docs.py

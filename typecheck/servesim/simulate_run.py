@@ -1,0 +1,1 @@
+../../servesim/simulate_run.py
