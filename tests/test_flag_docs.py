@@ -35,8 +35,6 @@ def test_every_engine_flag_is_in_the_doc():
 
 def test_without_a_docs_folder_it_says_so(tmp_path, capsys):
     """An installed package has no docs/: a clear error naming the path and --docs, status 2."""
-    from servesim import flag_docs
-
-    assert flag_docs.main(["--check", "--docs", str(tmp_path)]) == 2
+    assert main(["--check", "--docs", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert str(tmp_path / "cli.md") in err and "--docs" in err
