@@ -276,10 +276,8 @@ class Scheduler:
         size = len(batch.members)
         if not size or size > self.sched.max_num_batched_tokens:
             return None
-        if self.waiting and not self._waiting_blocked(size):
-            return None
         max_steps = min(batch.steps_to_next_finish() - 1, self.max_bulk_steps)  # the finishing step runs alone
-        if max_steps < 2:
+        if max_steps < 2 or (self.waiting and not self._waiting_blocked(size)):
             return None
         return DecodeRun(size, batch.context_sum(), max_steps, batch.g)
 
