@@ -77,7 +77,9 @@ class RequestRecords:
 
     def record(self, request: Request) -> None:
         """Record an ended request; its outcome is its status (finished, rejected or aborted)."""
-        status = OUTCOME_CODES[request.status]
+        outcome = request.status  # compared by identity: an Enum's __hash__ is a Python call
+        status = (1 if outcome is RequestStatus.FINISHED else 2 if outcome is RequestStatus.FINISHED_REJECTED
+                  else 3 if outcome is RequestStatus.FINISHED_ABORTED else OUTCOME_CODES[outcome])
         i, c = request.request_id, self.cols
         c["arrival_s"][i] = request.arrival_time
         c["first_scheduled_s"][i] = request.first_scheduled_time if request.first_scheduled_time >= 0 else np.nan

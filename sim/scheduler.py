@@ -145,16 +145,19 @@ class Scheduler:
         return request
 
     # ----- the v1 policy -----------------------------------------------------------------
-    def _schedule_batch(self, out: SchedulerOutput, free_margin: int) -> bool:
+    def _schedule_batch(self, out: SchedulerOutput, free_margin: int,
+                        needing: dict[int, Request] | None = None) -> bool:
         """Schedule the whole decode batch if it needs no per-request care; return success.
 
-        ``free_margin`` blocks must stay free after the batch's new blocks (v0 checks conservatively).
+        ``free_margin`` blocks must stay free after the batch's new blocks (v0 checks conservatively);
+        ``needing`` is :meth:`DecodeBatch.needing_blocks` if the caller has it already.
         """
         batch = self.batch
         size = len(batch.members)
         if not size:
             return True
-        needing = batch.needing_blocks()
+        if needing is None:
+            needing = batch.needing_blocks()
         if self.exact or len(needing) > self.kv.num_free_blocks - free_margin:
             self.materialize()
             return False
@@ -172,13 +175,14 @@ class Scheduler:
         if len(batch.members) > budget:
             self.materialize()
         preempted = False
-        if (batch.members and not self.scalar_running
-                and len(batch.needing_blocks()) > self.kv.num_free_blocks
-                and list(self.running) == list(batch.members)):
-            self._preempt_from_tail(out)
-            preempted = True
-        else:
-            self._schedule_batch(out, free_margin=0)
+        if batch.members:  # (an empty batch schedules nothing)
+            needing = batch.needing_blocks()
+            if (needing and not self.scalar_running and len(needing) > self.kv.num_free_blocks
+                    and list(self.running) == list(batch.members)):
+                self._preempt_from_tail(out)
+                preempted = True
+            else:
+                self._schedule_batch(out, 0, needing)
         budget -= out.num_batch_decodes
         kv = self.kv
         threshold = self.sched.long_prefill_token_threshold
@@ -270,14 +274,14 @@ class Scheduler:
         :meth:`_waiting_blocked`), so until a member finishes, a request arrives or blocks run out
         every step is the same decode step.  ``None`` when that does not hold or fewer than two
         steps are free of a finish.  Changes no state."""
-        if not self.bulk_decode or self.scalar_running or self.num_swapped:
+        if not self.bulk_decode or self.scalar_running:
             return None
         batch = self.batch
         size = len(batch.members)
         if not size or size > self.sched.max_num_batched_tokens:
             return None
         max_steps = min(batch.steps_to_next_finish() - 1, self.max_bulk_steps)  # the finishing step runs alone
-        if max_steps < 2 or (self.waiting and not self._waiting_blocked(size)):
+        if max_steps < 2 or self.num_swapped or (self.waiting and not self._waiting_blocked(size)):
             return None
         return DecodeRun(size, batch.context_sum(), max_steps, batch.g)
 
