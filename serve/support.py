@@ -175,6 +175,8 @@ class QuietAcceptErrors:
 
     def __call__(self, loop, context: dict) -> None:
         message = str(context.get("message", ""))
+        if self._is_retry_after_close(context):
+            return  # an accept retry that asyncio scheduled fired after the listening socket closed
         if not message.startswith("socket.accept() out of system resource"):
             loop.default_exception_handler(context)
             return
@@ -185,6 +187,16 @@ class QuietAcceptErrors:
             log(f"WARNING cannot accept connections: {getattr(exc, 'strerror', exc)} (open-files limit "
                 f"{self.fd_limit}); {self.count} refusal(s) since the last warning; raise `ulimit -n`")
             self.count, self.last = 0, now
+
+    @staticmethod
+    def _is_retry_after_close(context: dict) -> bool:
+        """After a refused ``accept()``, asyncio re-arms the listening socket one second later
+        (``BaseSelectorEventLoop._start_serving`` by ``call_later``), once per refusal; if the server
+        shut down meanwhile the socket's fd is -1 and each retry raises ``ValueError: Invalid file
+        descriptor: -1``: a traceback per refusal at shutdown, about nothing."""
+        callback = getattr(context.get("handle"), "_callback", None)
+        return (isinstance(context.get("exception"), ValueError)
+                and getattr(callback, "__name__", "") == "_start_serving")
 
 
 __all__ = ["AccessLogger", "EosLengths", "ServeOptions", "count_chat_tokens", "count_prompt_tokens", "log",

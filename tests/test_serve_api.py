@@ -5,6 +5,7 @@ a timeout and every wait loop a deadline.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
@@ -287,3 +288,35 @@ def test_measure_reports_the_speed_inflation(server, tmp_path, capsys):
     inflation = df["scaled_client_overhead_s"]
     assert (inflation > 0).all()  # wall overhead, scaled by 50, never negative
     assert ((df["scaled_ttft_s"] - inflation - df["server_ttft_s"]).abs() < 1e-9).all()
+
+
+def test_accept_retry_after_shutdown_is_not_logged():
+    """asyncio re-arms a listening socket after a refused accept() (``_start_serving`` by
+    ``call_later``); fired after shutdown it raises on fd -1.  That retry is dropped silently;
+    any other callback error still reaches asyncio's default handler."""
+    from servesim.serve.support import QuietAcceptErrors
+
+    def _start_serving() -> None: ...
+
+    def other() -> None: ...
+
+    seen = []
+
+    class Loop:
+        def time(self) -> float:
+            return 0.0
+
+        def default_exception_handler(self, context) -> None:
+            seen.append(context)
+
+    loop, handler = asyncio.new_event_loop(), QuietAcceptErrors(40)
+    try:
+        retry = asyncio.TimerHandle(1.0, _start_serving, (), loop)
+        handler(Loop(), {"message": "Exception in callback", "exception": ValueError("Invalid file descriptor: -1"),
+                         "handle": retry})
+        assert seen == []
+        unrelated = asyncio.TimerHandle(1.0, other, (), loop)
+        handler(Loop(), {"message": "Exception in callback", "exception": ValueError("x"), "handle": unrelated})
+        assert len(seen) == 1
+    finally:
+        loop.close()
